@@ -1,0 +1,1 @@
+"""Thin Flask views: validate with a schema, call a service, shape the response."""

@@ -1,0 +1,31 @@
+"""The lesson's chat API."""
+
+from __future__ import annotations
+
+from flask import Blueprint, current_app, jsonify, request
+
+from llm_api.http_body import read_json_body
+from llm_api.services.chat import ChatRequest
+from llm_api.state import services
+from llm_api.streaming import chat_events, sse_response
+from schemas.chat import ChatMessageRequestSchema, ChatResponseSchema, ExchangeSchema, MessagesQuerySchema
+
+bp = Blueprint("chat", __name__, url_prefix="/chat")
+
+
+@bp.post("/new/message/")
+def new_message():  # noqa: ANN201
+    body = read_json_body(request, current_app.config["LLM_API"].max_body_bytes)
+    fields = ChatMessageRequestSchema().load(body)
+    stream, mode = fields.pop("stream"), fields.pop("stream_mode")
+    chat = services().chat
+    if stream:
+        return sse_response(chat_events(chat.open_stream(ChatRequest(**fields)), mode))
+    return jsonify(ChatResponseSchema().dump(chat.complete(ChatRequest(**fields))))
+
+
+@bp.get("/get/messages/")
+def get_messages():  # noqa: ANN201
+    query = MessagesQuerySchema().load(request.args.to_dict())
+    records = services().chat.list_messages(query["limit"], query["before"])
+    return jsonify({"messages": ExchangeSchema(many=True).dump(records)})

@@ -1,0 +1,50 @@
+"""gunicorn settings for llm_api; each comes from an LLM_API_* variable (see the README).
+
+A ``-b HOST:PORT`` on the command line overrides ``bind`` here.
+"""
+
+import sys
+
+from llm_api.config import ConfigError, Settings
+
+try:
+    _settings = Settings.from_env()
+except ConfigError as _error:  # one clear line, then stop before any worker starts
+    print(f"llm_api: invalid configuration: {_error}", file=sys.stderr)
+    raise SystemExit(2) from None
+
+# --- server socket ---
+bind = [_settings.bind]
+
+# --- workers: gevent, one model copy per worker, never preloaded (patching and CUDA happen after fork) ---
+worker_class = "gevent"
+workers = _settings.workers
+worker_connections = _settings.worker_connections
+preload_app = False
+timeout = _settings.timeout
+graceful_timeout = _settings.graceful_timeout
+keepalive = 5
+
+# --- limits: long prompts in a GET query string (browser EventSource) need a long request line ---
+limit_request_line = 16384
+
+# --- logging: stdout/stderr ---
+accesslog = "-"
+errorlog = "-"
+loglevel = _settings.log_level
+
+
+# --- hooks ---
+def post_worker_init(worker):
+    """Start loading the model on the engine thread as soon as the worker is patched and running."""
+    from llm_api import start_engine
+
+    start_engine(worker.wsgi)
+
+
+def worker_exit(server, worker):
+    from llm_api import stop_engine
+
+    app = getattr(worker, "wsgi", None)
+    if app is not None:
+        stop_engine(app)

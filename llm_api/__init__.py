@@ -1,0 +1,58 @@
+"""llm_api: a local chat model behind a production Web API (Flask + gevent + gunicorn)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask
+from flask_cors import CORS
+
+from .config import Settings
+from .errors import register_error_handlers
+from .logging_setup import configure_logging
+from .state import EXTENSION_KEY, Services
+
+
+def create_app(settings: Settings | None = None, *, engine: Any = None) -> Flask:
+    """Build the app. The engine is created here but starts (loads the model) only when
+    :func:`start_engine` runs — from gunicorn's ``post_worker_init`` hook, or on the first request."""
+    from blueprints import chat, health  # inside the factory: blueprints import llm_api
+
+    from .engine.loader import ModelSpec
+    from .engine.scheduler import Engine, EngineOptions
+    from .services.chat import ChatService
+    from .storage import InMemoryMessageStore
+
+    settings = settings or Settings.from_env()
+    configure_logging(settings.log_level)
+    app = Flask(__name__)
+    app.config["LLM_API"] = settings
+    app.url_map.strict_slashes = False
+    app.json.ensure_ascii = False
+    app.json.sort_keys = False
+
+    if engine is None:
+        engine = Engine(
+            ModelSpec(settings.model, settings.device, settings.dtype, settings.trust_remote_code,
+                      settings.resolved_cache_dir),
+            EngineOptions(settings.max_batch, settings.max_queue, settings.batching, settings.torch_threads),
+        )
+    chat_service = ChatService(engine, InMemoryMessageStore(), default_max_tokens=settings.default_max_tokens,
+                               heartbeat_seconds=settings.heartbeat_seconds, log_prompts=settings.log_prompts)
+    app.extensions[EXTENSION_KEY] = Services(settings, engine, chat_service)
+
+    if settings.cors_origins:
+        CORS(app, origins=list(settings.cors_origins))
+    register_error_handlers(app)
+    app.register_blueprint(health.bp)
+    app.register_blueprint(chat.bp)
+    app.before_request(engine.start)
+    return app
+
+
+def start_engine(app: Flask) -> None:
+    app.extensions[EXTENSION_KEY].engine.start()
+
+
+def stop_engine(app: Flask) -> None:
+    app.extensions[EXTENSION_KEY].engine.stop()

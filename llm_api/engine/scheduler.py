@@ -1,0 +1,231 @@
+"""The engine: ONE native OS thread owns the model and runs a continuous-batching loop.
+
+Callers (greenlets) ``submit`` requests; admission is bounded and counts every
+request not yet picked up by the thread. Between decode steps the thread admits
+waiting requests (prefill, then merge into the running batch), drops finished
+and cancelled ones, and checks each row's cancel flag every step.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .batch import RunningBatch, supports_batched_cache
+from .channel import Channel
+from .errors import ContextLengthError, ModelLoadError, NotReadyError, QueueFullError
+from .generate_runner import run_with_generate
+from .loader import LoadedModel, ModelSpec, load_model
+from .native import NativeSignal, native_lock, start_native_thread
+from .prompts import Message
+from .sampling import choose_tokens
+from .sequence import GenerationHandle, SequenceState
+from .types import GenerationRequest, SamplingParams
+
+log = logging.getLogger(__name__)
+
+_IDLE_WAIT_SECONDS = 0.5
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    max_batch: int = 8
+    max_queue: int = 256
+    batching: bool = True
+    torch_threads: int = 0  # 0: one per core
+
+
+class Engine:
+    """Loads a model on its own thread and serves generation requests from greenlets."""
+
+    def __init__(self, spec: ModelSpec, options: EngineOptions | None = None) -> None:
+        self.spec = spec
+        self.options = options or EngineOptions()
+        self._inbox: deque[GenerationHandle] = deque()
+        self._wake = NativeSignal()
+        self._lock = native_lock()  # guards _waiting and _started
+        self._waiting = 0  # submitted but not yet taken into the batch
+        self._started = False
+        self._stopping = False
+        self._stopped = NativeSignal()
+        self._model: LoadedModel | None = None
+        self.load_error: str | None = None
+        self.ready = False
+        self.batched = False
+        self.stats = {"steps": 0, "tokens": 0, "requests": 0, "cancelled": 0, "running": 0, "errors": 0}
+
+    # ---- caller side (greenlets) -------------------------------------------------
+
+    def start(self) -> None:
+        """Start loading the model on the engine thread (idempotent, returns at once)."""
+        with self._lock:
+            if self._started:
+                return
+            self._started = True
+        start_native_thread(self._run)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Ask the engine thread to end (running requests finish as cancelled) and wait for it."""
+        self._stopping = True
+        self._wake.set()
+        if self._started:
+            self._stopped.wait(timeout)
+
+    @property
+    def model_name(self) -> str:
+        return self._model.name if self._model else ""
+
+    @property
+    def context_length(self) -> int:
+        return self._model.context_length if self._model else 0
+
+    @property
+    def queued(self) -> int:
+        return self._waiting
+
+    def encode_chat(self, messages: Sequence[Message]) -> list[int]:
+        return self._loaded().prompt_format.build(messages)
+
+    def stop_token_ids(self) -> frozenset[int]:
+        return self._loaded().prompt_format.stop_token_ids
+
+    def submit(self, request_id: str, prompt_ids: list[int], params: SamplingParams) -> GenerationHandle:
+        """Queue a request; raise at once if it cannot be served."""
+        model = self._loaded()
+        if len(prompt_ids) + params.max_tokens > model.context_length:
+            raise ContextLengthError(len(prompt_ids), params.max_tokens, model.context_length)
+        request = GenerationRequest(request_id, list(prompt_ids), params, model.prompt_format.stop_token_ids)
+        with self._lock:
+            if self._waiting >= self.options.max_queue:
+                raise QueueFullError(f"{self._waiting} requests are already waiting")
+            self._waiting += 1
+        handle = GenerationHandle(request, Channel(), on_cancel=self._wake.set)
+        self._inbox.append(handle)
+        self._wake.set()
+        return handle
+
+    def _loaded(self) -> LoadedModel:
+        if not self.ready or self._model is None:
+            raise NotReadyError(self.load_error or "the model is loading")
+        return self._model
+
+    # ---- engine thread -----------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            self._serve()
+        finally:
+            self._stopped.set()
+
+    def _serve(self) -> None:
+        try:
+            self._load()
+        except Exception as exc:  # keep serving /healthz; /readyz reports the reason
+            self.load_error = str(exc) if isinstance(exc, ModelLoadError) else f"model load failed: {exc!r}"
+            log.error("model load failed: %s", self.load_error)
+            return
+        model = self._model
+        assert model is not None
+        batch = RunningBatch(model.model, model.device, model.vocab_limit)
+        while not self._stopping:
+            try:
+                if self.batched:
+                    self._batched_iteration(model, batch)
+                else:
+                    self._sequential_iteration(model)
+            except Exception as exc:  # a failed step ends its requests, never the engine
+                log.exception("generation step failed")
+                self.stats["errors"] += 1
+                for seq in batch.rows:
+                    seq.finish("error", error=f"generation failed: {exc}")
+                batch.clear()
+        for seq in batch.rows:
+            seq.finish("cancelled")
+
+    def _load(self) -> None:
+        if self.options.torch_threads:
+            torch.set_num_threads(self.options.torch_threads)
+        model = load_model(self.spec)
+        self.batched = self.options.batching and model.batchable and supports_batched_cache(model.model)
+        self._model = model
+        self._warm_up(model)
+        log.info("model %s ready on %s/%s in %.1fs (%s)", model.name, model.device, model.dtype,
+                 model.load_seconds, "continuous batching" if self.batched else "sequential generate")
+        self.ready = True
+
+    def _warm_up(self, model: LoadedModel) -> None:
+        ids = model.prompt_format.build([{"role": "user", "content": "Hi"}])
+        with torch.inference_mode():
+            model.model(input_ids=torch.tensor([ids], device=model.device))
+
+    def _take_waiting(self, room: int) -> list[SequenceState]:
+        """Pop up to ``room`` requests from the inbox; cancelled ones finish at once."""
+        taken: list[SequenceState] = []
+        model = self._model
+        assert model is not None
+        while len(taken) < room and self._inbox:
+            handle = self._inbox.popleft()
+            with self._lock:
+                self._waiting -= 1
+            seq = SequenceState(handle, model.decode)
+            self.stats["requests"] += 1
+            if seq.check_cancelled():
+                self.stats["cancelled"] += 1
+                continue
+            taken.append(seq)
+        return taken
+
+    def _batched_iteration(self, model: LoadedModel, batch: RunningBatch) -> None:
+        new = self._take_waiting(self.options.max_batch - len(batch))
+        if not new and not batch.rows:
+            self._wake.wait(_IDLE_WAIT_SECONDS)
+            return
+        for seq in new:
+            logits = batch.prefill(seq)
+            self._advance(batch, [seq], logits[None, :])
+        cancelled = [seq for seq in batch.rows if seq.check_cancelled()]
+        self.stats["cancelled"] += len(cancelled)
+        batch.retire(cancelled)
+        if batch.rows:
+            self._advance(batch, list(batch.rows), batch.decode())
+            self.stats["steps"] += 1
+        self.stats["running"] = len(batch)
+
+    def _advance(self, batch: RunningBatch, rows: list[SequenceState], logits: torch.Tensor) -> None:
+        """Sample one token per row, emit it, and retire the rows that finished."""
+        tokens = choose_tokens(logits, [seq.sampler for seq in rows])
+        self.stats["tokens"] += len(tokens)
+        batch.retire([seq for seq, token in zip(rows, tokens, strict=True) if seq.accept(token)])
+
+    def _sequential_iteration(self, model: LoadedModel) -> None:
+        new = self._take_waiting(1)
+        if not new:
+            self._wake.wait(_IDLE_WAIT_SECONDS)
+            return
+        seq = new[0]
+        self.stats["running"] = 1
+        try:
+            run_with_generate(model.model, model.tokenizer, seq, model.device)
+        except Exception as exc:
+            log.exception("generation failed")
+            self.stats["errors"] += 1
+            seq.finish("error", error=f"generation failed: {exc}")
+        finally:
+            self.stats["running"] = 0
+        self.stats["tokens"] += len(seq.generated)
+        if seq.handle.cancel_seen_at_token is not None:
+            self.stats["cancelled"] += 1
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Block (cooperatively) until the model is ready or failed; for tools and tests."""
+        import gevent
+
+        deadline = time.monotonic() + timeout
+        while not self.ready and self.load_error is None and time.monotonic() < deadline:
+            gevent.sleep(0.05)
+        return self.ready

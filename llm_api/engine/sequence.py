@@ -1,0 +1,98 @@
+"""One request's life inside the engine thread: sampling, detokenizing, stopping, reporting."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+from .channel import Channel
+from .decode import IncrementalDetokenizer
+from .sampling import Sampler
+from .stops import StopMatcher
+from .types import Finished, GenerationRequest, TextDelta, Usage
+
+
+class GenerationHandle:
+    """The caller's side of a submitted request: its events, and a way to cancel it."""
+
+    def __init__(self, request: GenerationRequest, channel: Channel, on_cancel: Callable[[], None]) -> None:
+        self.request = request
+        self.channel = channel
+        self.submitted_at = time.monotonic()
+        self.cancelled = False  # written by the caller's greenlet, read by the engine thread
+        self.cancel_seen_at_token: int | None = None  # completion tokens when the engine saw the flag
+        self._on_cancel = on_cancel
+
+    def cancel(self) -> None:
+        if not self.cancelled:
+            self.cancelled = True
+            self._on_cancel()
+
+    def next_event(self, timeout: float | None) -> TextDelta | Finished | None:
+        """The next event, or ``None`` after ``timeout`` seconds without one (time for a heartbeat)."""
+        return self.channel.get(timeout)
+
+
+class SequenceState:
+    """Per-request state kept by the engine thread."""
+
+    def __init__(self, handle: GenerationHandle, decode: Callable[[Sequence[int]], str]) -> None:
+        self.handle = handle
+        self.request = handle.request
+        self.sampler = Sampler(self.request.params)
+        self.generated: list[int] = []
+        self.position = len(self.request.prompt_ids)  # position id of the next token fed to the model
+        self._detok = IncrementalDetokenizer(decode)
+        self._stops = StopMatcher(self.request.params.stop)
+        self._first_token_at: float | None = None
+        self.finished = False
+
+    @property
+    def last_token(self) -> int:
+        return self.generated[-1]
+
+    def accept(self, token_id: int) -> bool:
+        """Record a sampled token and emit its text; return True when the sequence is done."""
+        if self._first_token_at is None:
+            self._first_token_at = time.monotonic()
+        self.generated.append(token_id)
+        if token_id in self.request.stop_token_ids:
+            self.finish("stop")
+            return True
+        self._send(self._stops.feed(self._detok.push(token_id)))
+        if self._stops.stopped:
+            self.finish("stop")
+            return True
+        if len(self.generated) >= self.request.params.max_tokens:
+            self.finish("length")
+            return True
+        return False
+
+    def check_cancelled(self) -> bool:
+        if self.handle.cancelled and not self.finished:
+            self.handle.cancel_seen_at_token = len(self.generated)
+            self.finish("cancelled")
+            return True
+        return False
+
+    def finish(self, reason: str, error: str | None = None) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        if reason != "error" and not self._stops.stopped:
+            self._send(self._stops.feed(self._detok.flush()))
+            if not self._stops.stopped:
+                self._send(self._stops.flush())
+        now = time.monotonic()
+        ttft = None if self._first_token_at is None else self._first_token_at - self.handle.submitted_at
+        self.handle.channel.put(Finished(
+            finish_reason=reason,
+            usage=Usage(len(self.request.prompt_ids), len(self.generated)),
+            time_to_first_token=ttft,
+            total_time=now - self.handle.submitted_at,
+            error=error,
+        ))
+
+    def _send(self, text: str) -> None:
+        if text:
+            self.handle.channel.put(TextDelta(text))

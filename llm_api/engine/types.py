@@ -1,0 +1,65 @@
+"""Plain data passed between the service layer and the engine thread."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How one request chooses its tokens. ``temperature == 0`` means greedy."""
+
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+        }
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    """New text for a request (never ends inside a UTF-8 character)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Finished:
+    """The request is over: ``finish_reason`` is stop, length, cancelled or error."""
+
+    finish_reason: str
+    usage: Usage
+    time_to_first_token: float | None
+    total_time: float
+    error: str | None = None
+
+
+@dataclass
+class GenerationRequest:
+    """What the engine needs to generate: prompt ids and sampling parameters."""
+
+    request_id: str
+    prompt_ids: list[int]
+    params: SamplingParams
+    stop_token_ids: frozenset[int] = field(default_factory=frozenset)

@@ -1,0 +1,112 @@
+"""One error taxonomy for every route: ``{"error": {"code", "message", "details"}}``.
+
+Errors raised before a stream starts are rendered as JSON with their status;
+after a stream has started they are sent in-band as an SSE ``error`` event.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask, jsonify
+from marshmallow import ValidationError
+from werkzeug.exceptions import HTTPException
+
+from .engine.errors import (
+    ContextLengthError,
+    EngineError,
+    GenerationError,
+    ModelLoadError,
+    NotReadyError,
+    QueueFullError,
+)
+
+log = logging.getLogger(__name__)
+
+RETRY_AFTER_SECONDS = 1
+
+
+class ApiError(Exception):
+    """An error with its HTTP status, a stable machine-readable code and a human message."""
+
+    def __init__(self, status: int, code: str, message: str, details: dict[str, Any] | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = details or {}
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"code": self.code, "message": self.message, "details": self.details}}
+
+
+def invalid_json(reason: str) -> ApiError:
+    return ApiError(400, "invalid_json", f"The request body is not valid JSON: {reason}")
+
+
+def validation_failed(messages: Any) -> ApiError:
+    fields = messages if isinstance(messages, dict) else {"_schema": messages}
+    names = ", ".join(sorted(str(k) for k in fields))
+    return ApiError(422, "validation_error", f"Invalid request fields: {names}", {"fields": fields})
+
+
+def from_engine_error(exc: EngineError) -> ApiError:
+    """Map the engine's exceptions to statuses: the one place that decides them."""
+    retry = {"Retry-After": str(RETRY_AFTER_SECONDS)}
+    if isinstance(exc, ContextLengthError):
+        return ApiError(400, "context_length_exceeded", str(exc), {
+            "prompt_tokens": exc.prompt_tokens, "max_tokens": exc.max_tokens,
+            "context_length": exc.context_length})
+    if isinstance(exc, QueueFullError):
+        return ApiError(503, "queue_full", f"The server is at capacity ({exc}); retry shortly.", headers=retry)
+    if isinstance(exc, (NotReadyError, ModelLoadError)):
+        return ApiError(503, "model_not_ready", f"The model is not ready: {exc}", headers=retry)
+    if isinstance(exc, GenerationError):
+        return ApiError(500, "generation_failed", str(exc))
+    return ApiError(500, "engine_error", str(exc))
+
+
+def error_response(error: ApiError):  # noqa: ANN201 - a Flask response
+    response = jsonify(error.body())
+    response.status_code = error.status
+    for name, value in error.headers.items():
+        response.headers[name] = value
+    return response
+
+
+_HTTP_CODES = {
+    400: "bad_request", 404: "not_found", 405: "method_not_allowed", 406: "not_acceptable",
+    408: "request_timeout", 411: "length_required", 413: "payload_too_large", 414: "uri_too_long",
+    415: "unsupported_media_type", 429: "rate_limited", 431: "headers_too_large",
+}
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(ApiError)
+    def _api_error(error: ApiError):  # noqa: ANN202
+        return error_response(error)
+
+    @app.errorhandler(EngineError)
+    def _engine_error(error: EngineError):  # noqa: ANN202
+        return error_response(from_engine_error(error))
+
+    @app.errorhandler(ValidationError)
+    def _validation_error(error: ValidationError):  # noqa: ANN202
+        return error_response(validation_failed(error.messages))
+
+    @app.errorhandler(HTTPException)
+    def _http_error(error: HTTPException):  # noqa: ANN202
+        status = error.code or 500
+        code = _HTTP_CODES.get(status, "http_error")
+        response = error_response(ApiError(status, code, error.description or error.name))
+        if status == 405 and error.get_response().headers.get("Allow"):
+            response.headers["Allow"] = error.get_response().headers["Allow"]
+        return response
+
+    @app.errorhandler(Exception)
+    def _unexpected(error: Exception):  # noqa: ANN202
+        log.exception("unhandled error")
+        return error_response(ApiError(500, "internal_error", "An internal error occurred."))

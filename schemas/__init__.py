@@ -1,0 +1,1 @@
+"""Marshmallow schemas: request schemas (unknown fields raise) and response shapes."""

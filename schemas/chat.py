@@ -1,0 +1,89 @@
+"""The lesson's chat API: ``POST /chat/new/message`` and ``GET /chat/get/messages``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validate
+
+from .fields import StopField, StrictBoolean, StrictFloat, StrictInteger
+
+ROLES = ("system", "user", "assistant")
+STREAM_MODES = ("delta", "cumulative")
+
+
+class MessageSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    role = fields.String(required=True, validate=validate.OneOf(ROLES))
+    content = fields.String(required=True)
+
+
+def _not_blank(value: str) -> None:
+    if not value.strip():
+        raise ValidationError("Must not be empty.")
+
+
+class SamplingFieldsMixin(Schema):
+    """Generation fields shared by the JSON body and the query-string forms."""
+
+    max_tokens = StrictInteger(load_default=None, allow_none=True, validate=validate.Range(min=1))
+    temperature = StrictFloat(load_default=1.0, validate=validate.Range(min=0.0, max=2.0))
+    top_p = StrictFloat(load_default=1.0, validate=validate.Range(min=0.0, max=1.0, min_inclusive=False))
+    seed = StrictInteger(load_default=None, allow_none=True)
+    stop = StopField(load_default=())
+
+
+class ChatMessageRequestSchema(SamplingFieldsMixin):
+    class Meta:
+        unknown = RAISE
+
+    prompt = fields.String(required=True, validate=_not_blank)
+    history = fields.List(fields.Nested(MessageSchema), load_default=list)
+    stream = StrictBoolean(load_default=False)
+    stream_mode = fields.String(load_default="delta", validate=validate.OneOf(STREAM_MODES))
+    conversation_id = fields.String(load_default=None, allow_none=True, validate=validate.Length(min=1, max=128))
+
+    @post_load
+    def _plain_history(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        data["history"] = [{"role": m["role"], "content": m["content"]} for m in data["history"]]
+        return data
+
+
+class MessagesQuerySchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=500))
+    before = fields.String(load_default=None, validate=validate.Length(min=1, max=64))
+
+
+class UsageSchema(Schema):
+    prompt_tokens = fields.Integer()
+    completion_tokens = fields.Integer()
+    total_tokens = fields.Integer()
+
+
+class ChatResponseSchema(Schema):
+    response = fields.String()
+    history = fields.List(fields.Nested(MessageSchema))
+    status = fields.Integer()
+    time = fields.String()
+    message_id = fields.String()
+    finish_reason = fields.String()
+    usage = fields.Nested(UsageSchema)
+    conversation_id = fields.String(allow_none=True)
+
+
+class ExchangeSchema(Schema):
+    message_id = fields.String()
+    time = fields.String()
+    prompt = fields.String()
+    response = fields.String()
+    finish_reason = fields.String()
+    usage = fields.Nested(UsageSchema)
+    model = fields.String()
+    conversation_id = fields.String(allow_none=True)
+    time_to_first_token = fields.Float(allow_none=True)
+    total_time = fields.Float()
