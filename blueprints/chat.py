@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify, request
 
+from blueprints import route
 from llm_api.http_body import read_json_body
 from llm_api.services.chat import ChatRequest
 from llm_api.state import services
@@ -13,7 +14,7 @@ from schemas.chat import ChatMessageRequestSchema, ChatResponseSchema, ExchangeS
 bp = Blueprint("chat", __name__, url_prefix="/chat")
 
 
-@bp.post("/new/message/")
+@route(bp, "/new/message", ["POST"])
 def new_message():  # noqa: ANN201
     body = read_json_body(request, current_app.config["LLM_API"].max_body_bytes)
     fields = ChatMessageRequestSchema().load(body)
@@ -24,7 +25,7 @@ def new_message():  # noqa: ANN201
     return jsonify(ChatResponseSchema().dump(chat.complete(ChatRequest(**fields))))
 
 
-@bp.get("/get/messages/")
+@route(bp, "/get/messages", ["GET"])
 def get_messages():  # noqa: ANN201
     query = MessagesQuerySchema().load(request.args.to_dict())
     records = services().chat.list_messages(query["limit"], query["before"])

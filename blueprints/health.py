@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify
 
+from blueprints import route
 from llm_api.state import services
 
 bp = Blueprint("health", __name__)
 
 
-@bp.get("/healthz")
+@route(bp, "/healthz", ["GET"])
 def healthz():  # noqa: ANN201
     return jsonify({"status": "ok"})
 
 
-@bp.get("/readyz")
+@route(bp, "/readyz", ["GET"])
 def readyz():  # noqa: ANN201
     return jsonify(services().readiness())

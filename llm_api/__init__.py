@@ -27,7 +27,6 @@ def create_app(settings: Settings | None = None, *, engine: Any = None) -> Flask
     configure_logging(settings.log_level)
     app = Flask(__name__)
     app.config["LLM_API"] = settings
-    app.url_map.strict_slashes = False
     app.json.ensure_ascii = False
     app.json.sort_keys = False
 

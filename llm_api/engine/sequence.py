@@ -91,6 +91,7 @@ class SequenceState:
             time_to_first_token=ttft,
             total_time=now - self.handle.submitted_at,
             error=error,
+            token_ids=tuple(self.generated),
         ))
 
     def _send(self, text: str) -> None:

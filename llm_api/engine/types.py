@@ -53,6 +53,7 @@ class Finished:
     time_to_first_token: float | None
     total_time: float
     error: str | None = None
+    token_ids: tuple[int, ...] = ()  # every generated id, stop token included
 
 
 @dataclass

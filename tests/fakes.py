@@ -1,0 +1,80 @@
+"""A scripted engine with the real engine's surface, for HTTP-layer tests (no model)."""
+
+from __future__ import annotations
+
+import gevent
+
+from llm_api.engine.channel import Channel
+from llm_api.engine.errors import ContextLengthError, QueueFullError
+from llm_api.engine.sequence import GenerationHandle
+from llm_api.engine.types import Finished, GenerationRequest, SamplingParams, TextDelta, Usage
+
+
+class FakeEngine:
+    """Answers every request with ``reply`` split into word pieces.
+
+    ``delay`` > 0 sends the pieces from a greenlet, one per ``delay`` seconds,
+    and honours cancellation like the real engine (checked before each piece).
+    """
+
+    model_name = "fake-model"
+    batched = True
+
+    def __init__(self, reply: str = "Hello from the fake model.", *, context_length: int = 64,
+                 delay: float = 0.0, fail_after: int | None = None) -> None:
+        self.reply = reply
+        self.context_length = context_length
+        self.delay = delay
+        self.fail_after = fail_after
+        self.ready = True
+        self.load_error: str | None = None
+        self.queue_full = False
+        self.queued = 0
+        self.stats = {"steps": 0}
+        self.submitted: list[GenerationRequest] = []
+        self.handles: list[GenerationHandle] = []
+        self.started = False
+
+    def start(self) -> None:
+        self.started = True
+
+    def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
+        return [len(word) for m in messages for word in m["content"].split()] + [0]
+
+    def submit(self, request_id: str, prompt_ids: list[int], params: SamplingParams) -> GenerationHandle:
+        if len(prompt_ids) + params.max_tokens > self.context_length:
+            raise ContextLengthError(len(prompt_ids), params.max_tokens, self.context_length)
+        if self.queue_full:
+            raise QueueFullError("1 requests are already waiting")
+        request = GenerationRequest(request_id, prompt_ids, params)
+        handle = GenerationHandle(request, Channel(), on_cancel=lambda: None)
+        self.submitted.append(request)
+        self.handles.append(handle)
+        if self.delay:
+            gevent.spawn(self._play, handle)
+        else:
+            self._play(handle)
+        return handle
+
+    def pieces(self, max_tokens: int) -> list[str]:
+        words = self.reply.split(" ")
+        return [w if i == 0 else " " + w for i, w in enumerate(words)][:max_tokens]
+
+    def _play(self, handle: GenerationHandle) -> None:
+        params, prompt = handle.request.params, len(handle.request.prompt_ids)
+        pieces = self.pieces(params.max_tokens)
+        sent = 0
+        for piece in pieces:
+            if self.delay:
+                gevent.sleep(self.delay)
+            if handle.cancelled:
+                handle.cancel_seen_at_token = sent
+                handle.channel.put(Finished("cancelled", Usage(prompt, sent), 0.01, 0.02))
+                return
+            if self.fail_after is not None and sent >= self.fail_after:
+                handle.channel.put(Finished("error", Usage(prompt, sent), 0.01, 0.02, error="boom"))
+                return
+            handle.channel.put(TextDelta(piece))
+            sent += 1
+        reason = "length" if len(pieces) == params.max_tokens and len(pieces) < len(self.reply.split(" ")) else "stop"
+        handle.channel.put(Finished(reason, Usage(prompt, sent), 0.01, 0.02))

@@ -1,0 +1,132 @@
+"""The real engine on the embedded model, in-process: batching, sampling, cancellation, admission."""
+
+from __future__ import annotations
+
+import gevent
+import pytest
+
+from llm_api.engine.decode import IncrementalDetokenizer
+from llm_api.engine.errors import ContextLengthError, QueueFullError
+from llm_api.engine.loader import ModelSpec
+from llm_api.engine.scheduler import Engine, EngineOptions
+from llm_api.engine.types import Finished, SamplingParams, TextDelta
+from tests.conftest import CACHE_DIR
+
+pytestmark = pytest.mark.model
+
+PROMPTS = ["What is the capital of France?", "Write a haiku about the sea.", "Explain gravity in one sentence.",
+           "List three fruits.", "What is 2+2?", "Who wrote Hamlet?", "Say hello in French.", "Describe a cat."]
+GREEDY = SamplingParams(max_tokens=40, temperature=0.0)
+
+
+def run(engine, prompt: str, params: SamplingParams, delay: float = 0.0, cancel_after: int | None = None):
+    """Submit one chat request and collect (text, Finished, number of deltas)."""
+    gevent.sleep(delay)
+    handle = engine.submit("t", engine.encode_chat([{"role": "user", "content": prompt}]), params)
+    text, deltas = "", 0
+    while True:
+        event = handle.next_event(30)
+        assert event is not None, "no event within 30 s"
+        if isinstance(event, TextDelta):
+            text += event.text
+            deltas += 1
+            if cancel_after is not None and deltas == cancel_after:
+                handle.cancel()
+        elif isinstance(event, Finished):
+            handle.channel.close()
+            return text, event, deltas, handle
+
+
+def test_greedy_answer_is_sensible(real_engine):
+    text, finished, _, _ = run(real_engine, "What is the capital of France?", GREEDY)
+    assert "Paris" in text
+    assert finished.finish_reason == "stop"
+
+
+def test_greedy_tokens_identical_alone_and_in_a_staggered_batch_of_8(real_engine):
+    alone = [run(real_engine, p, GREEDY)[1].token_ids for p in PROMPTS]
+    jobs = [gevent.spawn(run, real_engine, p, GREEDY, i * 0.1) for i, p in enumerate(PROMPTS)]
+    gevent.joinall(jobs, raise_error=True)
+    batched = [job.value[1].token_ids for job in jobs]
+    assert batched == alone
+    assert sum(len(t) for t in alone) > 8 * 10
+
+
+def test_each_request_keeps_its_own_parameters_in_one_batch(real_engine):
+    seeded = SamplingParams(max_tokens=24, temperature=0.9, top_p=0.9, seed=1234)
+    specs = [
+        ("Tell me a story about a fox.", seeded),
+        ("Tell me a story about a fox.", seeded),
+        ("Count from one to twenty in words.", SamplingParams(max_tokens=5, temperature=0.0)),
+        ("What is the capital of France?", SamplingParams(max_tokens=30, temperature=0.0, stop=("Paris",))),
+        ("What is the capital of France?", GREEDY),
+    ]
+    jobs = [gevent.spawn(run, real_engine, prompt, params) for prompt, params in specs]
+    gevent.joinall(jobs, raise_error=True)
+    (a, fa, *_), (b, fb, *_), (short, fs, *_), (stopped, fst, *_), (full, *_) = [j.value for j in jobs]
+    assert a == b and fa.token_ids == fb.token_ids  # same seed, same request → same text
+    assert fs.finish_reason == "length" and fs.usage.completion_tokens == 5 and short
+    assert fst.finish_reason == "stop" and "Paris" not in stopped and "Paris" in full
+    assert full.startswith(stopped)
+
+
+def test_cancel_stops_generation_within_a_few_steps(real_engine):
+    params = SamplingParams(max_tokens=200, temperature=0.0)
+    text, finished, deltas, handle = run(real_engine, "Write a long story about a dragon.", params, cancel_after=3)
+    assert finished.finish_reason == "cancelled"
+    assert handle.cancel_seen_at_token is not None
+    assert finished.usage.completion_tokens <= deltas + 2
+    assert finished.usage.completion_tokens < 20
+
+
+def test_admission_is_bounded_even_for_a_burst():
+    engine = Engine(ModelSpec("embedded", cache_dir=str(CACHE_DIR)), EngineOptions(max_batch=2, max_queue=3))
+    engine.start()
+    assert engine.wait_ready(300), engine.load_error
+    try:
+        ids = engine.encode_chat([{"role": "user", "content": "Write a long story."}])
+        accepted, refused = [], 0
+        for _ in range(20):  # a burst from one greenlet: the engine thread may take 2 into its batch meanwhile
+            try:
+                accepted.append(engine.submit("b", ids, SamplingParams(max_tokens=100, temperature=0)))
+            except QueueFullError:
+                refused += 1
+        assert 3 <= len(accepted) <= 2 + 3
+        assert refused == 20 - len(accepted)
+        for handle in accepted:
+            handle.cancel()
+        with pytest.raises(ContextLengthError):
+            engine.submit("c", ids, SamplingParams(max_tokens=engine.context_length))
+    finally:
+        engine.stop()
+
+
+def test_sequential_generate_path_matches_the_batched_loop(real_engine):
+    """Models that cannot join the batch run through model.generate with a streamer; same answers."""
+    engine = Engine(ModelSpec("embedded", cache_dir=str(CACHE_DIR)), EngineOptions(batching=False))
+    engine.start()
+    assert engine.wait_ready(300), engine.load_error
+    try:
+        assert not engine.batched
+        for prompt in PROMPTS[:3]:
+            text, finished, deltas, _ = run(engine, prompt, GREEDY)
+            expected = run(real_engine, prompt, GREEDY)
+            assert (text, finished.token_ids) == (expected[0], expected[1].token_ids)
+            assert deltas > 3
+        text, finished, deltas, handle = run(engine, "Write a long story about a dragon.",
+                                             SamplingParams(max_tokens=200, temperature=0), cancel_after=3)
+        assert finished.finish_reason == "cancelled" and finished.usage.completion_tokens <= deltas + 2
+    finally:
+        engine.stop()
+
+
+@pytest.mark.parametrize("text", ["Emoji: 👍🏽🇫🇷🧑‍💻 done", "中文：你好，世界！日本語もです。", "Ünïcödé ✓ ∑ → ∞"])
+def test_real_tokenizer_splits_characters_and_the_detokenizer_holds_them_back(real_engine, text):
+    model = real_engine._loaded()
+    ids = model.tokenizer.encode(text, add_special_tokens=False)
+    raw_pieces = [model.decode([i]) for i in ids]
+    assert any("\ufffd" in piece for piece in raw_pieces)  # the tokenizer really does split characters
+    detok = IncrementalDetokenizer(model.decode)
+    deltas = [detok.push(i) for i in ids] + [detok.flush()]
+    assert "".join(deltas) == model.decode(ids) == text
+    assert not any("\ufffd" in d for d in deltas)

@@ -1,0 +1,199 @@
+"""Unit tests of the small pure pieces: settings, detokenizer, stop matching, SSE framing, prompts."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from llm_api.config import EMBEDDED_MODEL, ConfigError, Settings
+from llm_api.engine.decode import IncrementalDetokenizer
+from llm_api.engine.prompts import CHATGLM3_SPECIAL_TOKENS, ChatGLM3Format
+from llm_api.engine.sampling import Sampler, _top_p_filter
+from llm_api.engine.stops import StopMatcher
+from llm_api.engine.types import SamplingParams
+from llm_api.streaming import sse_event
+from tests.conftest import ROOT
+
+# ---- settings ---------------------------------------------------------------------------------------
+
+
+def test_settings_defaults():
+    settings = Settings.from_env({})
+    assert settings.model == EMBEDDED_MODEL
+    assert (settings.device, settings.dtype, settings.trust_remote_code) == ("auto", "auto", False)
+    assert settings.cors_origins == ()
+    assert settings.bind == "127.0.0.1:8000"
+
+
+def test_settings_parse_every_kind():
+    settings = Settings.from_env({
+        "LLM_API_DEVICE": "CPU", "LLM_API_DTYPE": "bfloat16", "LLM_API_TRUST_REMOTE_CODE": "yes",
+        "LLM_API_MAX_QUEUE": "7", "LLM_API_CORS_ORIGINS": "https://a.example, http://b.example:8080",
+        "LLM_API_LOG_PROMPTS": "1", "LLM_API_HEARTBEAT_SECONDS": "2.5", "LLM_API_MODEL": "embedded",
+    })
+    assert (settings.device, settings.dtype, settings.trust_remote_code) == ("cpu", "bfloat16", True)
+    assert settings.max_queue == 7 and settings.log_prompts and settings.heartbeat_seconds == 2.5
+    assert settings.cors_origins == ("https://a.example", "http://b.example:8080")
+    assert settings.model == EMBEDDED_MODEL
+
+
+@pytest.mark.parametrize("name, value, expected", [
+    ("LLM_API_DEVICE", "gpu", "LLM_API_DEVICE must be one of auto, cpu, cuda"),
+    ("LLM_API_DTYPE", "fp8", "LLM_API_DTYPE must be one of auto, float32, bfloat16, float16"),
+    ("LLM_API_MAX_QUEUE", "0", "LLM_API_MAX_QUEUE must be an integer >= 1"),
+    ("LLM_API_MAX_QUEUE", "many", "LLM_API_MAX_QUEUE must be an integer"),
+    ("LLM_API_TRUST_REMOTE_CODE", "maybe", "LLM_API_TRUST_REMOTE_CODE must be a boolean"),
+    ("LLM_API_CORS_ORIGINS", "example.com", "LLM_API_CORS_ORIGINS must be a comma-separated list"),
+    ("LLM_API_MODEL", "/no/such/folder", "LLM_API_MODEL must be `embedded` or an existing local model folder"),
+    ("LLM_API_BIND", "8000", "LLM_API_BIND must be HOST:PORT"),
+])
+def test_invalid_settings_name_the_variable(name, value, expected):
+    with pytest.raises(ConfigError) as raised:
+        Settings.from_env({name: value})
+    assert str(raised.value).startswith(expected)
+    assert "\n" not in str(raised.value)
+
+
+def test_gunicorn_refuses_to_start_with_one_clear_line():
+    env = {"PATH": "", "LLM_API_DTYPE": "half"}
+    result = subprocess.run([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "llm_api: invalid configuration: LLM_API_DTYPE must be one of auto, float32, bfloat16, float16 "
+        "(got 'half')")
+
+
+# ---- incremental detokenizer ------------------------------------------------------------------------
+
+
+class ByteTokenizer:
+    """Each id is one byte: decoding a cut multibyte character gives U+FFFD, as byte-level BPE does."""
+
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def decode(self, ids) -> str:
+        return bytes(ids).decode("utf-8", errors="replace")
+
+
+@pytest.mark.parametrize("text", ["héllo wörld", "你好，世界", "emoji 👍🏽 and 🇫🇷 flags", "tab\tnew\nline  spaces"])
+def test_detokenizer_never_emits_half_a_character(text):
+    tokenizer = ByteTokenizer()
+    detok = IncrementalDetokenizer(tokenizer.decode)
+    deltas = [detok.push(i) for i in tokenizer.encode(text)] + [detok.flush()]
+    assert "".join(deltas) == text
+    assert all("\ufffd" not in d for d in deltas)
+    assert len([d for d in deltas if d]) == len(text)  # one delta per completed character
+
+
+def test_detokenizer_flush_emits_a_truncated_character_as_replacement():
+    tokenizer = ByteTokenizer()
+    detok = IncrementalDetokenizer(tokenizer.decode)
+    cut = tokenizer.encode("ok 👍")[:-2]
+    assert "".join(detok.push(i) for i in cut) == "ok "
+    assert detok.flush() == "\ufffd"
+
+
+class SpacePieceTokenizer:
+    """SentencePiece-like: pieces carry a leading "▁" that is dropped at the start of a decode."""
+
+    pieces = ["▁Hello", "▁world", "\n", "▁", "▁▁▁return", "▁1"]
+
+    def decode(self, ids) -> str:
+        return "".join(self.pieces[i] for i in ids).replace("▁", " ").removeprefix(" ")
+
+
+def test_detokenizer_keeps_spaces_that_per_token_decoding_loses():
+    tokenizer = SpacePieceTokenizer()
+    ids = [0, 1, 2, 4, 5, 2, 3, 1]
+    detok = IncrementalDetokenizer(tokenizer.decode)
+    text = "".join(detok.push(i) for i in ids) + detok.flush()
+    assert text == tokenizer.decode(ids)
+    assert "\n   return 1\n  world" in text
+
+
+# ---- stop sequences ---------------------------------------------------------------------------------
+
+
+def test_stop_sequence_split_across_pieces_is_never_emitted():
+    matcher = StopMatcher(("END",))
+    out = [matcher.feed(piece) for piece in ["Hello E", "N", "x E", "ND more"]]
+    assert "".join(out) == "Hello ENx "
+    assert matcher.stopped
+
+
+def test_no_stop_flushes_held_text():
+    matcher = StopMatcher(("###",))
+    assert matcher.feed("a #") == "a "
+    assert matcher.feed("#") == ""
+    assert matcher.flush() == "##"
+    assert not matcher.stopped
+
+
+# ---- sampling ---------------------------------------------------------------------------------------
+
+
+def test_top_p_keeps_the_smallest_set_reaching_p():
+    import torch
+
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    assert torch.allclose(_top_p_filter(probs.clone(), 0.7), torch.tensor([0.5, 0.3, 0, 0]) / 0.8)
+    assert torch.allclose(_top_p_filter(probs.clone(), 0.5), torch.tensor([1.0, 0, 0, 0]))
+
+
+def test_seeded_sampler_repeats_and_greedy_is_argmax():
+    import torch
+
+    logits = torch.randn(100, generator=torch.Generator().manual_seed(1))
+    params = SamplingParams(max_tokens=5, temperature=1.0, seed=123)
+    first = [Sampler(params).choose(logits) for _ in range(3)]
+    run_a, run_b = Sampler(params), Sampler(params)
+    assert [run_a.choose(logits) for _ in range(20)] == [run_b.choose(logits) for _ in range(20)]
+    assert len(set(first)) == 1
+    assert Sampler(SamplingParams(max_tokens=1, temperature=0)).choose(logits) == int(logits.argmax())
+
+
+# ---- SSE framing ------------------------------------------------------------------------------------
+
+
+def test_sse_event_fields_and_one_line_json():
+    frame = sse_event({"text": "a\nb"}, event="finish", event_id="m:3", retry_ms=2000)
+    assert frame == 'event: finish\nid: m:3\nretry: 2000\ndata: {"text":"a\\nb"}\n\n'
+
+
+def test_sse_event_multiline_string_data_uses_several_data_lines():
+    assert sse_event("[DONE]") == "data: [DONE]\n\n"
+    assert sse_event("a\nb") == "data: a\ndata: b\n\n"
+
+
+# ---- ChatGLM3 prompt layout -------------------------------------------------------------------------
+
+SPECIAL = {name: 64789 + i for i, name in enumerate(CHATGLM3_SPECIAL_TOKENS)}
+
+
+def fake_sp_encode(text: str) -> list[int]:
+    """Stands in for SentencePiece: a dummy-prefix piece (29871) then one id per character."""
+    return [29871] + [1000 + ord(c) % 5000 for c in text]
+
+
+def test_chatglm3_prompt_follows_the_documented_token_layout():
+    fmt = ChatGLM3Format(fake_sp_encode, SPECIAL, eos_token_id=2)
+    messages = [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "你好"},
+                {"role": "assistant", "content": "Hi 👋"}, {"role": "user", "content": "Weather?"}]
+    expected = [64790, 64792]  # [gMASK] sop
+    for message in messages:
+        expected += [SPECIAL[f"<|{message['role']}|>"]] + fake_sp_encode("\n") + fake_sp_encode(message["content"])
+    expected += [64796]  # <|assistant|>
+    assert fmt.build(messages) == expected
+
+
+def test_chatglm3_ids_and_stop_tokens():
+    assert SPECIAL["[gMASK]"] == 64790 and SPECIAL["sop"] == 64792
+    assert SPECIAL["<|system|>"] == 64794 and SPECIAL["<|assistant|>"] == 64796
+    fmt = ChatGLM3Format(fake_sp_encode, SPECIAL, eos_token_id=2)
+    assert fmt.stop_token_ids == frozenset({2, 64795, 64797})  # eos, <|user|>, <|observation|>
+    metadata = fmt.build([{"role": "user", "content": "x", "metadata": "tool"}])
+    assert metadata[3:3 + len(fake_sp_encode("tool\n"))] == fake_sp_encode("tool\n")
