@@ -4,6 +4,7 @@ A ``-b HOST:PORT`` on the command line overrides ``bind`` here.
 """
 
 import sys
+import warnings
 
 from llm_api.config import ConfigError, Settings
 
@@ -12,6 +13,9 @@ try:
 except ConfigError as _error:  # one clear line, then stop before any worker starts
     print(f"llm_api: invalid configuration: {_error}", file=sys.stderr)
     raise SystemExit(2) from None
+
+# gevent's thread patching inspects every live object, which trips a torch deprecation warning.
+warnings.filterwarnings("ignore", message=r".*torch\.distributed\.reduce_op.*")
 
 # --- server socket ---
 bind = [_settings.bind]
@@ -43,8 +47,21 @@ def post_worker_init(worker):
 
 
 def worker_exit(server, worker):
+    """Stop the engine thread, then leave at once.
+
+    Interpreter shutdown under gevent waits for the event loop to have no live
+    watchers; watchers created for cross-thread wake-ups can keep it waiting
+    forever, so the worker flushes its logs and exits directly.
+    """
+    import logging
+    import os
+
     from llm_api import stop_engine
 
     app = getattr(worker, "wsgi", None)
     if app is not None:
         stop_engine(app)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

@@ -76,8 +76,8 @@ def start_server(tmp_dir: Path, env_overrides: dict[str, str] | None = None,
                  timeout: float = 300) -> LiveServer:
     """``gunicorn -k gevent`` (from gunicorn.conf.py) on a free port, waited on until /readyz says ready."""
     port = free_port()
-    env = dict(os.environ, LLM_API_CACHE_DIR=str(CACHE_DIR), LLM_API_HEARTBEAT_SECONDS="1",
-               PYTHONUNBUFFERED="1", **(env_overrides or {}))
+    env = dict(os.environ, LLM_API_CACHE_DIR=str(CACHE_DIR), LLM_API_HEARTBEAT_SECONDS="1", PYTHONUNBUFFERED="1")
+    env.update(env_overrides or {})
     log_path = tmp_dir / f"gunicorn-{port}.log"
     log_file = open(log_path, "w")
     process = subprocess.Popen(
@@ -106,6 +106,7 @@ def stop_server(server: LiveServer) -> None:
         server.process.wait(30)
     except subprocess.TimeoutExpired:
         server.process.kill()
+        raise AssertionError(f"gunicorn did not stop within 30 s of SIGTERM:\n{server.log()[-3000:]}") from None
 
 
 @pytest.fixture(scope="session")

