@@ -6,12 +6,22 @@ A ``-b HOST:PORT`` on the command line overrides ``bind`` here.
 import sys
 import warnings
 
+from llm_api import model_spec
 from llm_api.config import ConfigError, Settings
+from llm_api.engine.errors import ModelLoadError
+from llm_api.engine.loader import preflight
+
+# Exit status of a worker whose app cannot load: gunicorn's master then stops instead of respawning it.
+APP_LOAD_ERROR = 4
 
 try:
     _settings = Settings.from_env()
+    preflight(model_spec(_settings))
 except ConfigError as _error:  # one clear line, then stop before any worker starts
     print(f"llm_api: invalid configuration: {_error}", file=sys.stderr)
+    raise SystemExit(2) from None
+except ModelLoadError as _error:
+    print(f"llm_api: cannot serve the model: {_error}", file=sys.stderr)
     raise SystemExit(2) from None
 
 # gevent's thread patching inspects every live object, which trips a torch deprecation warning.
@@ -41,9 +51,15 @@ loglevel = _settings.log_level
 # --- hooks ---
 def post_worker_init(worker):
     """Start loading the model on the engine thread as soon as the worker is patched and running."""
+    import os
+
     from llm_api import start_engine
 
-    start_engine(worker.wsgi)
+    def stop_server(reason):
+        worker.log.error("llm_api: cannot serve the model: %s", reason)
+        os._exit(APP_LOAD_ERROR)
+
+    start_engine(worker.wsgi, on_load_failure=stop_server)
 
 
 def worker_exit(server, worker):

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from flask import Flask
 from flask_cors import CORS
 
 from .config import Settings
+from .engine.loader import ModelSpec
 from .errors import register_error_handlers
 from .logging_setup import configure_logging
 from .state import EXTENSION_KEY, Services
@@ -18,7 +20,6 @@ def create_app(settings: Settings | None = None, *, engine: Any = None) -> Flask
     :func:`start_engine` runs — from gunicorn's ``post_worker_init`` hook, or on the first request."""
     from blueprints import chat, health  # inside the factory: blueprints import llm_api
 
-    from .engine.loader import ModelSpec
     from .engine.scheduler import Engine, EngineOptions
     from .services.chat import ChatService
     from .storage import InMemoryMessageStore
@@ -31,11 +32,8 @@ def create_app(settings: Settings | None = None, *, engine: Any = None) -> Flask
     app.json.sort_keys = False
 
     if engine is None:
-        engine = Engine(
-            ModelSpec(settings.model, settings.device, settings.dtype, settings.trust_remote_code,
-                      settings.resolved_cache_dir),
-            EngineOptions(settings.max_batch, settings.max_queue, settings.batching, settings.torch_threads),
-        )
+        engine = Engine(model_spec(settings), EngineOptions(settings.max_batch, settings.max_queue,
+                                                            settings.batching, settings.torch_threads))
     chat_service = ChatService(engine, InMemoryMessageStore(), default_max_tokens=settings.default_max_tokens,
                                heartbeat_seconds=settings.heartbeat_seconds, log_prompts=settings.log_prompts)
     app.extensions[EXTENSION_KEY] = Services(settings, engine, chat_service)
@@ -49,8 +47,13 @@ def create_app(settings: Settings | None = None, *, engine: Any = None) -> Flask
     return app
 
 
-def start_engine(app: Flask) -> None:
-    app.extensions[EXTENSION_KEY].engine.start()
+def model_spec(settings: Settings) -> ModelSpec:
+    return ModelSpec(settings.model, settings.device, settings.dtype, settings.trust_remote_code,
+                     settings.resolved_cache_dir)
+
+
+def start_engine(app: Flask, on_load_failure: Callable[[str], None] | None = None) -> None:
+    app.extensions[EXTENSION_KEY].engine.start(on_load_failure)
 
 
 def stop_engine(app: Flask) -> None:

@@ -130,3 +130,18 @@ def test_real_tokenizer_splits_characters_and_the_detokenizer_holds_them_back(re
     deltas = [detok.push(i) for i in ids] + [detok.flush()]
     assert "".join(deltas) == model.decode(ids) == text
     assert not any("\ufffd" in d for d in deltas)
+
+
+def test_any_local_hugging_face_chat_model_folder_loads(real_engine):
+    """A plain local folder (config.json, safetensors, tokenizer with a chat template) runs in the batch."""
+    folder = next(p for p in CACHE_DIR.iterdir() if (p / "config.json").is_file())
+    engine = Engine(ModelSpec(str(folder), cache_dir=str(CACHE_DIR)), EngineOptions())
+    engine.start()
+    assert engine.wait_ready(300), engine.load_error
+    try:
+        assert engine.batched and engine.model_name == folder.name
+        text, finished, _, _ = run(engine, "What is the capital of France?", GREEDY)
+        assert text == run(real_engine, "What is the capital of France?", GREEDY)[0]
+        assert "Paris" in text
+    finally:
+        engine.stop()

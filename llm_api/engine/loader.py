@@ -98,12 +98,43 @@ def embedded_gguf_path() -> Path:
     return path
 
 
+def preflight(spec: ModelSpec) -> None:
+    """The checks that need no loading, so a bad setup fails at start-up with one clear line."""
+    if _is_embedded(spec.source):
+        embedded_gguf_path()
+        return
+    folder = Path(spec.source)
+    if not folder.is_dir():
+        raise ModelLoadError(f"LLM_API_MODEL={spec.source!r} is not a folder")
+    if not (folder / "config.json").exists():
+        if not any(folder.glob("*.gguf")):
+            raise ModelLoadError(f"{folder} has neither a config.json nor a .gguf file")
+        return
+    if _read_config(folder).get("model_type") != "chatglm":
+        return
+    if not spec.trust_remote_code:
+        raise ModelLoadError(
+            f"{folder} is a ChatGLM3 checkpoint (model_type chatglm) that needs its own code: "
+            "set LLM_API_TRUST_REMOTE_CODE=1")
+    version = transformers.__version__
+    if not version.startswith(tuple(v + "." for v in CHATGLM_REMOTE_CODE_TRANSFORMERS)):
+        raise ModelLoadError(
+            f"ChatGLM3's remote code does not run on transformers {version}: its chat and generate "
+            f"paths work on transformers {' and '.join(v + '.x' for v in CHATGLM_REMOTE_CODE_TRANSFORMERS)} "
+            "only (install e.g. transformers==4.41.2 in this environment)")
+
+
+def _is_embedded(source: str) -> bool:
+    return source.lower() in ("", "embedded") or source.startswith("embedded:")
+
+
 def load_model(spec: ModelSpec) -> LoadedModel:
     """Load tokenizer and model; raise :class:`ModelLoadError` with a clear reason on failure."""
+    preflight(spec)
     started = time.monotonic()
     device = resolve_device(spec.device)
     dtype = resolve_dtype(spec.dtype, device)
-    if spec.source.lower() in ("", "embedded") or spec.source.startswith("embedded:"):
+    if _is_embedded(spec.source):
         loaded = _load_embedded(spec, device, dtype)
     else:
         loaded = _load_folder(spec, device, dtype)
@@ -159,8 +190,6 @@ def _read_config(folder: Path) -> dict[str, Any]:
 
 def _load_folder(spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> LoadedModel:
     folder = Path(spec.source)
-    if not folder.is_dir():
-        raise ModelLoadError(f"LLM_API_MODEL={spec.source!r} is not a folder")
     ggufs = sorted(folder.glob("*.gguf"))
     if ggufs and not (folder / "config.json").exists():
         converted = _converted_gguf_cache(ggufs[0], Path(spec.cache_dir))
@@ -174,7 +203,7 @@ def _load_folder(spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> L
             folder, trust_remote_code=spec.trust_remote_code, local_files_only=True)
         model = transformers.AutoModelForCausalLM.from_pretrained(
             folder, dtype=dtype, trust_remote_code=spec.trust_remote_code, local_files_only=True)
-    except ValueError as exc:
+    except Exception as exc:  # transformers raises many types; say which folder and why
         if "trust_remote_code" in str(exc) and not spec.trust_remote_code:
             raise ModelLoadError(
                 f"{folder} ships its own model code; set LLM_API_TRUST_REMOTE_CODE=1 to run it") from None
@@ -211,17 +240,7 @@ def _context_length(config: Any, tokenizer: Any) -> int:
 
 
 def _load_chatglm_remote(folder: Path, spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> LoadedModel:
-    """ChatGLM3 through its own remote code: runs one request at a time via ``model.generate``."""
-    if not spec.trust_remote_code:
-        raise ModelLoadError(
-            f"{folder} is a ChatGLM3 checkpoint (model_type chatglm) that needs its own code: "
-            "set LLM_API_TRUST_REMOTE_CODE=1")
-    version = transformers.__version__
-    if not version.startswith(tuple(v + "." for v in CHATGLM_REMOTE_CODE_TRANSFORMERS)):
-        raise ModelLoadError(
-            f"ChatGLM3's remote code does not run on transformers {version}: its chat and generate "
-            f"paths work on transformers {' and '.join(v + '.x' for v in CHATGLM_REMOTE_CODE_TRANSFORMERS)} "
-            "only (install e.g. transformers==4.41.2 in this environment)")
+    """ChatGLM3 through its own remote code (checked by :func:`preflight`): one request at a time."""
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(folder, trust_remote_code=True, local_files_only=True)
         model = transformers.AutoModelForCausalLM.from_pretrained(  # transformers 4.x spells it torch_dtype

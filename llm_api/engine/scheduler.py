@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -53,6 +53,7 @@ class Engine:
         self._cancels = 0  # cancel() calls so far; the engine thread sweeps the inbox when it changes
         self._cancels_swept = 0
         self._started = False
+        self._on_load_failure: Callable[[str], None] | None = None
         self._stopping = False
         self._stopped = NativeSignal()
         self._model: LoadedModel | None = None
@@ -63,12 +64,18 @@ class Engine:
 
     # ---- caller side (greenlets) -------------------------------------------------
 
-    def start(self) -> None:
-        """Start loading the model on the engine thread (idempotent, returns at once)."""
+    def start(self, on_load_failure: Callable[[str], None] | None = None) -> None:
+        """Start loading the model on the engine thread (idempotent, returns at once).
+
+        ``on_load_failure`` runs on the engine thread with the reason if loading fails
+        (the gunicorn worker uses it to stop the server); without it the engine keeps
+        answering ``NotReadyError`` with the reason.
+        """
         with self._lock:
             if self._started:
                 return
             self._started = True
+            self._on_load_failure = on_load_failure
         start_native_thread(self._run)
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -134,6 +141,8 @@ class Engine:
         except Exception as exc:  # keep serving /healthz; /readyz reports the reason
             self.load_error = str(exc) if isinstance(exc, ModelLoadError) else f"model load failed: {exc!r}"
             log.error("model load failed: %s", self.load_error)
+            if self._on_load_failure is not None:
+                self._on_load_failure(self.load_error)
             return
         model = self._model
         assert model is not None

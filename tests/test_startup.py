@@ -1,0 +1,51 @@
+"""Start-up failures are loud: one clear line, a non-zero exit, never a server stuck at 503."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT, free_port
+
+
+def gunicorn(env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "-b", f"127.0.0.1:{free_port()}",
+         "--no-control-socket", "wsgi:app"],
+        cwd=ROOT, env={"PATH": "/usr/bin:/bin", **env}, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def chatglm_folder(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "chatglm", "num_layers": 2}))
+    return tmp_path
+
+
+def test_chatglm_remote_code_needs_the_flag(chatglm_folder):
+    result = gunicorn({"LLM_API_MODEL": str(chatglm_folder)})
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"llm_api: cannot serve the model: {chatglm_folder} is a ChatGLM3 checkpoint (model_type chatglm) "
+        "that needs its own code: set LLM_API_TRUST_REMOTE_CODE=1")
+
+
+def test_chatglm_remote_code_on_a_transformers_it_cannot_run_names_the_versions_that_work(chatglm_folder):
+    import transformers
+
+    result = gunicorn({"LLM_API_MODEL": str(chatglm_folder), "LLM_API_TRUST_REMOTE_CODE": "1"})
+    assert result.returncode == 2
+    line = result.stderr.strip()
+    assert "\n" not in line
+    assert f"does not run on transformers {transformers.__version__}" in line
+    assert "4.40.x and 4.41.x" in line
+
+
+def test_a_model_that_fails_to_load_stops_the_server(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))  # no weights, no tokenizer
+    result = gunicorn({"LLM_API_MODEL": str(tmp_path)})
+    assert result.returncode != 0
+    assert f"cannot serve the model: cannot load {tmp_path}" in result.stdout + result.stderr
+    assert "App failed to load" in result.stdout + result.stderr
