@@ -19,10 +19,10 @@ def new_message():  # noqa: ANN201
     body = read_json_body(request, current_app.config["LLM_API"].max_body_bytes)
     fields = ChatMessageRequestSchema().load(body)
     stream, mode = fields.pop("stream"), fields.pop("stream_mode")
-    chat = services().chat
+    chat, chat_request = services().chat, ChatRequest.from_turn(**fields)
     if stream:
-        return sse_response(chat_events(chat.open_stream(ChatRequest(**fields)), mode))
-    return jsonify(ChatResponseSchema().dump(chat.complete(ChatRequest(**fields))))
+        return sse_response(chat_events(chat.open_stream(chat_request), mode))
+    return jsonify(ChatResponseSchema().dump(chat.complete(chat_request)))
 
 
 @route(bp, "/get/messages", ["GET"])

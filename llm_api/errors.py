@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Flask, jsonify
+from flask import Flask, has_request_context, jsonify, request
 from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException
 
@@ -25,6 +25,7 @@ from .engine.errors import (
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_SECONDS = 1
+OPENAI_PREFIX = "/v1/"
 
 
 class ApiError(Exception):
@@ -42,6 +43,18 @@ class ApiError(Exception):
     def body(self) -> dict[str, Any]:
         return {"error": {"code": self.code, "message": self.message, "details": self.details}}
 
+    def openai_body(self) -> dict[str, Any]:
+        """OpenAI's shape, for ``/v1/*``: ``{"error": {"message", "type", "param", "code"}}``."""
+        fields = self.details.get("fields")
+        param = next(iter(fields), None) if isinstance(fields, dict) else None
+        if self.status == 429:
+            kind = "rate_limit_error"
+        elif self.status >= 500:
+            kind = "server_error"
+        else:
+            kind = "invalid_request_error"
+        return {"error": {"message": self.message, "type": kind, "param": param, "code": self.code}}
+
 
 def invalid_json(reason: str) -> ApiError:
     return ApiError(400, "invalid_json", f"The request body is not valid JSON: {reason}")
@@ -49,8 +62,20 @@ def invalid_json(reason: str) -> ApiError:
 
 def validation_failed(messages: Any) -> ApiError:
     fields = messages if isinstance(messages, dict) else {"_schema": messages}
-    names = ", ".join(sorted(str(k) for k in fields))
-    return ApiError(422, "validation_error", f"Invalid request fields: {names}", {"fields": fields})
+    problems = "; ".join(f"{name}: {_first_message(fields[name])}" for name in sorted(fields, key=str))
+    return ApiError(422, "validation_error", f"Invalid request fields: {problems}", {"fields": fields})
+
+
+def _first_message(messages: Any) -> str:
+    """The first readable message in marshmallow's nested error structure."""
+    while not isinstance(messages, str):
+        if isinstance(messages, dict) and messages:
+            messages = next(iter(messages.values()))
+        elif isinstance(messages, list) and messages:
+            messages = messages[0]
+        else:
+            return str(messages)
+    return messages
 
 
 def from_engine_error(exc: EngineError) -> ApiError:
@@ -69,8 +94,12 @@ def from_engine_error(exc: EngineError) -> ApiError:
     return ApiError(500, "engine_error", str(exc))
 
 
+def uses_openai_errors() -> bool:
+    return has_request_context() and request.path.startswith(OPENAI_PREFIX)
+
+
 def error_response(error: ApiError):  # noqa: ANN201 - a Flask response
-    response = jsonify(error.body())
+    response = jsonify(error.openai_body() if uses_openai_errors() else error.body())
     response.status_code = error.status
     for name, value in error.headers.items():
         response.headers[name] = value

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from flask import current_app
@@ -19,6 +20,7 @@ class Services:
     settings: Settings
     engine: Any  # llm_api.engine.Engine, or a fake with the same surface in HTTP tests
     chat: ChatService
+    started_at: int = field(default_factory=lambda: int(time.time()))
 
     def readiness(self) -> dict[str, Any]:
         """Engine facts when ready; raises :class:`NotReadyError` (503) while loading or after a failed load."""

@@ -41,6 +41,9 @@ class FakeEngine:
     def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
         return [len(word) for m in messages for word in m["content"].split()] + [0]
 
+    def encode_text(self, text: str) -> list[int]:
+        return [len(word) for word in text.split()]
+
     def submit(self, request_id: str, prompt_ids: list[int], params: SamplingParams) -> GenerationHandle:
         if len(prompt_ids) + params.max_tokens > self.context_length:
             raise ContextLengthError(len(prompt_ids), params.max_tokens, self.context_length)

@@ -100,6 +100,10 @@ class Engine:
     def encode_chat(self, messages: Sequence[Message]) -> list[int]:
         return self._loaded().prompt_format.build(messages)
 
+    def encode_text(self, text: str) -> list[int]:
+        """Plain text → ids, with the tokenizer's usual special tokens (e.g. BOS) but no chat template."""
+        return list(self._loaded().tokenizer(text)["input_ids"])
+
     def stop_token_ids(self) -> frozenset[int]:
         return self._loaded().prompt_format.stop_token_ids
 

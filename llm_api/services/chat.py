@@ -11,7 +11,7 @@ import logging
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -34,19 +34,36 @@ class ChatEngine(Protocol):
 
     def encode_chat(self, messages: Sequence[dict[str, str]]) -> list[int]: ...
 
+    def encode_text(self, text: str) -> list[int]: ...
+
     def submit(self, request_id: str, prompt_ids: list[int], params: SamplingParams) -> GenerationHandle: ...
 
 
 @dataclass(frozen=True)
 class ChatRequest:
-    prompt: str
-    history: list[dict[str, str]] = field(default_factory=list)
+    """One generation request. ``messages`` go through the model's chat template; with
+    ``raw=True`` the ``prompt`` text is tokenized as is (``/v1/completions``)."""
+
+    messages: list[dict[str, str]]
+    prompt: str  # what the exchange log and store call the prompt: the newest user turn, or the raw text
     max_tokens: int | None = None
     temperature: float = 1.0
     top_p: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
     conversation_id: str | None = None
+    raw: bool = False
+
+    @classmethod
+    def from_messages(cls, messages: list[dict[str, str]], **fields: Any) -> ChatRequest:
+        """OpenAI's shape: the whole conversation; the newest user turn is what gets logged as the prompt."""
+        prompt = next((m["content"] for m in reversed(messages) if m["role"] == "user"), messages[-1]["content"])
+        return cls(messages=messages, prompt=prompt, **fields)
+
+    @classmethod
+    def from_turn(cls, prompt: str, history: list[dict[str, str]], **fields: Any) -> ChatRequest:
+        """The lesson's shape: earlier ``history`` plus the new user ``prompt``."""
+        return cls(messages=[*history, {"role": "user", "content": prompt}], prompt=prompt, **fields)
 
 
 @dataclass
@@ -152,8 +169,10 @@ class ChatService:
 
     def open_stream(self, request: ChatRequest) -> ChatStream:
         """Admit the request (raising engine errors now, before any byte is sent)."""
-        messages = [*request.history, {"role": "user", "content": request.prompt}]
-        prompt_ids = self._engine.encode_chat(messages)
+        if request.raw:
+            prompt_ids = self._engine.encode_text(request.prompt)
+        else:
+            prompt_ids = self._engine.encode_chat(request.messages)
         context = self._engine.context_length
         max_tokens = request.max_tokens
         if max_tokens is None:
@@ -167,8 +186,7 @@ class ChatService:
 
     @staticmethod
     def updated_history(request: ChatRequest, response: str) -> list[dict[str, str]]:
-        return [*request.history, {"role": "user", "content": request.prompt},
-                {"role": "assistant", "content": response}]
+        return [*request.messages, {"role": "assistant", "content": response}]
 
     def list_messages(self, limit: int, before: str | None) -> list[ExchangeRecord]:
         return self._store.list(limit, before)

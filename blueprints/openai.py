@@ -1,0 +1,51 @@
+"""OpenAI-compatible API: chat completions, text completions and the model list."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, current_app, jsonify, request
+
+from blueprints import route
+from llm_api.http_body import read_json_body
+from llm_api.openai_format import ChatChunkStream, TextChunkStream, chat_completion, model_list, text_completion
+from llm_api.services.chat import ChatRequest
+from llm_api.state import services
+from llm_api.streaming import sse_response
+from schemas.openai import ChatCompletionRequestSchema, CompletionRequestSchema
+
+bp = Blueprint("openai", __name__, url_prefix="/v1")
+
+_SAMPLING = ("max_tokens", "temperature", "top_p", "seed", "stop")
+
+
+def _load(schema: Any) -> dict[str, Any]:
+    return schema.load(read_json_body(request, current_app.config["LLM_API"].max_body_bytes))
+
+
+@route(bp, "/chat/completions", ["POST"])
+def chat_completions():  # noqa: ANN201
+    fields = _load(ChatCompletionRequestSchema())
+    chat_request = ChatRequest.from_messages(fields["messages"], **{k: fields[k] for k in _SAMPLING})
+    chat, model = services().chat, services().engine.model_name
+    if fields["stream"]:
+        return sse_response(ChatChunkStream(chat.open_stream(chat_request), model, fields["include_usage"]))
+    return jsonify(chat_completion(chat.complete(chat_request), model))
+
+
+@route(bp, "/completions", ["POST"])
+def completions():  # noqa: ANN201
+    fields = _load(CompletionRequestSchema())
+    chat_request = ChatRequest(messages=[], prompt=fields["prompt"], raw=True, **{k: fields[k] for k in _SAMPLING})
+    chat, model = services().chat, services().engine.model_name
+    echo = fields["prompt"] if fields["echo"] else ""
+    if fields["stream"]:
+        return sse_response(TextChunkStream(chat.open_stream(chat_request), model, fields["include_usage"], echo))
+    return jsonify(text_completion(chat.complete(chat_request), model, echo))
+
+
+@route(bp, "/models", ["GET"])
+def models():  # noqa: ANN201
+    state = services()
+    state.readiness()  # 503 until the model is loaded
+    return jsonify(model_list(state.engine.model_name, state.engine.context_length, state.started_at))

@@ -1,0 +1,131 @@
+"""OpenAI wire shapes: ``chat.completion`` / ``text_completion`` objects and their stream chunks.
+
+Streams are ``data: {chunk}`` lines ending with ``data: [DONE]``; an error after
+the stream began is one ``data: {"error": ...}`` line, and ``[DONE]`` still follows.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from .engine.types import Finished, TextDelta
+from .errors import ApiError
+from .services.chat import ChatResult, ChatStream, Heartbeat
+from .streaming import sse_comment, sse_event
+
+CHAT_PREFIX = "chatcmpl-"
+TEXT_PREFIX = "cmpl-"
+
+
+def _usage(usage: dict[str, int]) -> dict[str, int]:
+    return {k: usage[k] for k in ("prompt_tokens", "completion_tokens", "total_tokens")}
+
+
+def chat_completion(result: ChatResult, model: str) -> dict[str, Any]:
+    return {
+        "id": CHAT_PREFIX + result.message_id,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": result.response, "refusal": None},
+            "logprobs": None,
+            "finish_reason": result.finish_reason,
+        }],
+        "usage": _usage(result.usage),
+    }
+
+
+def text_completion(result: ChatResult, model: str, echo_prompt: str = "") -> dict[str, Any]:
+    return {
+        "id": TEXT_PREFIX + result.message_id,
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "text": echo_prompt + result.response, "logprobs": None,
+                     "finish_reason": result.finish_reason}],
+        "usage": _usage(result.usage),
+    }
+
+
+class _ChunkStream:
+    """Turns a :class:`ChatStream` into OpenAI stream chunks; subclasses shape one choice."""
+
+    object_name = ""
+    id_prefix = ""
+
+    def __init__(self, stream: ChatStream, model: str, include_usage: bool) -> None:
+        self.stream = stream
+        self.model = model
+        self.include_usage = include_usage
+        self.created = int(time.time())
+
+    def chunk(self, choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> str:
+        body: dict[str, Any] = {"id": self.id_prefix + self.stream.message_id, "object": self.object_name,
+                                "created": self.created, "model": self.model, "choices": choices}
+        if self.include_usage:
+            body["usage"] = usage
+        return sse_event(body)
+
+    def opening(self) -> Iterator[str]:
+        return iter(())
+
+    def choice(self, delta_text: str | None, finish_reason: str | None) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[str]:
+        yield sse_comment("stream open")
+        yield from self.opening()
+        for item in self.stream:
+            if isinstance(item, Heartbeat):
+                yield sse_comment("ping")
+            elif isinstance(item, TextDelta):
+                yield self.chunk([self.choice(item.text, None)])
+            elif isinstance(item, Finished):
+                if item.finish_reason == "error":
+                    error = ApiError(500, "generation_failed", item.error or "generation failed")
+                    yield sse_event(error.openai_body())
+                else:
+                    yield self.chunk([self.choice(None, item.finish_reason)])
+                    if self.include_usage:
+                        yield self.chunk([], _usage(item.usage.as_dict()))
+        yield sse_event("[DONE]")
+
+
+class ChatChunkStream(_ChunkStream):
+    object_name = "chat.completion.chunk"
+    id_prefix = CHAT_PREFIX
+
+    def opening(self) -> Iterator[str]:
+        yield self.chunk([{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                           "finish_reason": None}])
+
+    def choice(self, delta_text: str | None, finish_reason: str | None) -> dict[str, Any]:
+        delta = {} if delta_text is None else {"content": delta_text}
+        return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+
+
+class TextChunkStream(_ChunkStream):
+    object_name = "text_completion"
+    id_prefix = TEXT_PREFIX
+
+    def __init__(self, stream: ChatStream, model: str, include_usage: bool, echo_prompt: str = "") -> None:
+        super().__init__(stream, model, include_usage)
+        self.echo_prompt = echo_prompt
+
+    def opening(self) -> Iterator[str]:
+        if self.echo_prompt:
+            yield self.chunk([self.choice(self.echo_prompt, None)])
+
+    def choice(self, delta_text: str | None, finish_reason: str | None) -> dict[str, Any]:
+        return {"index": 0, "text": delta_text or "", "logprobs": None, "finish_reason": finish_reason}
+
+
+def model_list(model: str, context_length: int, created: int) -> dict[str, Any]:
+    return {"object": "list", "data": [{
+        "id": model, "object": "model", "created": created, "owned_by": "llm_api",
+        "context_length": context_length, "max_model_len": context_length,
+    }]}

@@ -1,0 +1,169 @@
+"""OpenAI wire format: ``/v1/chat/completions`` and ``/v1/completions`` request schemas.
+
+Each OpenAI field is either implemented, accepted as an optional hint and
+ignored, or rejected with 422 unless it holds its neutral value (docs/api.md
+lists the decision per field). Unknown fields are rejected.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validate
+
+from .fields import StopField, StrictBoolean, StrictFloat, StrictInteger
+
+CHAT_ROLES = ("system", "developer", "user", "assistant")
+
+
+class NeutralOnly(fields.Field):
+    """A field this server does not implement: only its neutral values (and null) are accepted."""
+
+    def __init__(self, *neutral: Any, **kwargs: Any) -> None:
+        super().__init__(load_default=None, allow_none=True, **kwargs)
+        self.neutral = neutral
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        if value not in self.neutral:
+            raise ValidationError(f"Not supported by this server (accepted: {', '.join(map(repr, self.neutral))}).")
+        return None
+
+
+class Ignored(fields.Raw):
+    """An optional hint the OpenAI spec allows servers to disregard: accepted, not used."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(load_default=None, allow_none=True, **kwargs)
+
+
+class ContentField(fields.Field):
+    """Message content: a string, or a list of ``{"type": "text", "text": ...}`` parts (joined)."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, list):
+            texts = []
+            for part in value:
+                if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                    raise ValidationError('Only text content parts ({"type": "text", "text": "..."}) are supported.')
+                if set(part) - {"type", "text"}:
+                    raise ValidationError(f"Unknown content part fields: {sorted(set(part) - {'type', 'text'})}.")
+                texts.append(part["text"])
+            return "".join(texts)
+        raise ValidationError("Must be a string or a list of text parts.")
+
+
+class ChatMessageSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    role = fields.String(required=True, validate=validate.OneOf(CHAT_ROLES))
+    content = ContentField(required=True)
+    name = Ignored()
+
+    @post_load
+    def _plain(self, data: dict[str, Any], **kwargs: Any) -> dict[str, str]:
+        role = "system" if data["role"] == "developer" else data["role"]
+        return {"role": role, "content": data["content"]}
+
+
+class StreamOptionsSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    include_usage = StrictBoolean(load_default=False)
+    include_obfuscation = Ignored()
+
+
+class _CommonSchema(Schema):
+    """Fields shared by both endpoints."""
+
+    class Meta:
+        unknown = RAISE
+
+    model = fields.String(required=True, validate=validate.Length(min=1))
+    temperature = StrictFloat(load_default=1.0, allow_none=True, validate=validate.Range(min=0.0, max=2.0))
+    top_p = StrictFloat(load_default=1.0, allow_none=True,
+                        validate=validate.Range(min=0.0, max=1.0, min_inclusive=False))
+    stop = StopField(load_default=(), allow_none=True)
+    seed = StrictInteger(load_default=None, allow_none=True)
+    n = StrictInteger(load_default=1, allow_none=True,
+                      validate=validate.Equal(1, error="Only n=1 is supported by this server."))
+    stream = StrictBoolean(load_default=False, allow_none=True)
+    stream_options = fields.Nested(StreamOptionsSchema, load_default=None, allow_none=True)
+    user = Ignored()
+    frequency_penalty = NeutralOnly(0, 0.0)
+    presence_penalty = NeutralOnly(0, 0.0)
+    logit_bias = NeutralOnly({})
+    max_tokens = StrictInteger(load_default=None, allow_none=True, validate=validate.Range(min=1))
+
+    @post_load
+    def _defaults_for_nulls(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        """Some clients send null for every field they leave unset: null means the default."""
+        for name, default in (("temperature", 1.0), ("top_p", 1.0), ("stop", ()), ("n", 1), ("stream", False)):
+            if data.get(name) is None:
+                data[name] = default
+        options = data.pop("stream_options") or {}
+        data["include_usage"] = bool(options.get("include_usage"))
+        for name in [k for k, v in data.items() if v is None and k not in ("max_tokens", "seed")]:
+            del data[name]
+        self._adjust(data)
+        return data
+
+    def _adjust(self, data: dict[str, Any]) -> None:
+        """Endpoint-specific finishing touches."""
+
+
+class ChatCompletionRequestSchema(_CommonSchema):
+    messages = fields.List(fields.Nested(ChatMessageSchema), required=True, validate=validate.Length(min=1))
+    max_completion_tokens = StrictInteger(load_default=None, allow_none=True, validate=validate.Range(min=1))
+    logprobs = NeutralOnly(False)
+    top_logprobs = NeutralOnly(0)
+    response_format = NeutralOnly({"type": "text"})
+    tools = NeutralOnly([])
+    tool_choice = NeutralOnly("none")
+    functions = NeutralOnly([])
+    function_call = NeutralOnly("none")
+    parallel_tool_calls = Ignored()
+    modalities = NeutralOnly(["text"])
+    store = Ignored()
+    metadata = Ignored()
+    service_tier = Ignored()
+    reasoning_effort = NeutralOnly()
+    audio = NeutralOnly()
+    prediction = NeutralOnly()
+    web_search_options = NeutralOnly()
+
+    def _adjust(self, data: dict[str, Any]) -> None:
+        """``max_completion_tokens`` (the current name) wins over the deprecated ``max_tokens``."""
+        newer = data.pop("max_completion_tokens", None)
+        if newer is not None:
+            data["max_tokens"] = newer
+
+
+class PromptField(fields.Field):
+    """A prompt string, or a list holding exactly one string."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        if isinstance(value, list) and len(value) == 1:
+            value = value[0]
+        if not isinstance(value, str):
+            raise ValidationError("Must be a string (or a list of one string); token-id prompts are not supported.")
+        if not value:
+            raise ValidationError("Must not be empty.")
+        return value
+
+
+class CompletionRequestSchema(_CommonSchema):
+    prompt = PromptField(required=True)
+    max_tokens = StrictInteger(load_default=16, allow_none=True, validate=validate.Range(min=1))
+    echo = StrictBoolean(load_default=False, allow_none=True)
+    suffix = NeutralOnly()
+    logprobs = NeutralOnly()
+    best_of = NeutralOnly(1)
+
+    def _adjust(self, data: dict[str, Any]) -> None:
+        if data.get("max_tokens") is None:
+            data["max_tokens"] = 16  # the OpenAI default for this endpoint
+        data["echo"] = bool(data.get("echo"))
