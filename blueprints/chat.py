@@ -8,8 +8,14 @@ from blueprints import route
 from llm_api.http_body import read_json_body
 from llm_api.services.chat import ChatRequest
 from llm_api.state import services
-from llm_api.streaming import chat_events, sse_response
-from schemas.chat import ChatMessageRequestSchema, ChatResponseSchema, ExchangeSchema, MessagesQuerySchema
+from llm_api.streaming import RETRY_MS, chat_events, parse_event_id, replayed_finish, resume_unavailable, sse_response
+from schemas.chat import (
+    ChatMessageRequestSchema,
+    ChatResponseSchema,
+    ChatStreamQuerySchema,
+    ExchangeSchema,
+    MessagesQuerySchema,
+)
 
 bp = Blueprint("chat", __name__, url_prefix="/chat")
 
@@ -30,3 +36,17 @@ def get_messages():  # noqa: ANN201
     query = MessagesQuerySchema().load(request.args.to_dict())
     records = services().chat.list_messages(query["limit"], query["before"])
     return jsonify({"messages": ExchangeSchema(many=True).dump(records)})
+
+
+@route(bp, "/stream", ["GET"])
+def stream_get():  # noqa: ANN201
+    """For the browser's EventSource (GET only); a reconnect never starts a second generation."""
+    args = {key: request.args.getlist(key) if key == "stop" else request.args[key] for key in request.args}
+    fields = ChatStreamQuerySchema().load(args)
+    chat, mode = services().chat, fields.pop("stream_mode")
+    resumed = parse_event_id(request.headers.get("Last-Event-ID"))
+    if resumed is not None:
+        record = chat.find_message(resumed[0])
+        return sse_response(replayed_finish(record, resumed[1]) if record else resume_unavailable(*resumed))
+    chat_request = ChatRequest.from_turn(history=[], **fields)
+    return sse_response(chat_events(chat.open_stream(chat_request), mode, retry_ms=RETRY_MS))

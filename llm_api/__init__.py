@@ -18,7 +18,7 @@ from .state import EXTENSION_KEY, Services
 def create_app(settings: Settings | None = None, *, engine: Any = None) -> Flask:
     """Build the app. The engine is created here but starts (loads the model) only when
     :func:`start_engine` runs — from gunicorn's ``post_worker_init`` hook, or on the first request."""
-    from blueprints import chat, health, openai  # inside the factory: blueprints import llm_api
+    from blueprints import chat, health, openai, page  # inside the factory: blueprints import llm_api
 
     from .engine.scheduler import Engine, EngineOptions
     from .services.chat import ChatService
@@ -44,6 +44,7 @@ def create_app(settings: Settings | None = None, *, engine: Any = None) -> Flask
     app.register_blueprint(health.bp)
     app.register_blueprint(chat.bp)
     app.register_blueprint(openai.bp)
+    app.register_blueprint(page.bp)
     app.before_request(engine.start)
     return app
 

@@ -9,6 +9,7 @@ headers, such as okhttp, do not wait for the first token).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -16,6 +17,7 @@ from flask import Response
 
 from .engine.types import Finished, TextDelta
 from .services.chat import ChatStream, Heartbeat
+from .storage import ExchangeRecord
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -53,10 +55,44 @@ def error_payload(code: str, message: str) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, "details": {}}}
 
 
-def chat_events(stream: ChatStream, mode: str = "delta") -> Iterator[str]:
+RETRY_MS = 3000
+_EVENT_ID = re.compile(r"^([0-9a-f]{32}):(\d+)$")
+
+
+def parse_event_id(value: str | None) -> tuple[str, int] | None:
+    """``<message_id>:<sequence>`` from a ``Last-Event-ID`` header, or None if absent or malformed."""
+    match = _EVENT_ID.match(value or "")
+    return (match.group(1), int(match.group(2))) if match else None
+
+
+def finish_payload(message_id: str, finish_reason: str, usage: dict[str, int],
+                   conversation_id: str | None) -> dict[str, Any]:
+    return {"message_id": message_id, "finish_reason": finish_reason, "usage": usage,
+            "conversation_id": conversation_id}
+
+
+def replayed_finish(record: ExchangeRecord, last_sequence: int) -> Iterator[str]:
+    """A reconnect after the message finished: send its ``finish`` again, start nothing new."""
+    yield f"retry: {RETRY_MS}\n\n"
+    yield sse_event(finish_payload(record.message_id, record.finish_reason, record.usage, record.conversation_id),
+                    event="finish", event_id=f"{record.message_id}:{last_sequence + 1}")
+
+
+def resume_unavailable(message_id: str, last_sequence: int) -> Iterator[str]:
+    """A reconnect to a message this worker cannot replay (still generating, or not stored here)."""
+    yield f"retry: {RETRY_MS}\n\n"
+    yield sse_event(error_payload("resume_unavailable",
+                                  f"Message {message_id} cannot be resumed here; fetch it with "
+                                  "GET /chat/get/messages once it has finished."),
+                    event="error", event_id=f"{message_id}:{last_sequence + 1}")
+
+
+def chat_events(stream: ChatStream, mode: str = "delta", retry_ms: int | None = None) -> Iterator[str]:
     """The lesson's stream: ``data: {"text", "message_id"}`` per token, then ``finish`` (or ``error``)."""
     message_id = stream.message_id
     sequence = 0
+    if retry_ms is not None:
+        yield f"retry: {retry_ms}\n\n"
     yield sse_comment("stream open")
     for item in stream:
         if isinstance(item, Heartbeat):
@@ -72,6 +108,5 @@ def chat_events(stream: ChatStream, mode: str = "delta") -> Iterator[str]:
                 yield sse_event(error_payload("generation_failed", item.error or "generation failed"),
                                 event="error", event_id=event_id)
             else:
-                yield sse_event({"message_id": message_id, "finish_reason": item.finish_reason,
-                                 "usage": item.usage.as_dict(), "conversation_id": stream.request.conversation_id},
-                                event="finish", event_id=event_id)
+                yield sse_event(finish_payload(message_id, item.finish_reason, item.usage.as_dict(),
+                                               stream.request.conversation_id), event="finish", event_id=event_id)

@@ -87,3 +87,26 @@ class ExchangeSchema(Schema):
     conversation_id = fields.String(allow_none=True)
     time_to_first_token = fields.Float(allow_none=True)
     total_time = fields.Float()
+
+
+class ChatStreamQuerySchema(Schema):
+    """``GET /chat/stream``: the browser's EventSource can only send a query string."""
+
+    class Meta:
+        unknown = RAISE
+
+    prompt = fields.String(required=True, validate=_not_blank)
+    conversation_id = fields.String(load_default=None, validate=validate.Length(min=1, max=128))
+    max_tokens = fields.Integer(load_default=None, validate=validate.Range(min=1))
+    temperature = fields.Float(load_default=1.0, allow_nan=False, validate=validate.Range(min=0.0, max=2.0))
+    top_p = fields.Float(load_default=1.0, allow_nan=False,
+                         validate=validate.Range(min=0.0, max=1.0, min_inclusive=False))
+    seed = fields.Integer(load_default=None)
+    stop = fields.List(fields.String(validate=validate.Length(min=1)), load_default=list,
+                       validate=validate.Length(max=4))
+    stream_mode = fields.String(load_default="delta", validate=validate.OneOf(STREAM_MODES))
+
+    @post_load
+    def _tuple_stop(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        data["stop"] = tuple(data["stop"])
+        return data

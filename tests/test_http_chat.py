@@ -290,3 +290,77 @@ def test_readyz_reports_the_engine(client, fake_engine):
     body = client.get("/readyz").get_json()
     assert body["status"] == "ready" and body["model"] == fake_engine.model_name
     assert body["context_length"] == fake_engine.context_length
+
+
+# ---- browser EventSource endpoint -------------------------------------------------------------------
+
+
+def test_get_stream_sends_retry_ids_and_the_same_events(client, fake_engine):
+    response = client.get("/chat/stream?prompt=hi&max_tokens=4&temperature=0&stop=zz&stop=yy")
+    assert response.mimetype == "text/event-stream"
+    body = response.get_data(as_text=True)
+    assert body.startswith("retry: 3000\n\n")
+    events = [e for e in parse_sse(body) if e["data"]]
+    assert all(e["id"] for e in events)
+    assert "".join(json.loads(e["data"])["text"] for e in events[:-1]) == "Hello from the fake"
+    assert events[-1]["event"] == "finish"
+    params = fake_engine.submitted[-1].params
+    assert (params.max_tokens, params.temperature, params.stop) == (4, 0.0, ("zz", "yy"))
+
+
+def test_reconnect_after_finish_replays_finish_without_a_second_generation(client, fake_engine):
+    events = [e for e in parse_sse(client.get("/chat/stream?prompt=hi").get_data(as_text=True)) if e["data"]]
+    last_id = events[-1]["id"]
+    message_id, sequence = last_id.split(":")
+    again = parse_sse(client.get("/chat/stream?prompt=hi", headers={"Last-Event-ID": last_id}).get_data(as_text=True))
+    assert len(fake_engine.submitted) == 1
+    finish = [e for e in again if e["data"]]
+    assert len(finish) == 1 and finish[0]["event"] == "finish"
+    assert json.loads(finish[0]["data"]) == json.loads(events[-1]["data"])
+    assert finish[0]["id"] == f"{message_id}:{int(sequence) + 1}"
+
+
+def test_reconnect_to_an_unknown_message_is_an_error_event(client, fake_engine):
+    body = client.get("/chat/stream?prompt=hi", headers={"Last-Event-ID": "0" * 32 + ":3"}).get_data(as_text=True)
+    events = [e for e in parse_sse(body) if e["data"]]
+    assert [e["event"] for e in events] == ["error"]
+    assert json.loads(events[0]["data"])["error"]["code"] == "resume_unavailable"
+    assert fake_engine.submitted == []
+
+
+@pytest.mark.parametrize("query, field", [
+    ("", "prompt"), ("prompt=", "prompt"), ("prompt=a&max_tokens=x", "max_tokens"),
+    ("prompt=a&temperature=nan", "temperature"), ("prompt=a&other=1", "other")])
+def test_get_stream_bad_query_is_422(client, query, field):
+    error = assert_error(client.get(f"/chat/stream?{query}"), 422, "validation_error")
+    assert field in error["details"]["fields"]
+
+
+def test_chat_page_is_served(client):
+    response = client.get("/")
+    assert response.status_code == 200 and response.mimetype == "text/html"
+    page = response.get_data(as_text=True)
+    assert 'new EventSource("chat/stream?' in page and 'id="stop"' in page
+
+
+def test_cors_headers_follow_the_setting(fake_engine):
+    from llm_api import create_app
+    from llm_api.config import Settings
+
+    app = create_app(Settings.from_env({"LLM_API_CORS_ORIGINS": "https://app.example"}), engine=fake_engine)
+    client = app.test_client()
+    preflight = client.options("/v1/chat/completions", headers={
+        "Origin": "https://app.example", "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "Authorization, Content-Type"})
+    assert preflight.headers["Access-Control-Allow-Origin"] == "https://app.example"
+    allowed = preflight.headers["Access-Control-Allow-Headers"].lower()
+    assert "authorization" in allowed and "content-type" in allowed
+    stream = client.get("/chat/stream?prompt=hi", headers={"Origin": "https://app.example"})
+    assert stream.headers["Access-Control-Allow-Origin"] == "https://app.example"
+    other = client.get("/chat/stream?prompt=hi", headers={"Origin": "https://evil.example"})
+    assert "Access-Control-Allow-Origin" not in other.headers
+
+
+def test_no_cors_headers_by_default(client):
+    response = client.get("/chat/stream?prompt=hi", headers={"Origin": "https://app.example"})
+    assert "Access-Control-Allow-Origin" not in response.headers

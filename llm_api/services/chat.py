@@ -191,6 +191,9 @@ class ChatService:
     def list_messages(self, limit: int, before: str | None) -> list[ExchangeRecord]:
         return self._store.list(limit, before)
 
+    def find_message(self, message_id: str) -> ExchangeRecord | None:
+        return self._store.get(message_id)
+
     def record(self, message_id: str, request: ChatRequest, text: str, finished: Finished) -> None:
         """Store and log one exchange."""
         record = ExchangeRecord(

@@ -34,6 +34,8 @@ class MessageStore(Protocol):
         """Up to ``limit`` records older than ``before`` (a message_id), newest last."""
         ...
 
+    def get(self, message_id: str) -> ExchangeRecord | None: ...
+
 
 class InMemoryMessageStore:
     """Keeps the newest ``capacity`` exchanges of this worker process."""
@@ -56,3 +58,7 @@ class InMemoryMessageStore:
             ids = [r.message_id for r in records]
             records = records[: ids.index(before)] if before in ids else []
         return records[-limit:] if limit > 0 else []
+
+    def get(self, message_id: str) -> ExchangeRecord | None:
+        with self._lock:
+            return self._records.get(message_id)

@@ -1,0 +1,14 @@
+"""The bundled chat page (plain HTML + JS, same origin, no build step)."""
+
+from __future__ import annotations
+
+from flask import Blueprint, send_from_directory
+
+bp = Blueprint("page", __name__, static_folder="static")
+
+
+@bp.get("/")
+def index():  # noqa: ANN201
+    response = send_from_directory(bp.static_folder, "index.html")
+    response.headers["Cache-Control"] = "no-cache"
+    return response
