@@ -6,7 +6,7 @@ from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validate
 
-from .fields import StopField, StrictBoolean, StrictFloat, StrictInteger
+from .fields import INT64_MAX, INT64_MIN, StopField, StrictBoolean, StrictFloat, StrictInteger
 
 ROLES = ("system", "user", "assistant")
 STREAM_MODES = ("delta", "cumulative")
@@ -31,7 +31,7 @@ class SamplingFieldsMixin(Schema):
     max_tokens = StrictInteger(load_default=None, allow_none=True, validate=validate.Range(min=1))
     temperature = StrictFloat(load_default=1.0, validate=validate.Range(min=0.0, max=2.0))
     top_p = StrictFloat(load_default=1.0, validate=validate.Range(min=0.0, max=1.0, min_inclusive=False))
-    seed = StrictInteger(load_default=None, allow_none=True)
+    seed = StrictInteger(load_default=None, allow_none=True, validate=validate.Range(min=INT64_MIN, max=INT64_MAX))
     stop = StopField(load_default=())
 
 
@@ -101,7 +101,7 @@ class ChatStreamQuerySchema(Schema):
     temperature = fields.Float(load_default=1.0, allow_nan=False, validate=validate.Range(min=0.0, max=2.0))
     top_p = fields.Float(load_default=1.0, allow_nan=False,
                          validate=validate.Range(min=0.0, max=1.0, min_inclusive=False))
-    seed = fields.Integer(load_default=None)
+    seed = fields.Integer(load_default=None, validate=validate.Range(min=INT64_MIN, max=INT64_MAX))
     stop = fields.List(fields.String(validate=validate.Length(min=1)), load_default=list,
                        validate=validate.Length(max=4))
     stream_mode = fields.String(load_default="delta", validate=validate.OneOf(STREAM_MODES))

@@ -6,6 +6,8 @@ from typing import Any
 
 from marshmallow import ValidationError, fields
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # seeds are 64-bit, as in the OpenAI API
+
 
 def _reject_non_number(value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):

@@ -11,7 +11,7 @@ from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validate
 
-from .fields import StopField, StrictBoolean, StrictFloat, StrictInteger
+from .fields import INT64_MAX, INT64_MIN, StopField, StrictBoolean, StrictFloat, StrictInteger
 
 CHAT_ROLES = ("system", "developer", "user", "assistant")
 
@@ -87,7 +87,7 @@ class _CommonSchema(Schema):
     top_p = StrictFloat(load_default=1.0, allow_none=True,
                         validate=validate.Range(min=0.0, max=1.0, min_inclusive=False))
     stop = StopField(load_default=(), allow_none=True)
-    seed = StrictInteger(load_default=None, allow_none=True)
+    seed = StrictInteger(load_default=None, allow_none=True, validate=validate.Range(min=INT64_MIN, max=INT64_MAX))
     n = StrictInteger(load_default=1, allow_none=True,
                       validate=validate.Equal(1, error="Only n=1 is supported by this server."))
     stream = StrictBoolean(load_default=False, allow_none=True)

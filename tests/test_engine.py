@@ -145,3 +145,12 @@ def test_any_local_hugging_face_chat_model_folder_loads(real_engine):
         assert "Paris" in text
     finally:
         engine.stop()
+
+
+def test_near_zero_temperature_is_greedy_and_odd_seeds_are_fine(real_engine):
+    greedy = run(real_engine, "What is the capital of France?", GREEDY)[1].token_ids
+    tiny = run(real_engine, "What is the capital of France?", SamplingParams(max_tokens=40, temperature=1e-40))
+    assert tiny[1].token_ids == greedy and tiny[1].finish_reason == "stop"
+    for seed in (-1, 2**64 + 5):
+        text, finished, _, _ = run(real_engine, "Say something.", SamplingParams(max_tokens=5, seed=seed))
+        assert finished.finish_reason in ("stop", "length") and finished.usage.completion_tokens >= 1

@@ -364,3 +364,8 @@ def test_cors_headers_follow_the_setting(fake_engine):
 def test_no_cors_headers_by_default(client):
     response = client.get("/chat/stream?prompt=hi", headers={"Origin": "https://app.example"})
     assert "Access-Control-Allow-Origin" not in response.headers
+
+
+@pytest.mark.parametrize("seed", [2**63, -(2**63) - 1])
+def test_seed_outside_64_bits_is_422(client, seed):
+    assert_error(post(client, {"prompt": "a", "seed": seed}), 422, "validation_error")

@@ -12,13 +12,20 @@ import inspect
 from typing import Any
 
 import torch
-from transformers.cache_utils import DynamicCache, DynamicLayer
+from transformers.cache_utils import DynamicCache
+
+try:  # per-layer cache objects arrived in transformers 4.54; older releases cannot join the batch
+    from transformers.cache_utils import DynamicLayer
+except ImportError:  # pragma: no cover - only with an old transformers (ChatGLM3 remote code)
+    DynamicLayer = None
 
 from .sequence import SequenceState
 
 
 def supports_batched_cache(model: Any) -> bool:
     """True when the model's cache is made of plain full-attention layers we can splice."""
+    if DynamicLayer is None:
+        return False
     try:
         cache = DynamicCache(config=model.config)
     except Exception:

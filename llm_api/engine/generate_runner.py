@@ -54,19 +54,21 @@ def run_with_generate(model: Any, tokenizer: Any, seq: SequenceState, device: to
     """Generate for one sequence until it finishes; the sequence reports its own events."""
     params = seq.request.params
     ids = torch.tensor([seq.request.prompt_ids], device=device)
-    sampling: dict[str, Any] = {"do_sample": False}
+    # Only the request's own parameters: no top_k or repetition penalty from the model's generation config.
+    sampling: dict[str, Any] = {"do_sample": False, "top_k": None, "repetition_penalty": None}
     if not params.greedy:
-        sampling = {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p}
-        if params.seed is not None:
-            torch.manual_seed(params.seed)
-    model.generate(
-        input_ids=ids,
-        attention_mask=torch.ones_like(ids),
-        max_new_tokens=params.max_tokens,
-        eos_token_id=sorted(seq.request.stop_token_ids) or None,
-        streamer=SequenceStreamer(tokenizer, seq),
-        stopping_criteria=StoppingCriteriaList([_StopWhenDone(seq)]),
-        **sampling,
-    )
+        sampling.update(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=0)
+    with torch.random.fork_rng(devices=[]):  # a seed must not leak into the process-wide generator
+        if params.seed is not None and not params.greedy:
+            torch.manual_seed(params.seed & ((1 << 64) - 1))
+        model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=params.max_tokens,
+            eos_token_id=sorted(seq.request.stop_token_ids) or None,
+            streamer=SequenceStreamer(tokenizer, seq),
+            stopping_criteria=StoppingCriteriaList([_StopWhenDone(seq)]),
+            **sampling,
+        )
     if not seq.finished:  # generate stopped on its own terms (e.g. a model-side length limit)
         seq.finish("length")

@@ -208,10 +208,13 @@ def _load_folder(spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> L
             raise ModelLoadError(
                 f"{folder} ships its own model code; set LLM_API_TRUST_REMOTE_CODE=1 to run it") from None
         raise ModelLoadError(f"cannot load {folder}: {exc}") from None
-    return _native(folder.name, model.to(device), tokenizer, device, dtype)
+    # A model running its own code may keep its own cache format: it goes through model.generate.
+    own_code = spec.trust_remote_code and "auto_map" in config
+    return _native(folder.name, model.to(device), tokenizer, device, dtype, batchable=not own_code)
 
 
-def _native(name: str, model: Any, tokenizer: Any, device: torch.device, dtype: torch.dtype) -> LoadedModel:
+def _native(name: str, model: Any, tokenizer: Any, device: torch.device, dtype: torch.dtype,
+            batchable: bool = True) -> LoadedModel:
     try:
         prompt_format = ChatTemplateFormat(tokenizer, _generation_eos_ids(model))
     except ValueError:
@@ -219,7 +222,7 @@ def _native(name: str, model: Any, tokenizer: Any, device: torch.device, dtype: 
     return LoadedModel(
         name=name, model=model, tokenizer=tokenizer, prompt_format=prompt_format,
         context_length=_context_length(model.config, tokenizer), device=device, dtype=dtype,
-        batchable=True, vocab_limit=min(model.config.vocab_size, len(tokenizer)),
+        batchable=batchable, vocab_limit=min(model.config.vocab_size, len(tokenizer)),
     )
 
 

@@ -8,6 +8,8 @@ import torch
 
 from .types import SamplingParams
 
+_SEED_MASK = (1 << 64) - 1
+
 
 class Sampler:
     """Chooses the next token for one sequence; a seed makes the choices repeatable."""
@@ -16,8 +18,8 @@ class Sampler:
         self.params = params
         self._generator: torch.Generator | None = None
         if not params.greedy:
-            seed = params.seed if params.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
-            self._generator = torch.Generator().manual_seed(seed)
+            seed = params.seed if params.seed is not None else int.from_bytes(os.urandom(8), "little")
+            self._generator = torch.Generator().manual_seed(seed & _SEED_MASK)  # any int is a valid seed
 
     def choose(self, logits: torch.Tensor) -> int:
         """``logits``: 1-D float tensor over the vocabulary (on any device)."""
@@ -38,10 +40,20 @@ def _top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     return filtered / filtered.sum()
 
 
-def choose_tokens(logits: torch.Tensor, samplers: list[Sampler]) -> list[int]:
-    """One token per row of ``logits`` [rows, vocab]; greedy rows share one argmax."""
+def choose_tokens(logits: torch.Tensor, samplers: list[Sampler]) -> list[int | Exception]:
+    """One token per row of ``logits`` [rows, vocab]; greedy rows share one argmax.
+
+    A row whose sampling fails gets the exception instead of a token, so one bad
+    row never takes its neighbours down with it.
+    """
     greedy = torch.argmax(logits, dim=-1).tolist()
-    return [
-        greedy[row] if sampler.params.greedy else sampler.choose(logits[row])
-        for row, sampler in enumerate(samplers)
-    ]
+    tokens: list[int | Exception] = []
+    for row, sampler in enumerate(samplers):
+        if sampler.params.greedy:
+            tokens.append(greedy[row])
+            continue
+        try:
+            tokens.append(sampler.choose(logits[row]))
+        except (RuntimeError, ValueError) as exc:  # e.g. non-finite probabilities
+            tokens.append(exc)
+    return tokens

@@ -236,9 +236,16 @@ class Engine:
 
     def _advance(self, batch: RunningBatch, rows: list[SequenceState], logits: torch.Tensor) -> None:
         """Sample one token per row, emit it, and retire the rows that finished."""
-        tokens = choose_tokens(logits, [seq.sampler for seq in rows])
-        self.stats["tokens"] += len(tokens)
-        batch.retire([seq for seq, token in zip(rows, tokens, strict=True) if seq.accept(token)])
+        done = []
+        for seq, token in zip(rows, choose_tokens(logits, [seq.sampler for seq in rows]), strict=True):
+            if isinstance(token, Exception):
+                seq.finish("error", error=f"sampling failed: {token}")
+                done.append(seq)
+            else:
+                self.stats["tokens"] += 1
+                if seq.accept(token):
+                    done.append(seq)
+        batch.retire(done)
 
     def _sequential_iteration(self, model: LoadedModel) -> None:
         new = self._take_waiting(1)

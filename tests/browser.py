@@ -1,0 +1,37 @@
+"""Headless Chromium from Debian's packages, driven by Selenium through Debian's chromedriver."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+
+
+def require(*programs: str) -> None:
+    """Skip with a reason where a program is missing; in CI (which installs them) fail instead."""
+    missing = [p for p in programs if not (shutil.which(p) or os.path.exists(p))]
+    if missing:
+        reason = f"{', '.join(missing)} not installed (apt-get install chromium chromium-driver default-jdk-headless " \
+                 "libokhttp-java; .ci/run does)"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+
+
+def chromium_driver():
+    require(CHROMIUM, CHROMEDRIVER)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--window-size=1000,800", f"--user-data-dir={tempfile.mkdtemp(prefix='chromium-')}"):
+        options.add_argument(flag)
+    return webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
