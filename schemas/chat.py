@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validate
+from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validate, validates_schema
 
 from .fields import INT64_MAX, INT64_MIN, StopField, StrictBoolean, StrictFloat, StrictInteger
 
@@ -39,14 +39,32 @@ class ChatMessageRequestSchema(SamplingFieldsMixin):
     class Meta:
         unknown = RAISE
 
-    prompt = fields.String(required=True, validate=_not_blank)
+    prompt = fields.String(validate=_not_blank)
     history = fields.List(fields.Nested(MessageSchema), load_default=list)
+    # The lesson's Java caller posts an OpenAI-shaped body instead: {"model", "stream", "messages"}.
+    messages = fields.List(fields.Nested(MessageSchema), validate=validate.Length(min=1))
+    model = fields.String()
     stream = StrictBoolean(load_default=False)
     stream_mode = fields.String(load_default="delta", validate=validate.OneOf(STREAM_MODES))
     conversation_id = fields.String(load_default=None, allow_none=True, validate=validate.Length(min=1, max=128))
 
+    @validates_schema
+    def _prompt_or_messages(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if "messages" in data:
+            if "prompt" in data or data.get("history"):
+                raise ValidationError("Send either prompt (with history) or messages, not both.", "messages")
+            last = data["messages"][-1]
+            if last["role"] != "user" or not last["content"].strip():
+                raise ValidationError("The last message must be a non-empty user message.", "messages")
+        elif "prompt" not in data:
+            raise ValidationError("Missing data for required field.", "prompt")
+
     @post_load
-    def _plain_history(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+    def _prompt_and_history(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        data.pop("model", None)  # one model is served; the name is not checked
+        messages = data.pop("messages", None)
+        if messages is not None:
+            data["prompt"], data["history"] = messages[-1]["content"], messages[:-1]
         data["history"] = [{"role": m["role"], "content": m["content"]} for m in data["history"]]
         return data
 

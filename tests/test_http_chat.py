@@ -369,3 +369,22 @@ def test_no_cors_headers_by_default(client):
 @pytest.mark.parametrize("seed", [2**63, -(2**63) - 1])
 def test_seed_outside_64_bits_is_422(client, seed):
     assert_error(post(client, {"prompt": "a", "seed": seed}), 422, "validation_error")
+
+
+def test_openai_shaped_body_on_the_lesson_route(client, fake_engine):
+    """The lesson's Java caller posts {"model", "stream", "messages"} and reads the lesson's events."""
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi there"}]
+    response = post(client, {"model": "chatglm3-6b", "stream": True, "messages": messages})
+    events = parse_sse(response.get_data(as_text=True))
+    assert events[-1]["event"] == "finish"
+    assert fake_engine.submitted[-1].prompt_ids == fake_engine.encode_chat(messages)
+
+
+@pytest.mark.parametrize("body", [
+    {"messages": [{"role": "user", "content": "a"}], "prompt": "b"},
+    {"messages": [{"role": "assistant", "content": "a"}]},
+    {"messages": []},
+    {"model": "m"},
+])
+def test_openai_shaped_body_must_be_coherent(client, body):
+    assert_error(post(client, body), 422, "validation_error")

@@ -1,0 +1,48 @@
+"""A Java okhttp client (Debian's okhttp 3.13 jars) against the real server, compiled and run by the test."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+import requests
+
+from tests.browser import require
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.e2e
+
+JARS = "/usr/share/java/okhttp.jar:/usr/share/java/okio.jar"
+SOURCE = ROOT / "examples" / "java" / "plain" / "ChatStreamPlain.java"
+
+
+@pytest.fixture(scope="module")
+def java_client(tmp_path_factory):
+    require("javac", "java", "/usr/share/java/okhttp.jar", "/usr/share/java/okio.jar")
+    classes = tmp_path_factory.mktemp("java")
+    subprocess.run(["javac", "-encoding", "UTF-8", "-d", str(classes), "-cp", JARS, str(SOURCE)], check=True,
+                   capture_output=True, timeout=180)
+    return classes
+
+
+def run_java(classes, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["java", "-Dfile.encoding=UTF-8", "-Dsun.stdout.encoding=UTF-8",
+                           "-Dsun.stderr.encoding=UTF-8", "-cp", f"{classes}:{JARS}", "ChatStreamPlain", *args],
+                          capture_output=True, text=True, encoding="utf-8", timeout=180)
+
+
+@pytest.mark.parametrize("question", ["What is the capital of France?", "Write the word café three times."])
+def test_java_client_prints_the_same_text_as_the_non_streamed_answer(java_client, live_server, question):
+    expected = requests.post(f"{live_server.url}/chat/new/message", timeout=120, data=json.dumps(
+        {"prompt": question, "temperature": 0, "max_tokens": 40})).json()
+    result = run_java(java_client, live_server.url, question, "0", "40")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == expected["response"]
+    assert result.stderr.startswith("[finish ") and f'"finish_reason":"{expected["finish_reason"]}"' in result.stderr
+
+
+def test_java_client_reports_an_http_error(java_client, live_server):
+    result = run_java(java_client, live_server.url, "hello", "7")  # temperature out of range → 422
+    assert result.returncode == 1
+    assert "HTTP 422" in result.stderr and "temperature" in result.stderr
