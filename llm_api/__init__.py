@@ -32,8 +32,9 @@ def create_app(settings: Settings | None = None, *, engine: Any = None) -> Flask
     app.json.sort_keys = False
 
     if engine is None:
-        engine = Engine(model_spec(settings), EngineOptions(settings.max_batch, settings.max_queue,
-                                                            settings.batching, settings.torch_threads))
+        engine = Engine(model_spec(settings), EngineOptions(
+            max_batch=settings.max_batch, max_queue=settings.max_queue, prefill_chunk=settings.prefill_chunk,
+            batching=settings.batching, torch_threads=settings.torch_threads))
     chat_service = ChatService(engine, InMemoryMessageStore(), default_max_tokens=settings.default_max_tokens,
                                heartbeat_seconds=settings.heartbeat_seconds, log_prompts=settings.log_prompts)
     app.extensions[EXTENSION_KEY] = Services(settings, engine, chat_service)

@@ -129,6 +129,8 @@ class Settings:
                               "requests waiting for a batch slot before new ones get 503")
     max_batch: int = _setting("LLM_API_MAX_BATCH", 8, _int(1, 256),
                               "sequences decoded together in one step")
+    prefill_chunk: int = _setting("LLM_API_PREFILL_CHUNK", 64, _int(1),
+                                  "prompt tokens run per step while other streams decode (chunked prefill)")
     batching: bool = _setting("LLM_API_BATCHING", True, _bool,
                               "0 runs one request at a time through `model.generate` (debugging)")
     torch_threads: int = _setting("LLM_API_TORCH_THREADS", 0, _int(0),

@@ -154,3 +154,42 @@ def test_near_zero_temperature_is_greedy_and_odd_seeds_are_fine(real_engine):
     for seed in (-1, 2**64 + 5):
         text, finished, _, _ = run(real_engine, "Say something.", SamplingParams(max_tokens=5, seed=seed))
         assert finished.finish_reason in ("stop", "length") and finished.usage.completion_tokens >= 1
+
+
+@pytest.fixture(scope="module")
+def chunky_engine():
+    """Small prefill chunks, so that ordinary prompts are prefilled in several pieces."""
+    engine = Engine(ModelSpec("embedded", cache_dir=str(CACHE_DIR)), EngineOptions(prefill_chunk=8))
+    engine.start()
+    assert engine.wait_ready(300), engine.load_error
+    yield engine
+    engine.stop()
+
+
+def test_chunked_prefill_gives_the_same_tokens(real_engine, chunky_engine):
+    alone = [run(real_engine, p, GREEDY)[1].token_ids for p in PROMPTS[:4]]
+    jobs = [gevent.spawn(run, chunky_engine, p, GREEDY, i * 0.15) for i, p in enumerate(PROMPTS[:4])]
+    gevent.joinall(jobs, raise_error=True)
+    assert [job.value[1].token_ids for job in jobs] == alone
+
+
+def test_a_long_prompt_is_prefilled_between_decode_steps_of_running_streams(chunky_engine):
+    """While a ~500-token prompt is prefilled in chunks, a running stream keeps receiving tokens."""
+    engine = chunky_engine
+    running = engine.submit("r", engine.encode_chat([{"role": "user", "content": "Write a long story."}]),
+                            SamplingParams(max_tokens=150, temperature=0))
+    assert isinstance(running.next_event(30), TextDelta)
+    long_prompt = " ".join(f"word{i}" for i in range(250))
+    ids = engine.encode_chat([{"role": "user", "content": long_prompt}])
+    assert len(ids) > 450
+    waiting = engine.submit("l", ids, SamplingParams(max_tokens=1, temperature=0))
+    tokens_meanwhile = 0
+    while (event := waiting.next_event(0.001)) is None:
+        running_event = running.next_event(0.01)
+        if isinstance(running_event, TextDelta):
+            tokens_meanwhile += 1
+        assert not isinstance(running_event, Finished), "the running stream ended before the prefill did"
+    assert isinstance(event, (TextDelta, Finished))
+    # 450+ tokens in chunks of 8 take 56+ rounds, each with one decode step of the running stream
+    assert tokens_meanwhile >= 40
+    running.cancel()

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .batch import RunningBatch, supports_batched_cache
+from .batch import Prefill, RunningBatch, supports_batched_cache
 from .channel import Channel
 from .errors import ContextLengthError, ModelLoadError, NotReadyError, QueueFullError
 from .generate_runner import run_with_generate
@@ -36,6 +36,7 @@ _IDLE_WAIT_SECONDS = 0.5
 class EngineOptions:
     max_batch: int = 8
     max_queue: int = 256
+    prefill_chunk: int = 64  # prompt tokens per step while other sequences decode
     batching: bool = True
     torch_threads: int = 0  # 0: one per core
 
@@ -57,6 +58,7 @@ class Engine:
         self._stopping = False
         self._stopped = NativeSignal()
         self._model: LoadedModel | None = None
+        self._prefills: list[Prefill] = []  # engine thread only: prompts being run into their caches
         self.load_error: str | None = None
         self.ready = False
         self.batched = False
@@ -150,7 +152,8 @@ class Engine:
             return
         model = self._model
         assert model is not None
-        batch = RunningBatch(model.model, model.device, model.vocab_limit)
+        pad_head = model.device.type == "cpu" and model.dtype == torch.float32
+        batch = RunningBatch(model.model, model.device, model.vocab_limit, pad_head_rows=pad_head)
         while not self._stopping:
             try:
                 if self.batched:
@@ -160,10 +163,11 @@ class Engine:
             except Exception as exc:  # a failed step ends its requests, never the engine
                 log.exception("generation step failed")
                 self.stats["errors"] += 1
-                for seq in batch.rows:
+                for seq in [*batch.rows, *(p.seq for p in self._prefills)]:
                     seq.finish("error", error=f"generation failed: {exc}")
                 batch.clear()
-        for seq in batch.rows:
+                self._prefills = []
+        for seq in [*batch.rows, *(p.seq for p in self._prefills)]:
             seq.finish("cancelled")
         while self._inbox:
             self._leave_inbox(self._inbox.popleft()).finish("cancelled")
@@ -219,16 +223,25 @@ class Engine:
         return seq
 
     def _batched_iteration(self, model: LoadedModel, batch: RunningBatch) -> None:
-        new = self._take_waiting(self.options.max_batch - len(batch))
-        if not new and not batch.rows:
+        """One scheduling round: admit, run one prefill chunk, run one decode step for the batch."""
+        room = self.options.max_batch - len(batch) - len(self._prefills)
+        self._prefills.extend(batch.start_prefill(seq) for seq in self._take_waiting(room))
+        if not self._prefills and not batch.rows:
             self._wake.wait(_IDLE_WAIT_SECONDS)
             return
-        for seq in new:
-            logits = batch.prefill(seq)
-            self._advance(batch, [seq], logits[None, :])
-        cancelled = [seq for seq in batch.rows if seq.check_cancelled()]
-        self.stats["cancelled"] += len(cancelled)
-        batch.retire(cancelled)
+        cancelled = [p for p in self._prefills if p.seq.check_cancelled()]
+        self._prefills = [p for p in self._prefills if p not in cancelled]
+        if self._prefills:
+            # Alone, a prompt runs whole; while others decode, it runs in chunks between their steps.
+            prefill = self._prefills[0]
+            chunk = self.options.prefill_chunk if batch.rows else prefill.remaining
+            logits = batch.prefill_chunk(prefill, chunk)
+            if logits is not None:
+                self._prefills.pop(0)
+                self._advance(batch, [prefill.seq], logits[None, :])
+        cancelled_rows = [seq for seq in batch.rows if seq.check_cancelled()]
+        self.stats["cancelled"] += len(cancelled) + len(cancelled_rows)
+        batch.retire(cancelled_rows)
         if batch.rows:
             self._advance(batch, list(batch.rows), batch.decode())
             self.stats["steps"] += 1
