@@ -16,7 +16,7 @@ from schemas.openai import ChatCompletionRequestSchema, CompletionRequestSchema
 
 bp = Blueprint("openai", __name__, url_prefix="/v1")
 
-_SAMPLING = ("max_tokens", "temperature", "top_p", "seed", "stop")
+_SAMPLING = ("max_tokens", "temperature", "top_p", "seed", "stop", "ignore_eos")
 
 
 def _load(schema: Any) -> dict[str, Any]:

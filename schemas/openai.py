@@ -97,11 +97,14 @@ class _CommonSchema(Schema):
     presence_penalty = NeutralOnly(0, 0.0)
     logit_bias = NeutralOnly({})
     max_tokens = StrictInteger(load_default=None, allow_none=True, validate=validate.Range(min=1))
+    # Extension (as in vLLM and llama.cpp's server): generate exactly max_tokens, past end-of-turn tokens.
+    ignore_eos = StrictBoolean(load_default=False, allow_none=True)
 
     @post_load
     def _defaults_for_nulls(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
         """Some clients send null for every field they leave unset: null means the default."""
-        for name, default in (("temperature", 1.0), ("top_p", 1.0), ("stop", ()), ("n", 1), ("stream", False)):
+        for name, default in (("temperature", 1.0), ("top_p", 1.0), ("stop", ()), ("n", 1), ("stream", False),
+                              ("ignore_eos", False)):
             if data.get(name) is None:
                 data[name] = default
         options = data.pop("stream_options") or {}

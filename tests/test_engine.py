@@ -193,3 +193,10 @@ def test_a_long_prompt_is_prefilled_between_decode_steps_of_running_streams(chun
     # 450+ tokens in chunks of 8 take 56+ rounds, each with one decode step of the running stream
     assert tokens_meanwhile >= 40
     running.cancel()
+
+
+def test_ignore_eos_generates_exactly_max_tokens(real_engine):
+    text, finished, _, _ = run(real_engine, "What is the capital of France?",
+                               SamplingParams(max_tokens=30, temperature=0, ignore_eos=True))
+    assert finished.finish_reason == "length" and finished.usage.completion_tokens == 30
+    assert text.startswith("The capital of France is Paris.")

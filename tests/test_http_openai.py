@@ -144,3 +144,10 @@ def test_openai_errors_keep_the_services_status_codes(client, fake_engine):
     assert response.headers["Retry-After"]
     openai_error(client.get("/v1/nope"), 404, None, "not_found")
     assert client.get("/nope").get_json()["error"]["details"] == {}  # the rest of the service keeps its envelope
+
+
+def test_ignore_eos_extension_reaches_the_engine(client, fake_engine):
+    post(client, "/v1/chat/completions", {**CHAT, "ignore_eos": True, "max_tokens": 7})
+    assert fake_engine.submitted[-1].params.ignore_eos is True
+    post(client, "/v1/chat/completions", CHAT)
+    assert fake_engine.submitted[-1].params.ignore_eos is False

@@ -65,7 +65,7 @@ def run_with_generate(model: Any, tokenizer: Any, seq: SequenceState, device: to
             input_ids=ids,
             attention_mask=torch.ones_like(ids),
             max_new_tokens=params.max_tokens,
-            eos_token_id=sorted(seq.request.stop_token_ids) or None,
+            eos_token_id=None if params.ignore_eos else (sorted(seq.request.stop_token_ids) or None),
             streamer=SequenceStreamer(tokenizer, seq),
             stopping_criteria=StoppingCriteriaList([_StopWhenDone(seq)]),
             **sampling,

@@ -56,7 +56,7 @@ class SequenceState:
         if self._first_token_at is None:
             self._first_token_at = time.monotonic()
         self.generated.append(token_id)
-        if token_id in self.request.stop_token_ids:
+        if token_id in self.request.stop_token_ids and not self.request.params.ignore_eos:
             self.finish("stop")
             return True
         self._send(self._stops.feed(self._detok.push(token_id)))

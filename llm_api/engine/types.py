@@ -16,6 +16,7 @@ class SamplingParams:
     top_p: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    ignore_eos: bool = False  # keep generating past end-of-turn tokens (benchmarks: exact output lengths)
 
     @property
     def greedy(self) -> bool:

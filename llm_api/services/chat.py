@@ -53,6 +53,7 @@ class ChatRequest:
     stop: tuple[str, ...] = ()
     conversation_id: str | None = None
     raw: bool = False
+    ignore_eos: bool = False
 
     @classmethod
     def from_messages(cls, messages: list[dict[str, str]], **fields: Any) -> ChatRequest:
@@ -180,7 +181,7 @@ class ChatService:
             if max_tokens < 1:
                 raise ContextLengthError(len(prompt_ids), 1, context)
         params = SamplingParams(max_tokens=max_tokens, temperature=request.temperature, top_p=request.top_p,
-                                seed=request.seed, stop=request.stop)
+                                seed=request.seed, stop=request.stop, ignore_eos=request.ignore_eos)
         handle = self._engine.submit(uuid.uuid4().hex, prompt_ids, params)
         return ChatStream(self, request, handle, self._heartbeat)
 

@@ -1,0 +1,411 @@
+"""The benchmark suite: the real server under gunicorn, the same engine in-process, and the peers,
+side by side in ONE run so that ratios are fair on a noisy machine.
+
+Usage:  python -m bench.run [--tokens 128] [--peers ours,lesson,naive,llama-server,llama-cpp-python]
+Prints every figure and writes them all to bench/results/<timestamp>.json (and latest.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import selectors
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psutil
+import requests
+
+from bench.prompts import PROMPTS
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE = Path(os.environ.get("LLM_API_BENCH_CACHE", ROOT / ".cache" / "bench"))
+MODEL_CACHE = Path(os.environ.get("LLM_API_CACHE_DIR", ROOT / ".cache" / "test-models"))
+RESULTS = ROOT / "bench" / "results"
+LLAMA_SERVER = CACHE / "llama-server-0.3.36" / "bin" / "llama-server"
+LLAMA_CPP_PYTHON = CACHE / "llama-cpp-python-venv" / "bin" / "python"
+
+
+# ---- measuring one stream --------------------------------------------------------------------------
+
+@dataclass
+class StreamResult:
+    ttft: float | None
+    seconds: float
+    tokens: int
+    cut: bool  # ended without [DONE], or with fewer tokens than asked for
+
+
+def stream_chat(url: str, prompt: str, tokens: int, extra: dict[str, Any]) -> StreamResult:
+    """One streamed OpenAI chat completion; token count from usage when the server reports it."""
+    body = {"model": "bench", "messages": [{"role": "user", "content": prompt}], "max_tokens": tokens,
+            "temperature": 0.7, "stream": True, **extra}
+    started = time.perf_counter()
+    ttft, pieces, usage, done = None, 0, None, False
+    try:
+        with requests.post(f"{url}/v1/chat/completions", json=body, stream=True, timeout=600) as response:
+            for line in response.iter_lines():
+                if not line.startswith(b"data: "):
+                    continue
+                if line == b"data: [DONE]":
+                    done = True
+                    break
+                chunk = json.loads(line[6:])
+                usage = chunk.get("usage") or usage
+                for choice in chunk.get("choices") or []:
+                    if (choice.get("delta") or {}).get("content"):
+                        pieces += 1
+                        ttft = ttft if ttft is not None else time.perf_counter() - started
+    except requests.RequestException:
+        pass
+    counted = usage["completion_tokens"] if usage else (tokens if done else pieces)
+    return StreamResult(ttft, time.perf_counter() - started, counted, cut=not done or counted < tokens)
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+class HealthProbe:
+    """Times GET /healthz every 50 ms on its own thread while a load runs."""
+
+    def __init__(self, url: str) -> None:
+        self.url, self.samples, self._stop = url, [], threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        session = requests.Session()
+        while not self._stop.is_set():
+            started = time.perf_counter()
+            session.get(f"{self.url}/healthz", timeout=10)
+            self.samples.append(time.perf_counter() - started)
+            self._stop.wait(0.05)
+
+    def __enter__(self) -> HealthProbe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def load(url: str, streams: int, tokens: int, extra: dict[str, Any], probe: bool = False) -> dict[str, Any]:
+    """``streams`` concurrent streams (different prompts), each asking for ``tokens`` tokens."""
+    prompts = [PROMPTS[i % len(PROMPTS)] for i in range(streams)]
+    probe_ctx = HealthProbe(url) if probe else None
+    started = time.perf_counter()
+    if probe_ctx:
+        probe_ctx.__enter__()
+    with ThreadPoolExecutor(streams) as pool:
+        results = list(pool.map(lambda p: stream_chat(url, p, tokens, extra), prompts))
+    wall = time.perf_counter() - started
+    if probe_ctx:
+        probe_ctx.__exit__()
+    ttfts = [r.ttft for r in results if r.ttft is not None]
+    total = sum(r.tokens for r in results)
+    summary = {
+        "streams": streams, "aggregate_tps": round(total / wall, 1),
+        "per_stream_tps": round(statistics.mean(r.tokens / r.seconds for r in results), 2),
+        "ttft_p50": round(percentile(ttfts, 0.5) or 0, 3), "ttft_p95": round(percentile(ttfts, 0.95) or 0, 3),
+        "cut": sum(r.cut for r in results), "tokens": total,
+    }
+    if probe_ctx:
+        ms = [s * 1000 for s in probe_ctx.samples]
+        summary.update(healthz_p50_ms=round(percentile(ms, 0.5), 2), healthz_p99_ms=round(percentile(ms, 0.99), 2))
+    print(f"    {streams:>2} streams: {summary}", flush=True)
+    return summary
+
+
+# ---- servers ---------------------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    def __init__(self, name: str, command: list[str], env: dict[str, str], ready_path: str = "/healthz") -> None:
+        self.name, self.port = name, free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        command = [part.replace("{port}", str(self.port)) for part in command]
+        self.log = open(CACHE / f"{name}.log", "w")
+        self.process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **env}, stdout=self.log,
+                                        stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{name} exited: see {self.log.name}")
+            try:
+                if requests.get(self.url + ready_path, timeout=2).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.5)
+        raise RuntimeError(f"{name} not ready")
+
+    def rss_mb(self) -> float:
+        """Resident memory of the serving process(es): the children of a gunicorn master, else itself."""
+        process = psutil.Process(self.process.pid)
+        children = process.children(recursive=True)
+        return round(sum(p.memory_info().rss for p in (children or [process])) / 2**20, 1)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        self.log.close()
+
+
+def ours(env: dict[str, str] | None = None) -> Server:
+    return Server("llm_api", [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "-b", "127.0.0.1:{port}",
+                              "--no-control-socket", "wsgi:app"],
+                  {"LLM_API_CACHE_DIR": str(MODEL_CACHE), "LLM_API_LOG_LEVEL": "warning", **(env or {})},
+                  ready_path="/readyz")
+
+
+def converted_model_dir() -> str:
+    return str(next(p for p in MODEL_CACHE.iterdir() if (p / "config.json").is_file()))
+
+
+def gguf_path() -> str:
+    from llm_api.engine.loader import embedded_gguf_path
+
+    return str(embedded_gguf_path())
+
+
+def _baseline(name: str, command: list[str]) -> Server:
+    return Server(name, command, {"LLM_API_BENCH_MODEL_DIR": converted_model_dir()})
+
+
+def _llama_cpp_python(name: str, *flags: str) -> Server:
+    command = [str(LLAMA_CPP_PYTHON), "-m", "llama_cpp.server", "--model", gguf_path(), "--port", "{port}",
+               "--n_ctx", "4096", *flags]
+    return Server(name, command, {}, ready_path="/v1/models")
+
+
+PEERS = {
+    "lesson": lambda: _baseline("lesson-fastapi", [sys.executable, "-m", "uvicorn", "bench.peers.lesson_fastapi:app",
+                                                   "--port", "{port}", "--log-level", "warning"]),
+    "naive": lambda: _baseline("naive-flask", [sys.executable, "-m", "gunicorn", "-c",
+                                               "bench/peers/gunicorn_naive.conf.py", "-b", "127.0.0.1:{port}",
+                                               "--no-control-socket", "bench.peers.naive_flask:app"]),
+    "llama-server": lambda: Server("llama-server", [str(LLAMA_SERVER), "-m", gguf_path(), "-np", "8", "-c", "8192",
+                                                    "--host", "127.0.0.1", "--port", "{port}",
+                                                    "-t", str(os.cpu_count())], {}, ready_path="/health"),
+    "llama-cpp-python": lambda: _llama_cpp_python("llama-cpp-python"),
+    "llama-cpp-python-no-interrupt": lambda: _llama_cpp_python("llama-cpp-python-no-interrupt",
+                                                               "--interrupt_requests", "False"),
+}
+SETUP = {"llama-server": (LLAMA_SERVER, "bench/peers/build_llama_server.sh"),
+         "llama-cpp-python": (LLAMA_CPP_PYTHON, "bench/peers/setup_llama_cpp_python.sh"),
+         "llama-cpp-python-no-interrupt": (LLAMA_CPP_PYTHON, "bench/peers/setup_llama_cpp_python.sh")}
+# How each peer is told to generate exactly max_tokens (past the end-of-turn token, id 2).
+_NO_EOS = {"logit_bias": {"2": -100}}
+EXACT_LENGTH = {"ours": {"ignore_eos": True, "stream_options": {"include_usage": True}},
+                "lesson": {"ignore_eos": True}, "naive": {"ignore_eos": True}, "llama-server": {"ignore_eos": True},
+                "llama-cpp-python": _NO_EOS, "llama-cpp-python-no-interrupt": _NO_EOS}
+
+
+# ---- the sections ----------------------------------------------------------------------------------
+
+def single_stream(server: Server, tokens: int, runs: int) -> dict[str, Any]:
+    """Over HTTP vs the same engine code in-process (this process), same prompt and length."""
+    import gevent  # noqa: F401 - the engine's hand-off waits on the gevent hub
+
+    from llm_api.engine.loader import ModelSpec
+    from llm_api.engine.scheduler import Engine, EngineOptions
+    from llm_api.engine.types import SamplingParams, TextDelta
+
+    prompt = PROMPTS[0]
+    http = [stream_chat(server.url, prompt, tokens, EXACT_LENGTH["ours"]) for _ in range(runs)]
+    engine = Engine(ModelSpec("embedded", cache_dir=str(MODEL_CACHE)), EngineOptions())
+    engine.start()
+    engine.wait_ready(600)
+    local = []
+    for _ in range(runs):
+        handle = engine.submit("b", engine.encode_chat([{"role": "user", "content": prompt}]),
+                               SamplingParams(max_tokens=tokens, temperature=0.7, ignore_eos=True))
+        started, ttft = time.perf_counter(), None
+        while True:
+            event = handle.next_event(60)
+            if isinstance(event, TextDelta) and ttft is None:
+                ttft = time.perf_counter() - started
+            elif event is not None and not isinstance(event, TextDelta):
+                local.append(StreamResult(ttft, time.perf_counter() - started, event.usage.completion_tokens, False))
+                break
+    engine.stop()
+
+    def decode_tps(results: list[StreamResult]) -> float:
+        return statistics.median((r.tokens - 1) / (r.seconds - r.ttft) for r in results)
+
+    out = {
+        "http_ttft_p50": round(percentile([r.ttft for r in http], 0.5), 3),
+        "http_ttft_p95": round(percentile([r.ttft for r in http], 0.95), 3),
+        "inproc_ttft_p50": round(percentile([r.ttft for r in local], 0.5), 3),
+        "inproc_ttft_p95": round(percentile([r.ttft for r in local], 0.95), 3),
+        "http_decode_tps": round(decode_tps(http), 2), "inproc_decode_tps": round(decode_tps(local), 2),
+    }
+    out["http_over_inproc_tps"] = round(out["http_decode_tps"] / out["inproc_decode_tps"], 3)
+    out["http_minus_inproc_ttft_ms"] = round((out["http_ttft_p50"] - out["inproc_ttft_p50"]) * 1000, 1)
+    print(f"  single stream: {out}", flush=True)
+    return out
+
+
+def rss_after_requests(server: Server, counts: tuple[int, ...], concurrency: int = 16) -> dict[str, float]:
+    """RSS after N short requests (KV caches of finished sequences must be freed)."""
+    out, done = {}, 0
+
+    def one(i: int) -> None:
+        requests.post(f"{server.url}/v1/chat/completions", timeout=600, json={
+            "model": "b", "messages": [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}],
+            "max_tokens": 8, "ignore_eos": True})
+
+    for count in counts:
+        with ThreadPoolExecutor(concurrency) as pool:
+            list(pool.map(one, range(done, count)))
+        done = count
+        out[str(count)] = server.rss_mb()
+        print(f"  RSS after {count} requests: {out[str(count)]} MiB", flush=True)
+    return out
+
+
+def idle_connections(count: int) -> dict[str, Any]:
+    """``count`` SSE streams held open by one worker while they wait in the queue (heartbeats flowing)."""
+    server = ours({"LLM_API_MAX_BATCH": "1", "LLM_API_MAX_QUEUE": str(count + 10), "LLM_API_HEARTBEAT_SECONDS": "2"})
+    try:
+        blocker = threading.Thread(target=stream_chat, args=(server.url, PROMPTS[0], 4000, {"ignore_eos": True}),
+                                   daemon=True)
+        blocker.start()
+        time.sleep(1.0)
+        rss_before = server.rss_mb()
+        body = json.dumps({"prompt": "hello", "stream": True, "max_tokens": 8}).encode()
+        head = (f"POST /chat/new/message HTTP/1.1\r\nHost: bench\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+        selector, sockets, states = selectors.DefaultSelector(), [], []
+        for _ in range(count):
+            sock = socket.create_connection(("127.0.0.1", server.port))
+            sock.sendall(head + body)
+            sock.setblocking(False)
+            states.append({"pings": 0, "closed": False})
+            selector.register(sock, selectors.EVENT_READ, states[-1])
+            sockets.append(sock)
+        with HealthProbe(server.url) as probe:
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline:
+                for key, _ in selector.select(timeout=0.5):
+                    data = key.fileobj.recv(65536)
+                    if not data:
+                        key.data["closed"] = True
+                        selector.unregister(key.fileobj)
+                    else:
+                        key.data["pings"] += data.count(b": ping")
+        result = {
+            "connections": count, "rss_before_mb": rss_before, "rss_with_connections_mb": server.rss_mb(),
+            "dropped": sum(s["closed"] for s in states), "with_heartbeats": sum(s["pings"] > 0 for s in states),
+            "healthz_p50_ms": round(percentile([s * 1000 for s in probe.samples], 0.5), 2),
+            "healthz_p99_ms": round(percentile([s * 1000 for s in probe.samples], 0.99), 2),
+        }
+        for sock in sockets:
+            sock.close()
+        print(f"  idle connections: {result}", flush=True)
+        return result
+    finally:
+        server.stop()
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+            "memory_gb": round(psutil.virtual_memory().total / 2**30, 1), "python": platform.python_version(),
+            "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "cpu_model": _cpu_model()}
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--levels", default="1,2,4,8,16")
+    parser.add_argument("--peer-levels", default="1,4,8,16")
+    parser.add_argument("--peers", default="lesson,naive,llama-server,llama-cpp-python,llama-cpp-python-no-interrupt")
+    parser.add_argument("--runs", type=int, default=5, help="single-stream repetitions")
+    parser.add_argument("--idle", type=int, default=1000, help="idle SSE connections (0 to skip)")
+    parser.add_argument("--rss-requests", type=int, default=1000, help="requests for the RSS check (0 to skip)")
+    args = parser.parse_args()
+    CACHE.mkdir(parents=True, exist_ok=True)
+    levels = [int(x) for x in args.levels.split(",")]
+    peer_levels = [int(x) for x in args.peer_levels.split(",")]
+    report: dict[str, Any] = {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(),
+                              "command": "python -m bench.run " + " ".join(sys.argv[1:]), "tokens": args.tokens}
+    print(f"llm_api benchmark, {report['date']}, {report['machine']}", flush=True)
+
+    server = ours({"LLM_API_MAX_BATCH": str(max(levels)), "LLM_API_MAX_QUEUE": "2000"})
+    try:
+        print("ours (gunicorn gevent, embedded model):", flush=True)
+        report["single_stream"] = single_stream(server, args.tokens, args.runs)
+        report["sweep"] = [load(server.url, n, args.tokens, EXACT_LENGTH["ours"], probe=True) for n in levels]
+        if args.rss_requests:
+            report["rss_mb"] = rss_after_requests(server, (10, args.rss_requests))
+    finally:
+        server.stop()
+    if args.idle:
+        report["idle"] = idle_connections(args.idle)
+
+    report["peers"] = {}
+    for name in [p for p in args.peers.split(",") if p]:
+        binary, setup = SETUP.get(name, (None, ""))
+        if binary is not None and not binary.exists():
+            print(f"{name}: not built, skipped (run {setup})", flush=True)
+            report["peers"][name] = {"skipped": f"not built: run {setup}"}
+            continue
+        print(f"{name}:", flush=True)
+        peer = PEERS[name]()
+        try:
+            rows = [load(peer.url, n, args.tokens, EXACT_LENGTH[name]) for n in peer_levels]
+            report["peers"][name] = {"levels": rows}
+        finally:
+            peer.stop()
+
+    ours_at = {row["streams"]: row for row in report["sweep"]}
+    for result in report["peers"].values():
+        for row in result.get("levels", []):
+            mine = ours_at.get(row["streams"])
+            if mine and row["aggregate_tps"]:
+                row["ours_over_peer"] = round(mine["aggregate_tps"] / row["aggregate_tps"], 2)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    for path in (RESULTS / f"{stamp}.json", RESULTS / "latest.json"):
+        path.write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+    print(f"written to {RESULTS / f'{stamp}.json'}")
+
+
+if __name__ == "__main__":
+    main()
