@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install install-test serve test lint bench clean
+.PHONY: install install-test serve test lint bench bench-peers clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,14 @@ serve: install
 test: install-test
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
+
+bench: install-test
+	$(BIN)/pip install -r bench/requirements.txt
+	$(BIN)/python -m bench.run
+
+bench-peers:
+	bash bench/peers/build_llama_server.sh
+	bash bench/peers/setup_llama_cpp_python.sh
 
 lint: install-test
 	$(BIN)/ruff check .

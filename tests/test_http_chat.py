@@ -388,3 +388,34 @@ def test_openai_shaped_body_on_the_lesson_route(client, fake_engine):
 ])
 def test_openai_shaped_body_must_be_coherent(client, body):
     assert_error(post(client, body), 422, "validation_error")
+
+
+@pytest.mark.parametrize("log_prompts", [False, True])
+def test_each_exchange_is_logged_on_one_line(fake_engine, log_prompts):
+    import logging
+
+    from llm_api import create_app
+    from llm_api.config import Settings
+
+    class Collect(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lines = []
+
+        def emit(self, record):
+            self.lines.append(record.getMessage())
+
+    app = create_app(Settings.from_env({}, log_prompts=log_prompts), engine=fake_engine)
+    logger, collect = logging.getLogger("llm_api.exchange"), Collect()
+    logger.addHandler(collect)
+    try:
+        answer = post(app.test_client(), {"prompt": "secret question"}).get_json()
+    finally:
+        logger.removeHandler(collect)
+    lines = collect.lines
+    assert len(lines) == 1 and "\n" not in lines[0]
+    line = lines[0]
+    for field in (f"message_id={answer['message_id']}", "prompt_tokens=3", "completion_tokens=5", "ttft=0.010s",
+                  "total=0.020s", "finish_reason=stop", "time="):
+        assert field in line
+    assert ("secret question" in line) is log_prompts
