@@ -10,6 +10,7 @@ from llm_api import model_spec
 from llm_api.config import ConfigError, Settings
 from llm_api.engine.errors import ModelLoadError
 from llm_api.engine.loader import preflight
+from llm_api.storage import StorageError, prepare_database
 
 # Exit status of a worker whose app cannot load: gunicorn's master then stops instead of respawning it.
 APP_LOAD_ERROR = 4
@@ -17,11 +18,15 @@ APP_LOAD_ERROR = 4
 try:
     _settings = Settings.from_env()
     preflight(model_spec(_settings))
+    prepare_database(_settings.resolved_database_url)  # migrations run once here, not in every worker
 except ConfigError as _error:  # one clear line, then stop before any worker starts
     print(f"llm_api: invalid configuration: {_error}", file=sys.stderr)
     raise SystemExit(2) from None
 except ModelLoadError as _error:
     print(f"llm_api: cannot serve the model: {_error}", file=sys.stderr)
+    raise SystemExit(2) from None
+except StorageError as _error:
+    print(f"llm_api: cannot open the database: {_error}", file=sys.stderr)
     raise SystemExit(2) from None
 
 # gevent's thread patching inspects every live object, which trips a torch deprecation warning.

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify, request
 
 from blueprints import route
 from llm_api.http_body import read_json_body
 from llm_api.services.chat import ChatRequest
 from llm_api.state import services
-from llm_api.streaming import RETRY_MS, chat_events, parse_event_id, replayed_finish, resume_unavailable, sse_response
+from llm_api.streaming import (
+    RETRY_MS,
+    chat_event_frames,
+    follow_events,
+    parse_event_id,
+    resume_unavailable,
+    sse_response,
+)
 from schemas.chat import (
     ChatMessageRequestSchema,
     ChatResponseSchema,
@@ -25,28 +32,48 @@ def new_message():  # noqa: ANN201
     body = read_json_body(request, current_app.config["LLM_API"].max_body_bytes)
     fields = ChatMessageRequestSchema().load(body)
     stream, mode = fields.pop("stream"), fields.pop("stream_mode")
-    chat, chat_request = services().chat, ChatRequest.from_turn(**fields)
+    chat_request = ChatRequest.from_turn(**fields)
     if stream:
-        return sse_response(chat_events(chat.open_stream(chat_request), mode))
-    return jsonify(ChatResponseSchema().dump(chat.complete(chat_request)))
+        return _start_stream(chat_request, mode, wait_for_reconnect=False)
+    return jsonify(ChatResponseSchema().dump(services().chat.complete(chat_request)))
 
 
 @route(bp, "/get/messages", ["GET"])
 def get_messages():  # noqa: ANN201
     query = MessagesQuerySchema().load(request.args.to_dict())
-    records = services().chat.list_messages(query["limit"], query["before"])
-    return jsonify({"messages": ExchangeSchema(many=True).dump(records)})
+    exchanges = services().chat.list_exchanges(query["limit"], query["before"])
+    return jsonify({"messages": ExchangeSchema(many=True).dump(exchanges)})
 
 
 @route(bp, "/stream", ["GET"])
 def stream_get():  # noqa: ANN201
-    """For the browser's EventSource (GET only); a reconnect never starts a second generation."""
-    args = {key: request.args.getlist(key) if key == "stop" else request.args[key] for key in request.args}
-    fields = ChatStreamQuerySchema().load(args)
-    chat, mode = services().chat, fields.pop("stream_mode")
+    """For the browser's EventSource (GET only). A reconnect carrying ``Last-Event-ID`` gets the
+    events after that id, then the live tail; it never starts a second generation."""
     resumed = parse_event_id(request.headers.get("Last-Event-ID"))
     if resumed is not None:
-        record = chat.find_message(resumed[0])
-        return sse_response(replayed_finish(record, resumed[1]) if record else resume_unavailable(*resumed))
-    chat_request = ChatRequest.from_turn(history=[], **fields)
-    return sse_response(chat_events(chat.open_stream(chat_request), mode, retry_ms=RETRY_MS))
+        return _resume(*resumed)
+    args = {key: request.args.getlist(key) if key == "stop" else request.args[key] for key in request.args}
+    fields = ChatStreamQuerySchema().load(args)
+    mode = fields.pop("stream_mode")
+    return _start_stream(ChatRequest.from_turn(history=[], **fields), mode, wait_for_reconnect=True,
+                         retry_ms=RETRY_MS)
+
+
+def _start_stream(chat_request: ChatRequest, mode: str, *, wait_for_reconnect: bool,
+                  retry_ms: int | None = None) -> Response:
+    """EventSource streams keep generating for a while when their client goes, so that its automatic
+    reconnect finds the answer still running; a POST stream is cancelled as soon as its client goes."""
+    state = services()
+    stream = state.chat.open_stream(chat_request)
+    live = state.live.start(stream, chat_event_frames(stream, mode), wait_for_reconnect=wait_for_reconnect)
+    return sse_response(follow_events(live, retry_ms=retry_ms))
+
+
+def _resume(message_id: str, last_sequence: int) -> Response:
+    state = services()
+    live = state.live.get(message_id)
+    if live is None:
+        return sse_response(resume_unavailable(message_id, last_sequence, state.chat.find_message(message_id)))
+    if live.done and last_sequence >= len(live.events):
+        return Response(status=204)  # nothing after that id: tells an EventSource to stop reconnecting
+    return sse_response(follow_events(live, after=last_sequence, retry_ms=RETRY_MS))

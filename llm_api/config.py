@@ -98,6 +98,22 @@ def _bind(name: str, raw: str) -> str:
     return value
 
 
+def _database_url(name: str, raw: str) -> str:
+    value = raw.strip()
+    if value and not value.startswith(("sqlite:///", "postgresql://", "postgresql+psycopg://")):
+        raise ConfigError(f"{name} must be sqlite:///PATH or postgresql://USER:PASSWORD@HOST:PORT/DB "
+                          f"(got {raw!r})")
+    if value in ("sqlite:///", "sqlite:///:memory:"):
+        raise ConfigError(f"{name} must name a SQLite file: each pooled connection to an in-memory "
+                          f"database would see a database of its own (got {raw!r})")
+    return value
+
+
+def _default_data_dir() -> str:
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(Path.home(), ".local", "share")
+    return os.path.join(base, "llm_api")
+
+
 def _default_cache_dir() -> str:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
     return os.path.join(base, "llm_api")
@@ -125,6 +141,21 @@ class Settings:
                                        "allow a model folder's own Python code (ChatGLM3's remote code)")
     cache_dir: str = _setting("LLM_API_CACHE_DIR", "", _text,
                               "where converted weights are cached (default `~/.cache/llm_api`)")
+    data_dir: str = _setting("LLM_API_DATA_DIR", "", _text,
+                             "where the default SQLite database lives (default `~/.local/share/llm_api`)")
+    database_url: str = _setting(
+        "LLM_API_DATABASE_URL", "", _database_url,
+        "`sqlite:///PATH` or `postgresql://USER:PASSWORD@HOST:PORT/DB` (psycopg 3); "
+        "default: SQLite `llm_api.sqlite3` in the data directory",
+    )
+    db_pool_size: int = _setting("LLM_API_DB_POOL_SIZE", 10, _int(1, 1000),
+                                 "database connections kept per worker (as many again may overflow)")
+    resume_seconds: float = _setting("LLM_API_RESUME_SECONDS", 60.0, _float(0.0),
+                                     "how long a finished stream's events stay replayable for a reconnect")
+    disconnect_grace_seconds: float = _setting(
+        "LLM_API_DISCONNECT_GRACE_SECONDS", 10.0, _float(0.0),
+        "how long a stream with no client keeps generating, waiting for a reconnect, before it is cancelled",
+    )
     max_queue: int = _setting("LLM_API_MAX_QUEUE", 256, _int(1),
                               "requests waiting for a batch slot before new ones get 503")
     max_batch: int = _setting("LLM_API_MAX_BATCH", 8, _int(1, 256),
@@ -173,6 +204,12 @@ class Settings:
     @property
     def resolved_cache_dir(self) -> str:
         return self.cache_dir or _default_cache_dir()
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return "sqlite:///" + os.path.join(self.data_dir or _default_data_dir(), "llm_api.sqlite3")
 
 
 def settings_table() -> list[tuple[str, str, str]]:

@@ -21,6 +21,7 @@ from .engine.errors import (
     NotReadyError,
     QueueFullError,
 )
+from .storage import ConversationNotFound, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +122,17 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(EngineError)
     def _engine_error(error: EngineError):  # noqa: ANN202
         return error_response(from_engine_error(error))
+
+    @app.errorhandler(ConversationNotFound)
+    def _no_conversation(error: ConversationNotFound):  # noqa: ANN202
+        return error_response(ApiError(404, "conversation_not_found", str(error),
+                                       {"conversation_id": error.conversation_id}))
+
+    @app.errorhandler(StorageError)
+    def _storage_error(error: StorageError):  # noqa: ANN202
+        log.error("storage unavailable: %s", error)
+        return error_response(ApiError(503, "storage_unavailable", "The message store is unavailable; retry shortly.",
+                                       headers={"Retry-After": str(RETRY_AFTER_SECONDS)}))
 
     @app.errorhandler(ValidationError)
     def _validation_error(error: ValidationError):  # noqa: ANN202

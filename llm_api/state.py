@@ -11,6 +11,9 @@ from flask import current_app
 from .config import Settings
 from .engine.errors import NotReadyError
 from .services.chat import ChatService
+from .services.conversations import ConversationService
+from .services.live import LiveStreams
+from .storage import ConversationStore
 
 EXTENSION_KEY = "llm_api"
 
@@ -20,6 +23,9 @@ class Services:
     settings: Settings
     engine: Any  # llm_api.engine.Engine, or a fake with the same surface in HTTP tests
     chat: ChatService
+    conversations: ConversationService
+    store: ConversationStore
+    live: LiveStreams
     started_at: int = field(default_factory=lambda: int(time.time()))
 
     def readiness(self) -> dict[str, Any]:

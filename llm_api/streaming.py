@@ -17,7 +17,8 @@ from flask import Response
 
 from .engine.types import Finished, TextDelta
 from .services.chat import ChatStream, Heartbeat
-from .storage import ExchangeRecord
+from .services.live import LiveStream
+from .storage import Message
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -65,48 +66,52 @@ def parse_event_id(value: str | None) -> tuple[str, int] | None:
     return (match.group(1), int(match.group(2))) if match else None
 
 
-def finish_payload(message_id: str, finish_reason: str, usage: dict[str, int],
-                   conversation_id: str | None) -> dict[str, Any]:
-    return {"message_id": message_id, "finish_reason": finish_reason, "usage": usage,
-            "conversation_id": conversation_id}
+def finish_payload(stream: ChatStream, finished: Finished) -> dict[str, Any]:
+    return {"message_id": stream.message_id, "finish_reason": finished.finish_reason,
+            "usage": finished.usage.as_dict(), "conversation_id": stream.conversation_id,
+            "dropped_turns": stream.turn.dropped_turns}
 
 
-def replayed_finish(record: ExchangeRecord, last_sequence: int) -> Iterator[str]:
-    """A reconnect after the message finished: send its ``finish`` again, start nothing new."""
-    yield f"retry: {RETRY_MS}\n\n"
-    yield sse_event(finish_payload(record.message_id, record.finish_reason, record.usage, record.conversation_id),
-                    event="finish", event_id=f"{record.message_id}:{last_sequence + 1}")
-
-
-def resume_unavailable(message_id: str, last_sequence: int) -> Iterator[str]:
-    """A reconnect to a message this worker cannot replay (still generating, or not stored here)."""
-    yield f"retry: {RETRY_MS}\n\n"
-    yield sse_event(error_payload("resume_unavailable",
-                                  f"Message {message_id} cannot be resumed here; fetch it with "
-                                  "GET /chat/get/messages once it has finished."),
-                    event="error", event_id=f"{message_id}:{last_sequence + 1}")
-
-
-def chat_events(stream: ChatStream, mode: str = "delta", retry_ms: int | None = None) -> Iterator[str]:
-    """The lesson's stream: ``data: {"text", "message_id"}`` per token, then ``finish`` (or ``error``)."""
-    message_id = stream.message_id
+def chat_event_frames(stream: ChatStream, mode: str = "delta") -> Iterator[str]:
+    """The lesson's events, each with its ``id:``: ``data: {"text", "message_id"}`` per token, then
+    ``finish`` (or ``error``). Heartbeats are left to each response that follows them."""
     sequence = 0
+    for item in stream:
+        if isinstance(item, Heartbeat):
+            continue
+        sequence += 1
+        event_id = f"{stream.message_id}:{sequence}"
+        if isinstance(item, TextDelta):
+            text = stream.text if mode == "cumulative" else item.text
+            yield sse_event({"text": text, "message_id": stream.message_id}, event_id=event_id)
+        elif item.finish_reason == "error":
+            yield sse_event(error_payload("generation_failed", item.error or "generation failed"),
+                            event="error", event_id=event_id)
+        else:
+            yield sse_event(finish_payload(stream, item), event="finish", event_id=event_id)
+
+
+def follow_events(live: LiveStream, after: int = 0, retry_ms: int | None = None) -> Iterator[str]:
+    """One response's body: the events of ``live`` after the first ``after``, with heartbeat comments."""
     if retry_ms is not None:
         yield f"retry: {retry_ms}\n\n"
     yield sse_comment("stream open")
-    for item in stream:
-        if isinstance(item, Heartbeat):
-            yield sse_comment("ping")
-            continue
-        sequence += 1
-        event_id = f"{message_id}:{sequence}"
-        if isinstance(item, TextDelta):
-            text = stream.text if mode == "cumulative" else item.text
-            yield sse_event({"text": text, "message_id": message_id}, event_id=event_id)
-        elif isinstance(item, Finished):
-            if item.finish_reason == "error":
-                yield sse_event(error_payload("generation_failed", item.error or "generation failed"),
-                                event="error", event_id=event_id)
-            else:
-                yield sse_event(finish_payload(message_id, item.finish_reason, item.usage.as_dict(),
-                                               stream.request.conversation_id), event="finish", event_id=event_id)
+    for event in live.follow(after):
+        yield sse_comment("ping") if event is None else event
+
+
+def resume_unavailable(message_id: str, last_sequence: int, stored: Message | None) -> Iterator[str]:
+    """A reconnect this worker cannot replay: the events are gone, or were never here."""
+    if stored is not None:
+        where = (f"It has finished ({stored.finish_reason}); fetch it with "
+                 f"GET /conversations/{stored.conversation_id}.")
+    else:
+        where = ("It is not known to this worker (it may be generating on another one); fetch it with "
+                 "GET /conversations/<conversation_id> once it has finished.")
+    details = {"message_id": message_id}
+    if stored is not None:
+        details["conversation_id"] = stored.conversation_id
+    payload = error_payload("resume_unavailable", f"Message {message_id} cannot be resumed here. {where}")
+    payload["error"]["details"] = details
+    yield f"retry: {RETRY_MS}\n\n"
+    yield sse_event(payload, event="error", event_id=f"{message_id}:{last_sequence + 1}")

@@ -6,6 +6,8 @@ from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validate, validates_schema
 
+from llm_api.services.chat import TIME_FORMAT
+
 from .fields import INT64_MAX, INT64_MIN, StopField, StrictBoolean, StrictFloat, StrictInteger
 
 ROLES = ("system", "user", "assistant")
@@ -18,6 +20,10 @@ class MessageSchema(Schema):
 
     role = fields.String(required=True, validate=validate.OneOf(ROLES))
     content = fields.String(required=True)
+
+
+def conversation_id_field(**kwargs: Any) -> fields.String:
+    return fields.String(validate=validate.Regexp(r"^[0-9a-f]{32}$", error="Not a conversation id."), **kwargs)
 
 
 def _not_blank(value: str) -> None:
@@ -46,10 +52,13 @@ class ChatMessageRequestSchema(SamplingFieldsMixin):
     model = fields.String()
     stream = StrictBoolean(load_default=False)
     stream_mode = fields.String(load_default="delta", validate=validate.OneOf(STREAM_MODES))
-    conversation_id = fields.String(load_default=None, allow_none=True, validate=validate.Length(min=1, max=128))
+    conversation_id = conversation_id_field(load_default=None, allow_none=True)
 
     @validates_schema
     def _prompt_or_messages(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if data.get("conversation_id") and (data.get("history") or len(data.get("messages", ())) > 1):
+            raise ValidationError("A stored conversation supplies the history: send conversation_id with "
+                                  "the new prompt only.", "conversation_id")
         if "messages" in data:
             if "prompt" in data or data.get("history"):
                 raise ValidationError("Send either prompt (with history) or messages, not both.", "messages")
@@ -91,20 +100,23 @@ class ChatResponseSchema(Schema):
     message_id = fields.String()
     finish_reason = fields.String()
     usage = fields.Nested(UsageSchema)
-    conversation_id = fields.String(allow_none=True)
+    conversation_id = fields.String()
+    dropped_turns = fields.Integer()
 
 
 class ExchangeSchema(Schema):
-    message_id = fields.String()
-    time = fields.String()
-    prompt = fields.String()
-    response = fields.String()
-    finish_reason = fields.String()
-    usage = fields.Nested(UsageSchema)
-    model = fields.String()
-    conversation_id = fields.String(allow_none=True)
-    time_to_first_token = fields.Float(allow_none=True)
-    total_time = fields.Float()
+    """A stored user turn and its answer (:class:`llm_api.storage.Exchange`), flattened."""
+
+    message_id = fields.String(attribute="answer.id")
+    time = fields.Function(lambda exchange: exchange.answer.created_at.strftime(TIME_FORMAT))
+    prompt = fields.String(attribute="prompt.content")
+    response = fields.String(attribute="answer.content")
+    finish_reason = fields.String(attribute="answer.finish_reason")
+    usage = fields.Nested(UsageSchema, attribute="answer.usage")
+    model = fields.String(attribute="answer.model")
+    conversation_id = fields.String(attribute="answer.conversation_id")
+    time_to_first_token = fields.Float(attribute="answer.time_to_first_token", allow_none=True)
+    total_time = fields.Float(attribute="answer.total_time")
 
 
 class ChatStreamQuerySchema(Schema):
@@ -114,7 +126,7 @@ class ChatStreamQuerySchema(Schema):
         unknown = RAISE
 
     prompt = fields.String(required=True, validate=_not_blank)
-    conversation_id = fields.String(load_default=None, validate=validate.Length(min=1, max=128))
+    conversation_id = conversation_id_field(load_default=None)
     max_tokens = fields.Integer(load_default=None, validate=validate.Range(min=1))
     temperature = fields.Float(load_default=1.0, allow_nan=False, validate=validate.Range(min=0.0, max=2.0))
     top_p = fields.Float(load_default=1.0, allow_nan=False,

@@ -27,8 +27,10 @@ def fake_engine() -> FakeEngine:
 
 
 @pytest.fixture
-def settings() -> Settings:
-    return Settings.from_env({}, heartbeat_seconds=0.05, max_body_bytes=4096)
+def settings(tmp_path: Path) -> Settings:
+    return Settings.from_env({}, heartbeat_seconds=0.05, max_body_bytes=4096,
+                             database_url=f"sqlite:///{tmp_path / 'llm_api.sqlite3'}",
+                             disconnect_grace_seconds=0.0, resume_seconds=5.0)
 
 
 @pytest.fixture
@@ -76,7 +78,8 @@ def start_server(tmp_dir: Path, env_overrides: dict[str, str] | None = None,
                  timeout: float = 300) -> LiveServer:
     """``gunicorn -k gevent`` (from gunicorn.conf.py) on a free port, waited on until /readyz says ready."""
     port = free_port()
-    env = dict(os.environ, LLM_API_CACHE_DIR=str(CACHE_DIR), LLM_API_HEARTBEAT_SECONDS="1", PYTHONUNBUFFERED="1")
+    env = dict(os.environ, LLM_API_CACHE_DIR=str(CACHE_DIR), LLM_API_HEARTBEAT_SECONDS="1", PYTHONUNBUFFERED="1",
+               LLM_API_DATA_DIR=str(tmp_dir / "data"), LLM_API_DISCONNECT_GRACE_SECONDS="2")
     env.update(env_overrides or {})
     log_path = tmp_dir / f"gunicorn-{port}.log"
     log_file = open(log_path, "w")

@@ -34,11 +34,13 @@ class FakeEngine:
         self.submitted: list[GenerationRequest] = []
         self.handles: list[GenerationHandle] = []
         self.started = False
+        self.encoded: list[list[dict[str, str]]] = []  # every message list given to encode_chat
 
     def start(self) -> None:
         self.started = True
 
     def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
+        self.encoded.append([dict(m) for m in messages])
         return [len(word) for m in messages for word in m["content"].split()] + [0]
 
     def encode_text(self, text: str) -> list[int]:
@@ -81,3 +83,11 @@ class FakeEngine:
             sent += 1
         reason = "length" if len(pieces) == params.max_tokens and len(pieces) < len(self.reply.split(" ")) else "stop"
         handle.channel.put(Finished(reason, Usage(prompt, sent), 0.01, 0.02))
+
+
+def wait_until(predicate, timeout: float = 5.0, interval: float = 0.01):
+    """Yield to other greenlets until ``predicate()`` is truthy; returns its last value."""
+    deadline = gevent.get_hub().loop.now() + timeout
+    while not (value := predicate()) and gevent.get_hub().loop.now() < deadline:
+        gevent.sleep(interval)
+    return value

@@ -9,6 +9,7 @@ import re
 import pytest
 
 from llm_api.engine.errors import NotReadyError
+from tests.fakes import wait_until
 
 
 def parse_sse(body: str) -> list[dict]:
@@ -155,6 +156,8 @@ def test_client_closing_a_stream_cancels_and_stores_it(client, fake_engine):
         received += next(chunks).decode()
     response.close()  # what the WSGI server does when the client has gone
     handle = fake_engine.handles[-1]
+    # The grace for a reconnect is 0 in these settings: the cancel follows at once, off the request.
+    assert wait_until(lambda: client.get("/chat/get/messages").get_json()["messages"])
     assert handle.cancelled
     assert handle.cancel_seen_at_token is not None and handle.cancel_seen_at_token <= 3
     stored = client.get("/chat/get/messages").get_json()["messages"][-1]
@@ -308,16 +311,69 @@ def test_get_stream_sends_retry_ids_and_the_same_events(client, fake_engine):
     assert (params.max_tokens, params.temperature, params.stop) == (4, 0.0, ("zz", "yy"))
 
 
-def test_reconnect_after_finish_replays_finish_without_a_second_generation(client, fake_engine):
+def test_reconnect_after_the_last_event_is_204_without_a_second_generation(client, fake_engine):
     events = [e for e in parse_sse(client.get("/chat/stream?prompt=hi").get_data(as_text=True)) if e["data"]]
-    last_id = events[-1]["id"]
-    message_id, sequence = last_id.split(":")
-    again = parse_sse(client.get("/chat/stream?prompt=hi", headers={"Last-Event-ID": last_id}).get_data(as_text=True))
+    assert events[-1]["event"] == "finish"
+    again = client.get("/chat/stream?prompt=hi", headers={"Last-Event-ID": events[-1]["id"]})
+    assert again.status_code == 204  # an EventSource stops reconnecting on 204
     assert len(fake_engine.submitted) == 1
-    finish = [e for e in again if e["data"]]
-    assert len(finish) == 1 and finish[0]["event"] == "finish"
-    assert json.loads(finish[0]["data"]) == json.loads(events[-1]["data"])
-    assert finish[0]["id"] == f"{message_id}:{int(sequence) + 1}"
+
+
+def read_events(response, count: int) -> list[dict]:
+    """The first ``count`` events of a streamed test response (the response stays open)."""
+    chunks, body = response.iter_encoded(), ""
+    while len(events := [e for e in parse_sse(body) if e["data"]]) < count:
+        body += next(chunks).decode()
+    return events[:count]
+
+
+def reconnected(client, response, after: int) -> tuple[list[dict], list[dict]]:
+    """Read ``after`` events, drop the connection, reconnect with Last-Event-ID: both parts."""
+    first = read_events(response, after)
+    response.close()
+    rest = [e for e in parse_sse(client.get("/chat/stream", headers={"Last-Event-ID": first[-1]["id"]})
+                                 .get_data(as_text=True)) if e["data"]]
+    return first, rest
+
+
+def assert_contiguous(events: list[dict]) -> None:
+    message_id = events[0]["id"].split(":")[0]
+    assert [e["id"] for e in events] == [f"{message_id}:{n}" for n in range(1, len(events) + 1)]
+
+
+def test_reconnect_mid_answer_gets_exactly_the_rest(app, client, fake_engine):
+    app.extensions["llm_api"].live.grace_seconds = 5.0  # keep generating while the client is away
+    fake_engine.delay = 0.02
+    first, rest = reconnected(client, client.get("/chat/stream?prompt=hi"), 2)
+    events = first + rest
+    assert_contiguous(events)
+    assert "".join(json.loads(e["data"])["text"] for e in events[:-1]) == fake_engine.reply
+    assert events[-1]["event"] == "finish" and json.loads(events[-1]["data"])["finish_reason"] == "stop"
+    assert len(fake_engine.submitted) == 1 and not fake_engine.handles[0].cancelled
+
+
+def test_a_post_stream_is_cancelled_when_its_client_goes_and_a_reconnect_sees_that(app, client, fake_engine):
+    app.extensions["llm_api"].live.grace_seconds = 5.0  # only EventSource streams wait for a reconnect
+    fake_engine.delay = 0.02
+    first, rest = reconnected(client, post(client, {"prompt": "hi", "stream": True}), 2)
+    events = first + rest
+    assert_contiguous(events)
+    assert events[-1]["event"] == "finish" and json.loads(events[-1]["data"])["finish_reason"] == "cancelled"
+    assert fake_engine.handles[0].cancelled and len(fake_engine.submitted) == 1
+
+
+def test_a_finished_stream_forgotten_here_points_to_the_stored_message(app, client, fake_engine):
+    app.extensions["llm_api"].live.resume_seconds = 0.0
+    events = [e for e in parse_sse(client.get("/chat/stream?prompt=hi").get_data(as_text=True)) if e["data"]]
+    finish = json.loads(events[-1]["data"])
+    assert wait_until(lambda: not len(app.extensions["llm_api"].live))
+    body = client.get("/chat/stream", headers={"Last-Event-ID": events[1]["id"]}).get_data(as_text=True)
+    error = [e for e in parse_sse(body) if e["data"]]
+    assert [e["event"] for e in error] == ["error"]
+    payload = json.loads(error[0]["data"])["error"]
+    assert payload["code"] == "resume_unavailable"
+    assert payload["details"] == {"message_id": finish["message_id"], "conversation_id": finish["conversation_id"]}
+    assert len(fake_engine.submitted) == 1
 
 
 def test_reconnect_to_an_unknown_message_is_an_error_event(client, fake_engine):

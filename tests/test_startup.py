@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -15,7 +16,8 @@ def gunicorn(env: dict[str, str], timeout: float = 120) -> subprocess.CompletedP
     return subprocess.run(
         [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "-b", f"127.0.0.1:{free_port()}",
          "--no-control-socket", "wsgi:app"],
-        cwd=ROOT, env={"PATH": "/usr/bin:/bin", **env}, capture_output=True, text=True, timeout=timeout)
+        cwd=ROOT, env={"PATH": "/usr/bin:/bin", "LLM_API_DATA_DIR": tempfile.mkdtemp(prefix="llm-api-data-"), **env},
+        capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture
@@ -49,3 +51,19 @@ def test_a_model_that_fails_to_load_stops_the_server(tmp_path):
     assert result.returncode != 0
     assert f"cannot serve the model: cannot load {tmp_path}" in result.stdout + result.stderr
     assert "App failed to load" in result.stdout + result.stderr
+
+
+def test_an_unsupported_database_url_is_one_configuration_line():
+    result = gunicorn({"LLM_API_DATABASE_URL": "mysql://root@localhost/chat"})
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "llm_api: invalid configuration: LLM_API_DATABASE_URL must be sqlite:///PATH or "
+        "postgresql://USER:PASSWORD@HOST:PORT/DB (got 'mysql://root@localhost/chat')")
+
+
+def test_an_unreachable_database_stops_start_up_with_one_line():
+    result = gunicorn({"LLM_API_DATABASE_URL": f"postgresql://nobody@127.0.0.1:{free_port()}/chat"})
+    assert result.returncode == 2
+    line = result.stderr.strip()
+    assert line.startswith("llm_api: cannot open the database: ") and "\n" not in line
+    assert "127.0.0.1" in line

@@ -197,3 +197,45 @@ def test_chatglm3_ids_and_stop_tokens():
     assert fmt.stop_token_ids == frozenset({2, 64795, 64797})  # eos, <|user|>, <|observation|>
     metadata = fmt.build([{"role": "user", "content": "x", "metadata": "tool"}])
     assert metadata[3:3 + len(fake_sp_encode("tool\n"))] == fake_sp_encode("tool\n")
+
+
+# ---- prompts from stored history ----------------------------------------------------------------------
+
+def test_prompt_history_pairs_turns_and_leaves_out_unanswered_and_failed_ones():
+    from datetime import UTC, datetime
+
+    from llm_api.services.history import prompt_history
+    from llm_api.storage import Message
+
+    now = datetime.now(UTC)
+
+    def row(message_id, role, content, **fields):
+        return Message(message_id, "c", role, content, now, **fields)
+
+    stored = [
+        row("s", "system", "rules"),
+        row("u1", "user", "answered"), row("u2", "user", "failed"), row("u3", "user", "never answered"),
+        row("u4", "user", "cut short"),
+        row("a2", "assistant", "", reply_to="u2", finish_reason="error"),
+        row("a1", "assistant", "yes", reply_to="u1", finish_reason="stop"),  # answers may land out of order
+        row("a4", "assistant", "part", reply_to="u4", finish_reason="cancelled"),
+    ]
+    assert prompt_history(stored) == [
+        {"role": "system", "content": "rules"},
+        {"role": "user", "content": "answered"}, {"role": "assistant", "content": "yes"},
+        {"role": "user", "content": "cut short"}, {"role": "assistant", "content": "part"},
+    ]
+
+
+def test_fit_to_context_keeps_system_and_newest_turn():
+    from llm_api.services.history import fit_to_context
+
+    messages = [{"role": "system", "content": "s"}]
+    for n in range(5):
+        messages += [{"role": "user", "content": f"u{n}"}, {"role": "assistant", "content": f"a{n}"}]
+    messages.append({"role": "user", "content": "new"})
+    fitted, dropped = fit_to_context(messages, lambda m: len(m) <= 4)
+    assert (dropped, [m["content"] for m in fitted]) == (4, ["s", "u4", "a4", "new"])
+    alone, dropped = fit_to_context(messages, lambda m: False)  # nothing fits: the newest turn alone, to reject
+    assert (dropped, [m["content"] for m in alone]) == (5, ["s", "new"])
+    assert fit_to_context(messages, lambda m: True) == (messages, 0)

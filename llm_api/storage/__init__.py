@@ -1,64 +1,65 @@
-"""Where handled exchanges are kept: an interface, and an in-process implementation."""
+"""Where conversations and their messages are kept: an interface, and the SQL implementation."""
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections.abc import Sequence
+from typing import Protocol
 
-from gevent.lock import RLock
+from sqlalchemy.exc import SQLAlchemyError
 
+from .database import create_db_engine, upgrade
+from .errors import ConversationNotFound, StorageError
+from .records import Conversation, Exchange, Message, Page
+from .sql_store import SqlConversationStore
 
-@dataclass
-class ExchangeRecord:
-    """One prompt and its answer, as stored and as listed by ``GET /chat/get/messages``."""
-
-    message_id: str
-    time: str  # "%Y-%m-%d %H:%M:%S", UTC
-    prompt: str
-    response: str
-    finish_reason: str
-    usage: dict[str, int]
-    model: str
-    conversation_id: str | None = None
-    time_to_first_token: float | None = None
-    total_time: float = 0.0
-    params: dict[str, Any] = field(default_factory=dict)
-    owner: str = ""
+__all__ = [
+    "Conversation", "ConversationNotFound", "ConversationStore", "Exchange", "Message", "Page",
+    "SqlConversationStore", "StorageError", "open_store", "prepare_database",
+]
 
 
-class MessageStore(Protocol):
-    def add(self, record: ExchangeRecord) -> None: ...
+class ConversationStore(Protocol):
+    """``owner=None`` reads across owners; a string scopes the read to that owner's records."""
 
-    def list(self, limit: int, before: str | None = None) -> list[ExchangeRecord]:
-        """Up to ``limit`` records older than ``before`` (a message_id), newest last."""
-        ...
+    def create_conversation(self, conversation: Conversation, first_messages: Sequence[Message]) -> None: ...
 
-    def get(self, message_id: str) -> ExchangeRecord | None: ...
+    def get_conversation(self, conversation_id: str, owner: str | None) -> Conversation | None: ...
+
+    def list_conversations(self, owner: str | None, limit: int, cursor: int | None) -> Page[Conversation]: ...
+
+    def delete_conversation(self, conversation_id: str, owner: str | None) -> bool: ...
+
+    def add_messages(self, conversation_id: str, new_messages: Sequence[Message]) -> None: ...
+
+    def delete_messages(self, message_ids: Sequence[str]) -> None: ...
+
+    def list_messages(self, conversation_id: str, limit: int, cursor: int | None) -> Page[Message]: ...
+
+    def history(self, conversation_id: str) -> list[Message]: ...
+
+    def get_message(self, message_id: str, owner: str | None) -> Message | None: ...
+
+    def list_exchanges(self, owner: str | None, limit: int, before: str | None) -> list[Exchange]: ...
 
 
-class InMemoryMessageStore:
-    """Keeps the newest ``capacity`` exchanges of this worker process."""
+def prepare_database(url: str) -> None:
+    """Bring the schema to the newest revision once, before any worker starts (gunicorn's master).
 
-    def __init__(self, capacity: int = 10_000) -> None:
-        self._records: OrderedDict[str, ExchangeRecord] = OrderedDict()
-        self._capacity = capacity
-        self._lock = RLock()
+    Raises :class:`StorageError` with a one-line reason when the database cannot be used.
+    """
+    try:
+        engine = create_db_engine(url, pool_size=1)
+        try:
+            upgrade(engine)
+        finally:
+            engine.dispose()
+    except (SQLAlchemyError, OSError, ValueError) as exc:
+        raise StorageError(str(exc).splitlines()[0]) from exc
 
-    def add(self, record: ExchangeRecord) -> None:
-        with self._lock:
-            self._records[record.message_id] = record
-            while len(self._records) > self._capacity:
-                self._records.popitem(last=False)
 
-    def list(self, limit: int, before: str | None = None) -> list[ExchangeRecord]:
-        with self._lock:
-            records = list(self._records.values())
-        if before is not None:
-            ids = [r.message_id for r in records]
-            records = records[: ids.index(before)] if before in ids else []
-        return records[-limit:] if limit > 0 else []
-
-    def get(self, message_id: str) -> ExchangeRecord | None:
-        with self._lock:
-            return self._records.get(message_id)
+def open_store(url: str, pool_size: int = 10, migrate: bool = True) -> SqlConversationStore:
+    """Connect, bring the schema to the newest revision, and return the store."""
+    engine = create_db_engine(url, pool_size)
+    if migrate:
+        upgrade(engine)
+    return SqlConversationStore(engine)

@@ -1,0 +1,37 @@
+"""Stored conversations: list them, read one with its messages, delete one."""
+
+from __future__ import annotations
+
+from flask import Blueprint, jsonify, request
+
+from blueprints import route
+from llm_api.state import services
+from schemas.conversations import (
+    ConversationListQuerySchema,
+    ConversationMessagesQuerySchema,
+    ConversationSchema,
+    StoredMessageSchema,
+)
+
+bp = Blueprint("conversations", __name__)
+
+
+@route(bp, "/conversations", ["GET"])
+def list_conversations():  # noqa: ANN201
+    query = ConversationListQuerySchema().load(request.args.to_dict())
+    page = services().conversations.list(query["limit"], query["cursor"])
+    return jsonify({"conversations": ConversationSchema(many=True).dump(page.items), "next_cursor": page.next_cursor})
+
+
+@route(bp, "/conversations/<conversation_id>", ["GET"])
+def get_conversation(conversation_id: str):  # noqa: ANN201
+    query = ConversationMessagesQuerySchema().load(request.args.to_dict())
+    conversation, page = services().conversations.get(conversation_id, query["limit"], query["cursor"])
+    return jsonify({**ConversationSchema().dump(conversation),
+                    "messages": StoredMessageSchema(many=True).dump(page.items), "next_cursor": page.next_cursor})
+
+
+@route(bp, "/conversations/<conversation_id>", ["DELETE"])
+def delete_conversation(conversation_id: str):  # noqa: ANN201
+    services().conversations.delete(conversation_id)
+    return "", 204

@@ -1,0 +1,56 @@
+"""Real databases for the storage suite: a SQLite file, and a fresh database on a PostgreSQL server.
+
+The PostgreSQL server comes from ``LLM_API_TEST_POSTGRES_URL`` (``.ci/postgres.sh``
+starts one and sets it). Without it the PostgreSQL cases skip, saying why;
+in CI (which starts one) they fail instead.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+POSTGRES_ENV = "LLM_API_TEST_POSTGRES_URL"
+BACKENDS = ("sqlite", "postgresql")
+
+
+def postgres_admin_url() -> str:
+    url = os.environ.get(POSTGRES_ENV)
+    if not url:
+        reason = (f"no PostgreSQL server: set {POSTGRES_ENV} (`source .ci/postgres.sh` starts one on 127.0.0.1; "
+                  ".ci/run does)")
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return url
+
+
+@contextmanager
+def fresh_postgres_database() -> Iterator[str]:
+    """A new, empty database on the test server, dropped afterwards; yields its URL."""
+    admin_url = sa.make_url(postgres_admin_url())
+    name = f"llm_api_test_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+    with admin.connect() as connection:
+        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield admin_url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@contextmanager
+def database_url(backend: str, tmp_path: Path) -> Iterator[str]:
+    if backend == "sqlite":
+        yield f"sqlite:///{tmp_path / 'store.sqlite3'}"
+    else:
+        with fresh_postgres_database() as url:
+            yield url
