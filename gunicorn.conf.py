@@ -10,7 +10,7 @@ from llm_api import model_spec
 from llm_api.config import ConfigError, Settings
 from llm_api.engine.errors import ModelLoadError
 from llm_api.engine.loader import preflight
-from llm_api.storage import StorageError, prepare_database
+from llm_api.storage import StorageError, key_counts, prepare_database
 
 # Exit status of a worker whose app cannot load: gunicorn's master then stops instead of respawning it.
 APP_LOAD_ERROR = 4
@@ -19,6 +19,14 @@ try:
     _settings = Settings.from_env()
     preflight(model_spec(_settings))
     prepare_database(_settings.resolved_database_url)  # migrations run once here, not in every worker
+    _keys = key_counts(_settings.resolved_database_url)
+    if _settings.require_keys and _keys.active == 0:
+        print("llm_api: LLM_API_REQUIRE_KEYS is on but no active API key exists: create one with "
+              "`flask --app wsgi keys create --name NAME`", file=sys.stderr)
+        raise SystemExit(2)
+    if _keys.created == 0:
+        print("llm_api: warning: no API key exists, so every route is open; create one with "
+              "`flask --app wsgi keys create --name NAME`", file=sys.stderr)
 except ConfigError as _error:  # one clear line, then stop before any worker starts
     print(f"llm_api: invalid configuration: {_error}", file=sys.stderr)
     raise SystemExit(2) from None
@@ -29,6 +37,44 @@ except StorageError as _error:
     print(f"llm_api: cannot open the database: {_error}", file=sys.stderr)
     raise SystemExit(2) from None
 
+
+def _prepare_metrics_dir():
+    """Give the workers one directory for their Prometheus values, before any of them forks.
+
+    Each worker writes its values to files in PROMETHEUS_MULTIPROC_DIR, and /metrics on any worker adds
+    up the files of all of them. A given directory is emptied of earlier runs' ``*.db`` files; without
+    one, a fresh temporary directory is made and removed when the master exits. Once per master: a
+    reload (HUP) reads this file again but keeps the values of the workers still finishing.
+    """
+    import atexit
+    import glob
+    import os
+    import shutil
+    import tempfile
+
+    master = str(os.getpid())
+    if os.environ.get("_LLM_API_METRICS_MASTER") == master:
+        return
+    os.environ["_LLM_API_METRICS_MASTER"] = master
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if path and path != os.environ.get("_LLM_API_METRICS_TMPDIR"):  # the operator's directory
+        os.makedirs(path, exist_ok=True)
+        for stale in glob.glob(os.path.join(path, "*.db")):
+            os.remove(stale)
+        return
+    # None given, or the temporary one of a master that re-executed this one (USR2): a fresh one.
+    path = tempfile.mkdtemp(prefix="llm_api-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.environ["_LLM_API_METRICS_TMPDIR"] = path
+
+    def remove_in_master():  # workers inherit atexit handlers; only the master removes the directory
+        if str(os.getpid()) == master:
+            shutil.rmtree(path, ignore_errors=True)
+
+    atexit.register(remove_in_master)
+
+
+_prepare_metrics_dir()
+
 # gevent's thread patching inspects every live object, which trips a torch deprecation warning.
 warnings.filterwarnings("ignore", message=r".*torch\.distributed\.reduce_op.*")
 
@@ -36,7 +82,9 @@ warnings.filterwarnings("ignore", message=r".*torch\.distributed\.reduce_op.*")
 bind = [_settings.bind]
 
 # --- workers: gevent, one model copy per worker, never preloaded (patching and CUDA happen after fork) ---
-worker_class = "gevent"
+# gunicorn's gevent worker, plus a drain on SIGTERM: readiness 503, new requests 503 shutting_down, running
+# answers finish until shortly before graceful_timeout, then are interrupted and stored (llm_api/worker.py).
+worker_class = "llm_api.worker.DrainingGeventWorker"
 workers = _settings.workers
 worker_connections = _settings.worker_connections
 preload_app = False
@@ -47,8 +95,8 @@ keepalive = 5
 # --- limits: long prompts in a GET query string (browser EventSource) need a long request line ---
 limit_request_line = 16384
 
-# --- logging: stdout/stderr ---
-accesslog = "-"
+# --- logging: stdout/stderr; the app writes one `llm_api.request` line per request, so no access log ---
+accesslog = None
 errorlog = "-"
 loglevel = _settings.log_level
 
@@ -65,6 +113,13 @@ def post_worker_init(worker):
         os._exit(APP_LOAD_ERROR)
 
     start_engine(worker.wsgi, on_load_failure=stop_server)
+
+
+def child_exit(server, worker):
+    """In the master, when a worker is gone: drop its live gauges (queue, batch, streams) from /metrics."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
 
 
 def worker_exit(server, worker):

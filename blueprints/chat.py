@@ -5,6 +5,8 @@ from __future__ import annotations
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from blueprints import route
+from llm_api import caller
+from llm_api.auth.guard import current_owner
 from llm_api.http_body import read_json_body
 from llm_api.services.chat import ChatRequest
 from llm_api.state import services
@@ -35,13 +37,13 @@ def new_message():  # noqa: ANN201
     chat_request = ChatRequest.from_turn(**fields)
     if stream:
         return _start_stream(chat_request, mode, wait_for_reconnect=False)
-    return jsonify(ChatResponseSchema().dump(services().chat.complete(chat_request)))
+    return jsonify(ChatResponseSchema().dump(caller.complete(chat_request)))
 
 
 @route(bp, "/get/messages", ["GET"])
 def get_messages():  # noqa: ANN201
     query = MessagesQuerySchema().load(request.args.to_dict())
-    exchanges = services().chat.list_exchanges(query["limit"], query["before"])
+    exchanges = services().chat.list_exchanges(query["limit"], query["before"], current_owner())
     return jsonify({"messages": ExchangeSchema(many=True).dump(exchanges)})
 
 
@@ -52,7 +54,8 @@ def stream_get():  # noqa: ANN201
     resumed = parse_event_id(request.headers.get("Last-Event-ID"))
     if resumed is not None:
         return _resume(*resumed)
-    args = {key: request.args.getlist(key) if key == "stop" else request.args[key] for key in request.args}
+    args = {key: request.args.getlist(key) if key == "stop" else request.args[key]
+            for key in request.args if key != "token"}  # the stream token was checked before the view
     fields = ChatStreamQuerySchema().load(args)
     mode = fields.pop("stream_mode")
     return _start_stream(ChatRequest.from_turn(history=[], **fields), mode, wait_for_reconnect=True,
@@ -64,16 +67,16 @@ def _start_stream(chat_request: ChatRequest, mode: str, *, wait_for_reconnect: b
     """EventSource streams keep generating for a while when their client goes, so that its automatic
     reconnect finds the answer still running; a POST stream is cancelled as soon as its client goes."""
     state = services()
-    stream = state.chat.open_stream(chat_request)
+    stream = caller.open_stream(chat_request)
     live = state.live.start(stream, chat_event_frames(stream, mode), wait_for_reconnect=wait_for_reconnect)
     return sse_response(follow_events(live, retry_ms=retry_ms))
 
 
 def _resume(message_id: str, last_sequence: int) -> Response:
-    state = services()
+    state, owner = services(), current_owner()
     live = state.live.get(message_id)
-    if live is None:
-        return sse_response(resume_unavailable(message_id, last_sequence, state.chat.find_message(message_id)))
+    if live is None or live.owner != owner:
+        return sse_response(resume_unavailable(message_id, last_sequence, state.chat.find_message(message_id, owner)))
     if live.done and last_sequence >= len(live.events):
         return Response(status=204)  # nothing after that id: tells an EventSource to stop reconnecting
     return sse_response(follow_events(live, after=last_sequence, retry_ms=RETRY_MS))

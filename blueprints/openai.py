@@ -7,6 +7,7 @@ from typing import Any
 from flask import Blueprint, current_app, jsonify, request
 
 from blueprints import route
+from llm_api import caller
 from llm_api.http_body import read_json_body
 from llm_api.openai_format import ChatChunkStream, TextChunkStream, chat_completion, model_list, text_completion
 from llm_api.services.chat import ChatRequest
@@ -27,21 +28,21 @@ def _load(schema: Any) -> dict[str, Any]:
 def chat_completions():  # noqa: ANN201
     fields = _load(ChatCompletionRequestSchema())
     chat_request = ChatRequest.from_messages(fields["messages"], **{k: fields[k] for k in _SAMPLING})
-    chat, model = services().chat, services().engine.model_name
+    model = services().engine.model_name
     if fields["stream"]:
-        return sse_response(ChatChunkStream(chat.open_stream(chat_request), model, fields["include_usage"]))
-    return jsonify(chat_completion(chat.complete(chat_request), model))
+        return sse_response(ChatChunkStream(caller.open_stream(chat_request), model, fields["include_usage"]))
+    return jsonify(chat_completion(caller.complete(chat_request), model))
 
 
 @route(bp, "/completions", ["POST"])
 def completions():  # noqa: ANN201
     fields = _load(CompletionRequestSchema())
     chat_request = ChatRequest(messages=[], prompt=fields["prompt"], raw=True, **{k: fields[k] for k in _SAMPLING})
-    chat, model = services().chat, services().engine.model_name
+    model = services().engine.model_name
     echo = fields["prompt"] if fields["echo"] else ""
     if fields["stream"]:
-        return sse_response(TextChunkStream(chat.open_stream(chat_request), model, fields["include_usage"], echo))
-    return jsonify(text_completion(chat.complete(chat_request), model, echo))
+        return sse_response(TextChunkStream(caller.open_stream(chat_request), model, fields["include_usage"], echo))
+    return jsonify(text_completion(caller.complete(chat_request), model, echo))
 
 
 @route(bp, "/models", ["GET"])

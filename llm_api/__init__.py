@@ -14,20 +14,38 @@ from .errors import register_error_handlers
 from .logging_setup import configure_logging
 from .state import EXTENSION_KEY, Services
 
+# What a cross-origin page may send, and read back (the rate-limit and request-id headers included).
+CORS_ALLOW_HEADERS = ["Authorization", "Content-Type", "Last-Event-ID", "X-Request-ID"]
+CORS_EXPOSE_HEADERS = [
+    "Retry-After", "X-Request-ID",
+    *(f"x-ratelimit-{field}-{kind}" for field in ("limit", "remaining", "reset") for kind in ("requests", "tokens")),
+]
+
 
 def create_app(settings: Settings | None = None, *, engine: Any = None) -> Flask:
     """Build the app. The engine is created here but starts (loads the model) only when
     :func:`start_engine` runs — from gunicorn's ``post_worker_init`` hook, or on the first request."""
-    from blueprints import chat, conversations, health, openai, page  # inside the factory: they import llm_api
+    from blueprints import admin, auth, chat, conversations, health, openai, page  # they import llm_api
+    from blueprints.metrics import bp as metrics_bp
 
+    from .auth.guard import check_access
+    from .auth.keys import KeyRing
+    from .auth.tokens import StreamTokens
+    from .caller import add_rate_limit_headers
+    from .cli import keys_command
     from .engine.scheduler import Engine, EngineOptions
+    from .metrics import install as install_metrics
+    from .quota.admission import Quotas
+    from .quota.backend import QuotaBackend
+    from .request_log import install as install_request_log
     from .services.chat import ChatService
     from .services.conversations import ConversationService
     from .services.live import LiveStreams
-    from .storage import open_store
+    from .shutdown import refuse_while_draining
+    from .storage import SqlKeyStore, open_store
 
     settings = settings or Settings.from_env()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     app = Flask(__name__)
     app.config["LLM_API"] = settings
     app.json.ensure_ascii = False
@@ -37,21 +55,38 @@ def create_app(settings: Settings | None = None, *, engine: Any = None) -> Flask
         engine = Engine(model_spec(settings), EngineOptions(
             max_batch=settings.max_batch, max_queue=settings.max_queue, prefill_chunk=settings.prefill_chunk,
             batching=settings.batching, torch_threads=settings.torch_threads))
+    metrics = install_metrics(app, engine)
+    install_request_log(app, metrics)  # first of the before_request hooks: the others run with the request id
     store = open_store(settings.resolved_database_url, settings.db_pool_size)
     chat_service = ChatService(engine, store, default_max_tokens=settings.default_max_tokens,
-                               heartbeat_seconds=settings.heartbeat_seconds, log_prompts=settings.log_prompts)
+                               heartbeat_seconds=settings.heartbeat_seconds, log_prompts=settings.log_prompts,
+                               request_timeout=settings.request_timeout, on_answer=metrics.answer)
     live = LiveStreams(resume_seconds=settings.resume_seconds, grace_seconds=settings.disconnect_grace_seconds,
                        heartbeat_seconds=settings.heartbeat_seconds)
-    app.extensions[EXTENSION_KEY] = Services(settings, engine, chat_service, ConversationService(store), store, live)
+    key_store = SqlKeyStore(store.engine)
+    keys = KeyRing(key_store)
+    stream_tokens = StreamTokens(settings.secret_key or key_store.shared_secret("stream_tokens"),
+                                 settings.stream_token_seconds)
+    quotas = Quotas(QuotaBackend(settings.redis_url), lease_seconds=settings.request_timeout or 3600.0)
+    app.extensions[EXTENSION_KEY] = Services(settings, engine, chat_service, ConversationService(store), store, live,
+                                             keys, stream_tokens, quotas)
 
     if settings.cors_origins:
-        CORS(app, origins=list(settings.cors_origins))
+        CORS(app, origins=list(settings.cors_origins), allow_headers=CORS_ALLOW_HEADERS,
+             expose_headers=CORS_EXPOSE_HEADERS, max_age=600)
     register_error_handlers(app)
+    app.before_request(refuse_while_draining)  # a draining worker answers 503 shutting_down before any other check
+    app.before_request(check_access)
+    app.after_request(add_rate_limit_headers)
+    app.cli.add_command(keys_command)
     app.register_blueprint(health.bp)
     app.register_blueprint(chat.bp)
     app.register_blueprint(conversations.bp)
     app.register_blueprint(conversations.bp, url_prefix="/chat", name="chat_conversations")  # the lesson's prefix
     app.register_blueprint(openai.bp)
+    app.register_blueprint(metrics_bp)
+    app.register_blueprint(auth.bp)
+    app.register_blueprint(admin.bp)
     app.register_blueprint(page.bp)
     app.before_request(engine.start)
     return app

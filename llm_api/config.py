@@ -9,6 +9,7 @@ variable and what is allowed.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -67,10 +68,14 @@ def _float(minimum: float) -> Callable[[str, str], float]:
     return parse
 
 
+# An exact origin: scheme, host and port, nothing else (flask-cors reads `*`, `[`, `(`... as a regular expression).
+_ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?")
+
+
 def _origins(name: str, raw: str) -> tuple[str, ...]:
     origins = tuple(o.strip() for o in raw.split(",") if o.strip())
     for origin in origins:
-        if origin != "*" and not origin.startswith(("http://", "https://")):
+        if origin != "*" and not _ORIGIN.fullmatch(origin):
             raise ConfigError(
                 f"{name} must be a comma-separated list of origins like https://example.com, "
                 f"or * (got {origin!r})"
@@ -106,6 +111,13 @@ def _database_url(name: str, raw: str) -> str:
     if value in ("sqlite:///", "sqlite:///:memory:"):
         raise ConfigError(f"{name} must name a SQLite file: each pooled connection to an in-memory "
                           f"database would see a database of its own (got {raw!r})")
+    return value
+
+
+def _redis_url(name: str, raw: str) -> str:
+    value = raw.strip()
+    if value and not value.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(f"{name} must be redis://HOST:PORT/DB, rediss://... or unix://PATH (got {raw!r})")
     return value
 
 
@@ -156,6 +168,22 @@ class Settings:
         "LLM_API_DISCONNECT_GRACE_SECONDS", 10.0, _float(0.0),
         "how long a stream with no client keeps generating, waiting for a reconnect, before it is cancelled",
     )
+    request_timeout: float = _setting(
+        "LLM_API_REQUEST_TIMEOUT", 0.0, _float(0.0),
+        "seconds a generation may run before it ends with finish_reason `timeout` (0 = no limit)",
+    )
+    require_keys: bool = _setting(
+        "LLM_API_REQUIRE_KEYS", False, _bool,
+        "refuse to start without an API key; without any key (and this off) the service runs open",
+    )
+    redis_url: str = _setting(
+        "LLM_API_REDIS_URL", "", _redis_url,
+        "`redis://HOST:PORT/DB`: rate-limit counters shared by all workers (default: kept per process)",
+    )
+    stream_token_seconds: int = _setting("LLM_API_STREAM_TOKEN_SECONDS", 300, _int(1, 86400),
+                                         "lifetime of a stream token minted by `POST /auth/stream-token`")
+    secret_key: str = _setting("LLM_API_SECRET_KEY", "", _text,
+                               "signs stream tokens (default: a random secret kept in the database)")
     max_queue: int = _setting("LLM_API_MAX_QUEUE", 256, _int(1),
                               "requests waiting for a batch slot before new ones get 503")
     max_batch: int = _setting("LLM_API_MAX_BATCH", 8, _int(1, 256),
@@ -178,6 +206,8 @@ class Settings:
                                  "include prompt text in the exchange log line")
     log_level: str = _setting("LLM_API_LOG_LEVEL", "info", _choice("debug", "info", "warning", "error"),
                               "log level")
+    log_format: str = _setting("LLM_API_LOG_FORMAT", "text", _choice("text", "json"),
+                               "`text` (readable lines ending in key=value fields) or `json` (one object per line)")
     bind: str = _setting("LLM_API_BIND", "127.0.0.1:8000", _bind,
                          "gunicorn bind address (a `-b` on the command line wins)")
     workers: int = _setting("LLM_API_WORKERS", 1, _int(1),
@@ -187,7 +217,8 @@ class Settings:
     timeout: int = _setting("LLM_API_TIMEOUT", 120, _int(1),
                             "gunicorn worker heartbeat timeout (seconds)")
     graceful_timeout: int = _setting("LLM_API_GRACEFUL_TIMEOUT", 600, _int(1),
-                                     "seconds running streams may finish on reload/stop")
+                                     "seconds a worker drains on SIGTERM: running answers may finish until a "
+                                     "margin before it, then are interrupted (`shutting_down`) and stored")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -21,6 +21,9 @@ from .engine.errors import (
     NotReadyError,
     QueueFullError,
 )
+from .metrics import current_metrics
+from .quota.admission import QuotaExceeded
+from .services.chat import ChatUnavailable
 from .storage import ConversationNotFound, StorageError
 
 log = logging.getLogger(__name__)
@@ -95,6 +98,20 @@ def from_engine_error(exc: EngineError) -> ApiError:
     return ApiError(500, "engine_error", str(exc))
 
 
+SHUTTING_DOWN = "shutting_down"
+
+
+def shutting_down() -> ApiError:
+    """A request that reaches a worker while it drains for shutdown (see llm_api/shutdown.py)."""
+    return ApiError(503, SHUTTING_DOWN, "The server is shutting down; retry the request.",
+                    headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+
+def from_unavailable(exc: ChatUnavailable) -> ApiError:
+    """The service stopped or refused an answer itself (e.g. ``shutting_down``): 503, retry elsewhere."""
+    return ApiError(503, exc.code, exc.message, exc.details, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+
 def uses_openai_errors() -> bool:
     return has_request_context() and request.path.startswith(OPENAI_PREFIX)
 
@@ -127,6 +144,16 @@ def register_error_handlers(app: Flask) -> None:
     def _no_conversation(error: ConversationNotFound):  # noqa: ANN202
         return error_response(ApiError(404, "conversation_not_found", str(error),
                                        {"conversation_id": error.conversation_id}))
+
+    @app.errorhandler(QuotaExceeded)
+    def _quota_exceeded(error: QuotaExceeded):  # noqa: ANN202
+        current_metrics().rate_limited(error.limit)
+        return error_response(ApiError(429, "rate_limit_exceeded", str(error), {"limit": error.limit},
+                                       headers={"Retry-After": str(error.retry_after)}))
+
+    @app.errorhandler(ChatUnavailable)
+    def _chat_unavailable(error: ChatUnavailable):  # noqa: ANN202
+        return error_response(from_unavailable(error))
 
     @app.errorhandler(StorageError)
     def _storage_error(error: StorageError):  # noqa: ANN202

@@ -70,6 +70,10 @@ class _ChunkStream:
             body["usage"] = usage
         return sse_event(body)
 
+    def close(self) -> None:
+        """Called by the WSGI server when the response ends, read or not."""
+        self.stream.close()
+
     def opening(self) -> Iterator[str]:
         return iter(())
 
@@ -88,6 +92,9 @@ class _ChunkStream:
                 if item.finish_reason == "error":
                     error = ApiError(500, "generation_failed", item.error or "generation failed")
                     yield sse_event(error.openai_body())
+                elif self.stream.interrupted is not None:  # e.g. shutting_down: stored as cancelled
+                    interrupted = self.stream.interrupted
+                    yield sse_event(ApiError(503, interrupted.code, interrupted.message).openai_body())
                 else:
                     yield self.chunk([self.choice(None, item.finish_reason)])
                     if self.include_usage:

@@ -8,8 +8,12 @@ from typing import Any
 
 from flask import current_app
 
+from .auth.keys import KeyRing
+from .auth.tokens import StreamTokens
 from .config import Settings
 from .engine.errors import NotReadyError
+from .errors import shutting_down
+from .quota.admission import Quotas
 from .services.chat import ChatService
 from .services.conversations import ConversationService
 from .services.live import LiveStreams
@@ -26,10 +30,21 @@ class Services:
     conversations: ConversationService
     store: ConversationStore
     live: LiveStreams
+    keys: KeyRing
+    stream_tokens: StreamTokens
+    quotas: Quotas
     started_at: int = field(default_factory=lambda: int(time.time()))
+    draining: bool = False  # set when the worker begins a graceful shutdown (llm_api/shutdown.py)
+
+    def begin_drain(self) -> None:
+        """Refuse new work from now on (503 ``shutting_down``); a bare flag, safe in a signal handler."""
+        self.draining = True
 
     def readiness(self) -> dict[str, Any]:
-        """Engine facts when ready; raises :class:`NotReadyError` (503) while loading or after a failed load."""
+        """Engine facts when ready; raises :class:`NotReadyError` (503) while loading or after a failed load,
+        and 503 ``shutting_down`` while the worker drains."""
+        if self.draining:
+            raise shutting_down()
         if not self.engine.ready:
             raise NotReadyError(self.engine.load_error or "the model is loading")
         return {

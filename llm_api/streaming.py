@@ -87,6 +87,10 @@ def chat_event_frames(stream: ChatStream, mode: str = "delta") -> Iterator[str]:
         elif item.finish_reason == "error":
             yield sse_event(error_payload("generation_failed", item.error or "generation failed"),
                             event="error", event_id=event_id)
+        elif stream.interrupted is not None:  # e.g. shutting_down: the text so far is stored as cancelled
+            payload = error_payload(stream.interrupted.code, stream.interrupted.message)
+            payload["error"]["details"] = {"message_id": stream.message_id, "conversation_id": stream.conversation_id}
+            yield sse_event(payload, event="error", event_id=event_id)
         else:
             yield sse_event(finish_payload(stream, item), event="finish", event_id=event_id)
 

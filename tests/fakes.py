@@ -74,7 +74,7 @@ class FakeEngine:
                 gevent.sleep(self.delay)
             if handle.cancelled:
                 handle.cancel_seen_at_token = sent
-                handle.channel.put(Finished("cancelled", Usage(prompt, sent), 0.01, 0.02))
+                handle.channel.put(Finished(handle.cancel_reason, Usage(prompt, sent), 0.01, 0.02))
                 return
             if self.fail_after is not None and sent >= self.fail_after:
                 handle.channel.put(Finished("error", Usage(prompt, sent), 0.01, 0.02, error="boom"))

@@ -249,3 +249,7 @@ def test_readyz_is_503_until_the_model_is_loaded(tmp_path):
         process.wait(30)
     assert seen[-1] == (200, 200)
     assert (503, 200) in seen, seen
+
+
+def test_a_server_without_any_api_key_warns_at_start_that_it_is_open(live_server):
+    assert "llm_api: warning: no API key exists, so every route is open" in live_server.log()

@@ -19,7 +19,8 @@ PROMPTS = ["What is the capital of France?", "Write a haiku about the sea.", "Ex
 GREEDY = SamplingParams(max_tokens=40, temperature=0.0)
 
 
-def run(engine, prompt: str, params: SamplingParams, delay: float = 0.0, cancel_after: int | None = None):
+def run(engine, prompt: str, params: SamplingParams, delay: float = 0.0, cancel_after: int | None = None,
+        cancel_reason: str = "cancelled"):
     """Submit one chat request and collect (text, Finished, number of deltas)."""
     gevent.sleep(delay)
     handle = engine.submit("t", engine.encode_chat([{"role": "user", "content": prompt}]), params)
@@ -31,7 +32,7 @@ def run(engine, prompt: str, params: SamplingParams, delay: float = 0.0, cancel_
             text += event.text
             deltas += 1
             if cancel_after is not None and deltas == cancel_after:
-                handle.cancel()
+                handle.cancel(cancel_reason)
         elif isinstance(event, Finished):
             handle.channel.close()
             return text, event, deltas, handle
@@ -77,6 +78,14 @@ def test_cancel_stops_generation_within_a_few_steps(real_engine):
     assert handle.cancel_seen_at_token is not None
     assert finished.usage.completion_tokens <= deltas + 2
     assert finished.usage.completion_tokens < 20
+
+
+def test_a_request_past_its_deadline_finishes_with_timeout_and_keeps_its_text(real_engine):
+    params = SamplingParams(max_tokens=200, temperature=0.0)
+    text, finished, deltas, _ = run(real_engine, "Write a long story about a dragon.", params, cancel_after=4,
+                                    cancel_reason="timeout")
+    assert finished.finish_reason == "timeout"
+    assert text and finished.usage.completion_tokens <= deltas + 2
 
 
 def test_admission_is_bounded_even_for_a_burst():

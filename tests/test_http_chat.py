@@ -147,13 +147,19 @@ def test_non_streamed_generation_failure_is_500_envelope(client, fake_engine):
     assert response.get_json()["error"]["code"] == "generation_failed"
 
 
-def test_client_closing_a_stream_cancels_and_stores_it(client, fake_engine):
-    fake_engine.delay = 0.02
+def open_stream_and_read(client, events: int = 2):
+    """Start a streamed answer and read until ``events`` data events have arrived; returns the response."""
     response = post(client, {"prompt": "hi", "stream": True})
     chunks = response.iter_encoded()
     received = ""
-    while received.count("data:") < 2:
+    while received.count("data:") < events:
         received += next(chunks).decode()
+    return response
+
+
+def test_client_closing_a_stream_cancels_and_stores_it(client, fake_engine):
+    fake_engine.delay = 0.02
+    response = open_stream_and_read(client)
     response.close()  # what the WSGI server does when the client has gone
     handle = fake_engine.handles[-1]
     # The grace for a reconnect is 0 in these settings: the cancel follows at once, off the request.

@@ -151,3 +151,17 @@ def test_ignore_eos_extension_reaches_the_engine(client, fake_engine):
     assert fake_engine.submitted[-1].params.ignore_eos is True
     post(client, "/v1/chat/completions", CHAT)
     assert fake_engine.submitted[-1].params.ignore_eos is False
+
+
+def test_a_stream_response_closed_before_it_was_read_is_cancelled_and_stored(settings):
+    from llm_api import create_app
+    from tests.fakes import FakeEngine, wait_until
+
+    engine = FakeEngine(delay=0.05, reply="one two three four five six seven eight")
+    client = create_app(settings, engine=engine).test_client()
+    response = client.post("/v1/chat/completions", json={**CHAT, "stream": True}, buffered=False)
+    assert response.status_code == 200
+    response.close()  # the client went away before the first byte
+    assert wait_until(lambda: engine.handles and engine.handles[0].cancelled)
+    stored = client.get("/chat/get/messages").get_json()["messages"]
+    assert [m["finish_reason"] for m in stored] == ["cancelled"]

@@ -53,9 +53,9 @@ def exchange(store: SqlConversationStore, conv: Conversation, n: int, **answer_f
 
 
 def test_schema_is_at_the_newest_revision(store):
-    assert current_revision(store.engine) == head_revision() == "0002"
+    assert current_revision(store.engine) == head_revision() == "0003"
     upgrade(store.engine)  # at the newest revision, applying again changes nothing
-    assert current_revision(store.engine) == "0002"
+    assert current_revision(store.engine) == "0003"
 
 
 def test_a_conversation_round_trips_with_its_first_messages(store):
@@ -167,7 +167,7 @@ def test_upgrade_from_the_first_schema_keeps_the_data(url):
             {"id": "a" * 32, "c": "c" * 32, "at": T0})
     engine.dispose()
     store = open_store(url)
-    assert current_revision(store.engine) == "0002"
+    assert current_revision(store.engine) == "0003"
     old = store.get_message("a" * 32, "")
     assert (old.content, old.owner, old.usage) == ("old answer", "", {"prompt_tokens": 3, "completion_tokens": 4,
                                                                      "total_tokens": 7})

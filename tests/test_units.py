@@ -46,6 +46,11 @@ def test_settings_parse_every_kind():
     ("LLM_API_MAX_QUEUE", "many", "LLM_API_MAX_QUEUE must be an integer"),
     ("LLM_API_TRUST_REMOTE_CODE", "maybe", "LLM_API_TRUST_REMOTE_CODE must be a boolean"),
     ("LLM_API_CORS_ORIGINS", "example.com", "LLM_API_CORS_ORIGINS must be a comma-separated list"),
+    ("LLM_API_CORS_ORIGINS", "https://*.example.com", "LLM_API_CORS_ORIGINS must be a comma-separated list"),
+    ("LLM_API_CORS_ORIGINS", "https://a.example/path", "LLM_API_CORS_ORIGINS must be a comma-separated list"),
+    ("LLM_API_REDIS_URL", "localhost:6379", "LLM_API_REDIS_URL must be redis://HOST:PORT/DB"),
+    ("LLM_API_REQUEST_TIMEOUT", "-1", "LLM_API_REQUEST_TIMEOUT must be a number >= 0"),
+    ("LLM_API_STREAM_TOKEN_SECONDS", "0", "LLM_API_STREAM_TOKEN_SECONDS must be an integer >= 1"),
     ("LLM_API_MODEL", "/no/such/folder", "LLM_API_MODEL must be `embedded` or an existing local model folder"),
     ("LLM_API_BIND", "8000", "LLM_API_BIND must be HOST:PORT"),
 ])

@@ -99,6 +99,11 @@ class Engine:
     def queued(self) -> int:
         return self._waiting
 
+    @property
+    def load_seconds(self) -> float | None:
+        """Seconds the model took to load (as logged when it became ready); None until it is ready."""
+        return self._model.load_seconds if self.ready and self._model is not None else None
+
     def encode_chat(self, messages: Sequence[Message]) -> list[int]:
         return self._loaded().prompt_format.build(messages)
 

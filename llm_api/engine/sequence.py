@@ -20,11 +20,14 @@ class GenerationHandle:
         self.channel = channel
         self.submitted_at = time.monotonic()
         self.cancelled = False  # written by the caller's greenlet, read by the engine thread
+        self.cancel_reason = "cancelled"  # the finish reason the engine reports for a cancelled request
         self.cancel_seen_at_token: int | None = None  # completion tokens when the engine saw the flag
         self._on_cancel = on_cancel
 
-    def cancel(self) -> None:
+    def cancel(self, reason: str = "cancelled") -> None:
+        """Stop generating; the request finishes with ``reason`` (``cancelled``, or ``timeout``)."""
         if not self.cancelled:
+            self.cancel_reason = reason
             self.cancelled = True
             self._on_cancel()
 
@@ -71,7 +74,7 @@ class SequenceState:
     def check_cancelled(self) -> bool:
         if self.handle.cancelled and not self.finished:
             self.handle.cancel_seen_at_token = len(self.generated)
-            self.finish("cancelled")
+            self.finish(self.handle.cancel_reason)
             return True
         return False
 

@@ -10,22 +10,31 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+import weakref
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from gevent.event import Event
+
 from ..engine.errors import ContextLengthError, EngineError, GenerationError
 from ..engine.sequence import GenerationHandle
-from ..engine.types import Finished, SamplingParams, TextDelta, Usage
+from ..engine.types import Finished, SamplingParams
+from ..logging_setup import current_request_id
 from ..storage import Conversation, ConversationNotFound, ConversationStore, Exchange, Message, StorageError
+from .chat_models import Admit, ChatRequest, ChatResult, ChatUnavailable, Reservation, Turn
+from .chat_stream import ChatStream, Heartbeat, Interruption, StreamItem
 from .history import ChatMessage, fit_to_context, prompt_history
+
+__all__ = [  # the chat API in one place, for the views and renderers
+    "Admit", "ChatEngine", "ChatRequest", "ChatResult", "ChatService", "ChatStream", "ChatUnavailable", "Heartbeat",
+    "Interruption", "Reservation", "StreamItem", "TIME_FORMAT", "Turn",
+]
 
 log = logging.getLogger("llm_api.exchange")
 
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 TITLE_LENGTH = 80
-_CANCEL_DRAIN_SECONDS = 5.0
 
 
 class ChatEngine(Protocol):
@@ -41,157 +50,64 @@ class ChatEngine(Protocol):
     def submit(self, request_id: str, prompt_ids: list[int], params: SamplingParams) -> GenerationHandle: ...
 
 
-@dataclass(frozen=True)
-class ChatRequest:
-    """One generation request. ``messages`` go through the model's chat template; with
-    ``raw=True`` the ``prompt`` text is tokenized as is (``/v1/completions``).
-
-    With ``conversation_id`` the stored history comes first and ``messages`` holds
-    only the new turn. ``fit_history`` drops the oldest turns that do not fit the
-    context instead of refusing the request.
-    """
-
-    messages: list[ChatMessage]
-    prompt: str  # what the log calls the prompt: the newest user turn, or the raw text
-    max_tokens: int | None = None
-    temperature: float = 1.0
-    top_p: float = 1.0
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-    conversation_id: str | None = None
-    raw: bool = False
-    ignore_eos: bool = False
-    fit_history: bool = False
-
-    @classmethod
-    def from_messages(cls, messages: list[ChatMessage], **fields: Any) -> ChatRequest:
-        """OpenAI's shape: the whole conversation; the newest user turn is what gets logged as the prompt."""
-        prompt = next((m["content"] for m in reversed(messages) if m["role"] == "user"), messages[-1]["content"])
-        return cls(messages=messages, prompt=prompt, **fields)
-
-    @classmethod
-    def from_turn(cls, prompt: str, history: list[ChatMessage], **fields: Any) -> ChatRequest:
-        """The lesson's shape: earlier ``history`` (or a stored conversation) plus the new user ``prompt``."""
-        return cls(messages=[*history, {"role": "user", "content": prompt}], prompt=prompt, fit_history=True,
-                   **fields)
-
-
-@dataclass(frozen=True)
-class Turn:
-    """Where one exchange is stored: its conversation, the user's message, and the answer's id."""
-
-    conversation_id: str
-    user_message_id: str
-    message_id: str
-    owner: str
-    created_conversation: bool
-    written_ids: tuple[str, ...]
-    dropped_turns: int
-    prompt_messages: list[ChatMessage] = field(default_factory=list)
-
-
-@dataclass
-class ChatResult:
-    message_id: str
-    response: str
-    history: list[ChatMessage]
-    finish_reason: str
-    usage: dict[str, int]
-    time: str
-    conversation_id: str
-    dropped_turns: int = 0
-    status: int = 200
-
-
-@dataclass
-class Heartbeat:
-    """Nothing arrived for a while: the stream should send a comment so a gone client is noticed."""
-
-
-StreamItem = TextDelta | Finished | Heartbeat
-
-
-class ChatStream:
-    """An admitted streamed request: iterate it for deltas, heartbeats and one ``Finished``.
-
-    Closing it early (the client went away) cancels the generation and still
-    stores the partial answer as ``cancelled``.
-    """
-
-    def __init__(self, service: ChatService, request: ChatRequest, handle: GenerationHandle, turn: Turn,
-                 heartbeat_seconds: float) -> None:
-        self.message_id = turn.message_id
-        self.request = request
-        self.turn = turn
-        self._service = service
-        self._handle = handle
-        self._heartbeat = heartbeat_seconds
-        self.text = ""
-        self.deltas = 0
-        self.finished: Finished | None = None
-
-    @property
-    def conversation_id(self) -> str:
-        return self.turn.conversation_id
-
-    def __iter__(self) -> Iterator[StreamItem]:
-        try:
-            while self.finished is None:
-                event = self._handle.next_event(self._heartbeat)
-                if event is None:
-                    yield Heartbeat()
-                    continue
-                self._take(event)
-                yield event
-        finally:
-            if self.finished is None:
-                self._cancel_and_drain()
-            self._handle.channel.close()
-
-    def cancel(self) -> None:
-        """Ask the engine to stop; the iteration then ends with a ``cancelled`` finish."""
-        self._handle.cancel()
-
-    def _take(self, event: TextDelta | Finished) -> None:
-        if isinstance(event, TextDelta):
-            self.text += event.text
-            self.deltas += 1
-        else:
-            self.finished = event
-            self._service.record(self.turn, self.request, self.text, event)
-
-    def _cancel_and_drain(self) -> None:
-        self._handle.cancel()
-        deadline = time.monotonic() + _CANCEL_DRAIN_SECONDS
-        while self.finished is None and time.monotonic() < deadline:
-            event = self._handle.next_event(max(0.0, deadline - time.monotonic()))
-            if event is not None:
-                self._take(event)
-        if self.finished is None:  # the engine did not answer in time: store what the client saw
-            log.warning("message %s: no finish from the engine after cancel", self.message_id)
-            prompt_tokens = len(self._handle.request.prompt_ids)
-            self._take(Finished("cancelled", Usage(prompt_tokens, self.deltas), None,
-                                time.monotonic() - self._handle.submitted_at))
-
-
 class ChatService:
     def __init__(self, engine: ChatEngine, store: ConversationStore, *, default_max_tokens: int,
-                 heartbeat_seconds: float, log_prompts: bool) -> None:
+                 heartbeat_seconds: float, log_prompts: bool, request_timeout: float = 0.0,
+                 on_answer: Callable[[Message], None] | None = None) -> None:
         self._engine = engine
+        self._on_answer = on_answer  # sees every stored answer (the metrics)
+        self._request_timeout = request_timeout
         self._store = store
         self._default_max_tokens = default_max_tokens
         self._heartbeat = heartbeat_seconds
         self._log_prompts = log_prompts
+        # The answers being generated (weak: a stream whose response was dropped unread is not waited for).
+        self._running: weakref.WeakSet[ChatStream] = weakref.WeakSet()
+        self._idle = Event()
+        self._idle.set()
+        self._refusal: Interruption | None = None  # once set, open_stream admits nothing more
+
+    # ---- running answers (graceful shutdown) -------------------------------------------------------
+    @property
+    def running(self) -> int:
+        """How many answers are being generated now, on every route."""
+        return len(self._running)
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds until no answer is being generated; True if none is."""
+        deadline = time.monotonic() + timeout
+        while self._running:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            self._idle.wait(min(remaining, 0.5))
+        return True
+
+    def interrupt_all(self, code: str, message: str) -> int:
+        """Admit no new answer, and :meth:`ChatStream.interrupt` every running one; returns how many."""
+        self._refusal = Interruption(code, message)
+        streams = list(self._running)
+        for stream in streams:
+            stream.interrupt(code, message)
+        return len(streams)
+
+    def stream_finished(self, stream: ChatStream) -> None:
+        self._running.discard(stream)
+        if not self._running:
+            self._idle.set()
 
     # ---- generating --------------------------------------------------------------------------------
-    def complete(self, request: ChatRequest, owner: str = "") -> ChatResult:
+    def complete(self, request: ChatRequest, owner: str = "", admit: Admit | None = None) -> ChatResult:
         """Generate the whole answer and return it."""
-        stream = self.open_stream(request, owner)
+        stream = self.open_stream(request, owner, admit)
         for _ in stream:
             pass
         assert stream.finished is not None
         if stream.finished.finish_reason == "error":
             raise GenerationError(stream.finished.error or "generation failed")
+        if stream.interrupted is not None:  # its text so far is stored as cancelled
+            raise ChatUnavailable(stream.interrupted.code, stream.interrupted.message,
+                                  {"message_id": stream.message_id, "conversation_id": stream.conversation_id})
         return ChatResult(
             message_id=stream.message_id,
             response=stream.text,
@@ -203,24 +119,40 @@ class ChatService:
             dropped_turns=stream.turn.dropped_turns,
         )
 
-    def open_stream(self, request: ChatRequest, owner: str = "") -> ChatStream:
+    def open_stream(self, request: ChatRequest, owner: str = "", admit: Admit | None = None) -> ChatStream:
         """Admit the request: build and check the prompt, store the user's turn, hand it to the engine.
 
         Raises before anything is stored when the caller made an error; an engine
         that refuses the work (queue full, not ready) leaves nothing stored either.
+        ``admit`` is called with the tokens the request may use (prompt plus
+        ``max_tokens``) before anything is stored; it raises to refuse the request.
+        After :meth:`interrupt_all` it raises :class:`ChatUnavailable` before anything is stored.
         """
+        if self._refusal is not None:
+            raise ChatUnavailable(self._refusal.code, self._refusal.message)
         messages = self._stored_history(request.conversation_id, owner) + request.messages
         messages, dropped, prompt_ids = self._prompt(request, messages)
         params = SamplingParams(max_tokens=self._max_tokens(request, prompt_ids), temperature=request.temperature,
                                 top_p=request.top_p, seed=request.seed, stop=request.stop,
                                 ignore_eos=request.ignore_eos)
-        turn = self._store_user_turn(request, owner, dropped, messages)
+        reservation = admit(len(prompt_ids) + params.max_tokens) if admit is not None else None
         try:
-            handle = self._engine.submit(turn.message_id, prompt_ids, params)
-        except EngineError:
-            self._forget_turn(turn)
+            turn = self._store_user_turn(request, owner, dropped, messages)
+            try:
+                handle = self._engine.submit(turn.message_id, prompt_ids, params)
+            except EngineError:
+                self._forget_turn(turn)
+                raise
+        except Exception:
+            if reservation is not None:
+                reservation.cancel()
             raise
-        return ChatStream(self, request, handle, turn, self._heartbeat)
+        stream = ChatStream(self, request, handle, turn, self._heartbeat, self._request_timeout, reservation)
+        self._running.add(stream)
+        self._idle.clear()
+        if self._refusal is not None:  # interrupt_all ran while this request was being stored
+            stream.interrupt(self._refusal.code, self._refusal.message)
+        return stream
 
     def _stored_history(self, conversation_id: str | None, owner: str) -> list[ChatMessage]:
         if conversation_id is None:
@@ -272,7 +204,7 @@ class ChatService:
             self._store.add_messages(conversation_id, rows)
         user_message = next((m for m in reversed(rows) if m.role == "user"), rows[-1])
         return Turn(conversation_id, user_message.id, uuid.uuid4().hex, owner, new_conversation,
-                    tuple(m.id for m in rows), dropped, prompt_messages)
+                    tuple(m.id for m in rows), dropped, prompt_messages, current_request_id())
 
     def _forget_turn(self, turn: Turn) -> None:
         """The engine refused the work: take back what this request stored."""
@@ -297,9 +229,14 @@ class ChatService:
             self._store.add_messages(turn.conversation_id, [answer])
         except StorageError as exc:  # the client still gets its answer; the log keeps the exchange
             log.error("message %s: could not store the answer: %s", turn.message_id, exc)
-        self._log(answer, request)
+        self._log(answer, request, turn.request_id)
+        if self._on_answer is not None:
+            try:
+                self._on_answer(answer)
+            except Exception:  # an observer never costs the client its answer
+                log.exception("message %s: the answer observer failed", turn.message_id)
 
-    def _log(self, answer: Message, request: ChatRequest) -> None:
+    def _log(self, answer: Message, request: ChatRequest, request_id: str | None) -> None:
         usage = answer.usage or {}
         ttft = "-" if answer.time_to_first_token is None else f"{answer.time_to_first_token:.3f}s"
         line = (f"exchange time={answer.created_at.strftime(TIME_FORMAT)} message_id={answer.id} "
@@ -310,7 +247,7 @@ class ChatService:
             line += f" error={answer.error!r}"
         if self._log_prompts:
             line += f" prompt={request.prompt!r}"
-        log.info(line)
+        log.info(line, extra={"request_id": request_id})  # the stream's pump greenlet has no request context
 
     # ---- reading -----------------------------------------------------------------------------------
     def list_exchanges(self, limit: int, before: str | None, owner: str | None = "") -> list[Exchange]:

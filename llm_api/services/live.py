@@ -32,6 +32,7 @@ class LiveStream:
     def __init__(self, stream: ChatStream, events: Iterable[str], registry: LiveStreams,
                  grace_seconds: float) -> None:
         self.message_id = stream.message_id
+        self.owner = stream.turn.owner
         self.grace_seconds = grace_seconds
         self.events: list[str] = []
         self.done = False
@@ -94,7 +95,7 @@ class LiveStream:
 
     def _abandon(self) -> None:
         if self._followers == 0 and not self.done:
-            log.info("message %s: no client for %.1fs, cancelling", self.message_id, self.grace_seconds)
+            log.info("message %s: its client is gone, cancelling", self.message_id)
             self._stream.cancel()
 
 

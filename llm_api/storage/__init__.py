@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from sqlalchemy.exc import SQLAlchemyError
 
 from .database import create_db_engine, upgrade
 from .errors import ConversationNotFound, StorageError
-from .records import Conversation, Exchange, Message, Page
+from .key_store import KeyNameTaken, SqlKeyStore
+from .records import ApiKey, Conversation, Exchange, Message, Page
 from .sql_store import SqlConversationStore
 
 __all__ = [
+    "ApiKey", "KeyNameTaken", "SqlKeyStore",
     "Conversation", "ConversationNotFound", "ConversationStore", "Exchange", "Message", "Page",
-    "SqlConversationStore", "StorageError", "open_store", "prepare_database",
+    "SqlConversationStore", "StorageError", "key_counts", "open_store", "prepare_database",
 ]
 
 
@@ -55,6 +57,21 @@ def prepare_database(url: str) -> None:
             engine.dispose()
     except (SQLAlchemyError, OSError, ValueError) as exc:
         raise StorageError(str(exc).splitlines()[0]) from exc
+
+
+class KeyCounts(NamedTuple):
+    created: int  # revoked ones included
+    active: int
+
+
+def key_counts(url: str) -> KeyCounts:
+    """How many API keys the database at ``url`` holds (for the start-up checks in gunicorn's master)."""
+    engine = create_db_engine(url, pool_size=1)
+    try:
+        keys = SqlKeyStore(engine)
+        return KeyCounts(keys.count(active_only=False), keys.count(active_only=True))
+    finally:
+        engine.dispose()
 
 
 def open_store(url: str, pool_size: int = 10, migrate: bool = True) -> SqlConversationStore:

@@ -71,9 +71,19 @@ def _alembic_config(connection: sa.Connection) -> Config:
     return config
 
 
+# Serialises migrations of several instances starting at once on one PostgreSQL database.
+_MIGRATION_LOCK = 0x6C6C6D5F617069  # "llm_api"
+
+
 def upgrade(engine: sa.Engine, revision: str = "head") -> None:
-    """Apply the migrations up to ``revision`` (idempotent: nothing happens at the newest one)."""
+    """Apply the migrations up to ``revision`` (idempotent: nothing happens at the newest one).
+
+    On PostgreSQL a transaction-scoped advisory lock makes concurrent starts wait
+    for each other; SQLite's own write lock does the same for a file.
+    """
     with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
         command.upgrade(_alembic_config(connection), revision)
 
 

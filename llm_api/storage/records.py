@@ -51,3 +51,22 @@ class Page(Generic[T]):
     items: list[T]
     next_cursor: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """A caller's key: only the SHA-256 of its secret part is kept. Limits of ``None`` mean unlimited."""
+
+    id: str
+    name: str
+    secret_hash: str
+    scopes: tuple[str, ...]
+    created_at: datetime
+    rpm: int | None = None
+    tpm: int | None = None
+    max_streams: int | None = None
+    revoked_at: datetime | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None

@@ -8,7 +8,7 @@ Every method is one short transaction. Ordering uses the auto-increment ``pk``
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,17 +20,22 @@ from .records import Conversation, Exchange, Message, Page
 from .tables import conversations, messages
 
 
+@contextmanager
+def transaction(engine: sa.Engine) -> Iterator[sa.Connection]:
+    """One short transaction; any database failure becomes a :class:`StorageError` (its cause kept)."""
+    try:
+        with engine.begin() as connection:
+            yield connection
+    except SQLAlchemyError as exc:
+        raise StorageError(f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+
+
 class SqlConversationStore:
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
 
-    @contextmanager
-    def _transaction(self) -> Iterator[sa.Connection]:
-        try:
-            with self.engine.begin() as connection:
-                yield connection
-        except SQLAlchemyError as exc:
-            raise StorageError(f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+    def _transaction(self) -> AbstractContextManager[sa.Connection]:
+        return transaction(self.engine)
 
     # ---- conversations ----------------------------------------------------------------------------
     def create_conversation(self, conversation: Conversation, first_messages: Sequence[Message]) -> None:
@@ -137,15 +142,15 @@ def _message_row(message: Message) -> dict[str, Any]:
     }
 
 
-def _utc(value: datetime) -> datetime:
+def utc(value: datetime) -> datetime:
     """SQLite hands datetimes back without their zone; everything is stored in UTC."""
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def _conversation(row: Any) -> Conversation:
     m = row._mapping
-    return Conversation(id=m["id"], title=m["title"], created_at=_utc(m["created_at"]),
-                        updated_at=_utc(m["updated_at"]), owner=m["owner"])
+    return Conversation(id=m["id"], title=m["title"], created_at=utc(m["created_at"]),
+                        updated_at=utc(m["updated_at"]), owner=m["owner"])
 
 
 def _message(row: Any) -> Message:
@@ -157,7 +162,7 @@ def _message(row: Any) -> Message:
                  "total_tokens": prompt_tokens + completion_tokens}
     return Message(
         id=values["id"], conversation_id=values["conversation_id"], role=values["role"],
-        content=values["content"], created_at=_utc(values["created_at"]), owner=values["owner"],
+        content=values["content"], created_at=utc(values["created_at"]), owner=values["owner"],
         reply_to=values["reply_to"], finish_reason=values["finish_reason"], usage=usage,
         time_to_first_token=values["time_to_first_token"], total_time=values["total_time"],
         params=values["params"], model=values["model"], error=values["error"],

@@ -42,3 +42,24 @@ messages = sa.Table(
     sa.Index("ix_messages_conversation_pk", "conversation_id", "pk"),
     sa.Index("ix_messages_owner_role_pk", "owner", "role", "pk"),
 )
+
+api_keys = sa.Table(
+    "api_keys", metadata,
+    sa.Column("pk", PrimaryKey, primary_key=True, autoincrement=True),
+    sa.Column("id", sa.String(32), nullable=False, unique=True),
+    sa.Column("name", sa.String(100), nullable=False, unique=True),
+    sa.Column("secret_hash", sa.String(64), nullable=False),
+    sa.Column("scopes", sa.String(200), nullable=False),
+    sa.Column("rpm", sa.Integer, nullable=True),
+    sa.Column("tpm", sa.Integer, nullable=True),
+    sa.Column("max_streams", sa.Integer, nullable=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
+)
+
+# Values the service generates once and every worker shares (the stream-token signing secret).
+service_secrets = sa.Table(
+    "service_secrets", metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("value", sa.String(128), nullable=False),
+)

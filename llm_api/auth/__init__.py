@@ -1,0 +1,1 @@
+"""Who is calling: API keys, short-lived stream tokens, and the per-request access check."""

@@ -1,0 +1,33 @@
+"""Generation on behalf of the calling key: its owner id on the records, its quotas at admission,
+and its ``x-ratelimit-*`` headers on every answer."""
+
+from __future__ import annotations
+
+from functools import partial
+
+from flask import Response
+
+from .auth.guard import current_key, current_owner
+from .services.chat import Admit, ChatRequest, ChatResult, ChatStream
+from .state import services
+
+
+def admission() -> Admit:
+    """The admission check for this request's key (``QuotaExceeded`` becomes a 429)."""
+    return partial(services().quotas.admit, current_key())
+
+
+def open_stream(chat_request: ChatRequest) -> ChatStream:
+    return services().chat.open_stream(chat_request, current_owner(), admission())
+
+
+def complete(chat_request: ChatRequest) -> ChatResult:
+    return services().chat.complete(chat_request, current_owner(), admission())
+
+
+def add_rate_limit_headers(response: Response) -> Response:
+    """``after_request``: the key's ``x-ratelimit-*`` headers on every answer (when it has limits)."""
+    key = current_key()
+    if key is not None and (key.rpm is not None or key.tpm is not None):
+        response.headers.update(services().quotas.headers(key))
+    return response

@@ -1,0 +1,1 @@
+"""Per-key quotas: requests and tokens per minute, and concurrent streams, shared by all workers."""

@@ -1,0 +1,130 @@
+"""The gunicorn worker: gevent, plus a graceful shutdown that drains the worker's answers.
+
+gunicorn's own gevent worker, on SIGTERM, closes its listening socket at once and
+waits up to ``graceful_timeout`` for open connections; the master kills it after
+that. Streams still running are then cut off without an end, and their answers
+are never stored. This worker instead, on SIGTERM:
+
+1. marks the application as draining (:meth:`Services.begin_drain`): from then on
+   ``/readyz`` and every new request answer 503 ``shutting_down`` with
+   ``Retry-After``, ``/healthz`` stays 200, and every response closes its connection;
+2. keeps accepting connections, so that probes and clients get that answer
+   instead of a refused connection;
+3. waits until no answer is being generated, or until the graceful timeout minus
+   a margin (:func:`llm_api.shutdown.drain_plan`);
+4. interrupts the answers still running: each ends with an error event
+   ``shutting_down`` and is stored as ``cancelled`` with its text so far;
+5. closes idle keep-alive connections and leaves through gunicorn's normal exit
+   path (stop accepting, wait for open connections, the ``worker_exit`` hook).
+
+SIGQUIT and SIGINT are gunicorn's quick shutdown: the worker interrupts running
+answers at once, gives them :data:`~llm_api.shutdown.QUICK_FLUSH_SECONDS` to be
+stored, then exits as gunicorn's worker does.
+
+Signal handlers only set flags and spawn a greenlet: the waiting, logging and
+storing happen on the event loop, never inside the handler.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import gevent
+from gunicorn.workers.base import Worker
+from gunicorn.workers.ggevent import GeventWorker
+
+from .state import EXTENSION_KEY
+
+# Connection states, for closing idle keep-alive connections at the end of a drain.
+_NEW, _BUSY, _IDLE = "new", "busy", "idle"
+
+
+class DrainingGeventWorker(GeventWorker):
+    """``worker_class = "llm_api.worker.DrainingGeventWorker"``: gunicorn's gevent worker with a drain on SIGTERM."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.draining = False
+        self._quitting = False
+        self._connections: dict[Any, str] = {}
+
+    # ---- signals (run inside the signal handler: flags and a spawn only) ---------------------------
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        """SIGTERM: drain instead of closing the listening socket at once."""
+        if self.draining:
+            return  # a second SIGTERM changes nothing
+        state = self._services()
+        if state is None:  # the application is not loaded yet (or is not ours): gunicorn's own behaviour
+            super().handle_exit(sig, frame)
+            return
+        self.draining = True
+        state.begin_drain()
+        gevent.spawn(self._drain, state)
+
+    def handle_quit(self, sig: int, frame: Any) -> None:
+        """SIGQUIT/SIGINT: gunicorn's quick shutdown, after interrupting and storing the running answers."""
+        if self._quitting:
+            return  # Ctrl-C reaches the worker twice (from the terminal and from the master)
+        self._quitting = True
+        state = self._services()
+        if state is None:
+            super().handle_quit(sig, frame)
+            return
+        self.draining = True
+        state.begin_drain()
+        gevent.spawn(self._quick_exit, state, sig, frame)
+
+    # ---- the drain (greenlets) ---------------------------------------------------------------------
+    def _drain(self, state: Any) -> None:
+        from .shutdown import drain, drain_plan
+
+        try:
+            drain(state, drain_plan(self.cfg.graceful_timeout))
+        except Exception:
+            self.log.exception("graceful shutdown failed")
+        finally:
+            self._close_idle_connections()
+            self.alive = False  # the run loop now stops accepting, waits for open connections, and exits
+
+    def _quick_exit(self, state: Any, sig: int, frame: Any) -> None:
+        from .shutdown import QUICK_FLUSH_SECONDS, interrupt_running
+
+        try:
+            interrupt_running(state, QUICK_FLUSH_SECONDS)
+        except Exception:
+            self.log.exception("quick shutdown: could not interrupt the running answers")
+        finally:
+            Worker.handle_quit(self, sig, frame)  # gunicorn's: worker_int hook, then exit
+
+    def _services(self) -> Any:
+        """The application's :class:`llm_api.state.Services`, or None before it is loaded."""
+        extensions = getattr(getattr(self, "wsgi", None), "extensions", None)
+        return extensions.get(EXTENSION_KEY) if isinstance(extensions, dict) else None
+
+    # ---- connections -------------------------------------------------------------------------------
+    def handle(self, listener: Any, client: Any, addr: Any) -> None:
+        self._connections[client] = _NEW
+        try:
+            super().handle(listener, client, addr)
+        finally:
+            self._connections.pop(client, None)
+
+    def handle_request(self, listener_name: Any, req: Any, sock: Any, addr: Any) -> Any:
+        if self.draining:
+            req.must_close = True  # "Connection: close": a client does not reuse a connection to a leaving worker
+        self._connections[sock] = _BUSY
+        try:
+            return super().handle_request(listener_name, req, sock, addr)
+        finally:
+            if sock in self._connections:
+                self._connections[sock] = _IDLE
+
+    def _close_idle_connections(self) -> None:
+        """End keep-alive connections waiting for their next request, so the exit does not wait for them."""
+        for client, state in list(self._connections.items()):
+            if state == _IDLE:
+                try:
+                    client.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass

@@ -1,0 +1,119 @@
+"""Quotas shared by workers through a real Redis server, failing open while it is gone.
+
+``redis-server`` comes from Debian's package (``.ci/run`` installs it); each test
+starts its own on a free port. Without it the tests skip locally and fail in CI.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from llm_api import create_app
+from tests.conftest import free_port
+from tests.test_http_auth import bearer, new_key
+from tests.test_http_chat import assert_error, post
+
+
+class RedisServer:
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.url = f"redis://127.0.0.1:{port}/0"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            reason = "redis-server not installed (apt-get install redis-server; .ci/run does)"
+            if os.environ.get("CI"):
+                pytest.fail(reason)
+            pytest.skip(reason)
+        self.process = subprocess.Popen([binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                                         "--appendonly", "no"], stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                redis.Redis.from_url(self.url).ping()
+                return
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(10)
+            self.process = None
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer(free_port())
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def workers(fake_engine, settings, redis_server):
+    """Two apps on one database and one Redis: two workers of one service."""
+    shared = settings.__class__(**{**settings.__dict__, "redis_url": redis_server.url})
+    return [create_app(shared, engine=fake_engine) for _ in range(2)]
+
+
+def test_limits_hold_across_workers(workers):
+    key = new_key(workers[0], rpm=3, tpm=200)
+    clients = [w.test_client() for w in workers]
+    for n in range(3):
+        assert post(clients[n % 2], {"prompt": "hi", "max_tokens": 10}, headers=bearer(key)).status_code == 200
+    refused = post(clients[1], {"prompt": "hi", "max_tokens": 10}, headers=bearer(key))
+    assert_error(refused, 429, "rate_limit_exceeded")
+    assert refused.headers["x-ratelimit-remaining-requests"] == "0"
+    used = int(clients[0].get("/conversations", headers=bearer(key)).headers["x-ratelimit-remaining-tokens"])
+    assert 200 - 3 * 15 < used < 200  # three answers' real usage, not three 10-token reservations + prompts
+
+
+def test_stream_slots_are_shared_across_workers(workers):
+    key = new_key(workers[0], max_streams=1)
+    quotas = [w.extensions["llm_api"].quotas for w in workers]
+    record = workers[0].extensions["llm_api"].keys.store.list()[0]
+    held = quotas[0].admit(record, 1)
+    body = assert_error(post(workers[1].test_client(), {"prompt": "hi"}, headers=bearer(key)), 429,
+                        "rate_limit_exceeded")
+    assert body["details"] == {"limit": "streams"}
+    held.release(1)
+    assert post(workers[1].test_client(), {"prompt": "hi"}, headers=bearer(key)).status_code == 200
+
+
+def test_without_redis_the_service_keeps_serving_and_counts_again_when_it_returns(workers, redis_server):
+    key = new_key(workers[0], rpm=2)
+    client = workers[0].test_client()
+    assert post(client, {"prompt": "hi"}, headers=bearer(key)).status_code == 200
+
+    redis_server.stop()
+    for _ in range(4):  # over the limit, but the counters are gone: fail open
+        answer = post(client, {"prompt": "hi"}, headers=bearer(key))
+        assert answer.status_code == 200
+        assert "x-ratelimit-remaining-requests" not in answer.headers
+
+    redis_server.start()  # a fresh, empty server on the same port
+    time.sleep(2.1)  # the backend waits a moment before trying Redis again
+    assert post(client, {"prompt": "hi"}, headers=bearer(key)).status_code == 200
+    assert post(client, {"prompt": "hi"}, headers=bearer(key)).status_code == 200
+    assert_error(post(client, {"prompt": "hi"}, headers=bearer(key)), 429, "rate_limit_exceeded")
+
+
+def test_a_dead_redis_costs_no_waiting(workers, redis_server):
+    key = new_key(workers[0], rpm=100, tpm=10_000, max_streams=5)
+    client = workers[0].test_client()
+    redis_server.stop()
+    started = time.monotonic()
+    for _ in range(10):
+        assert post(client, {"prompt": "hi"}, headers=bearer(key)).status_code == 200
+    assert time.monotonic() - started < 5
