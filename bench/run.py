@@ -16,6 +16,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -47,7 +48,7 @@ class StreamResult:
     cut: bool  # ended without [DONE], or with fewer tokens than asked for
 
 
-def stream_chat(url: str, prompt: str, tokens: int, extra: dict[str, Any]) -> StreamResult:
+def stream_chat(url: str, prompt: str, tokens: int, extra: dict[str, Any], count_chunks: bool = False) -> StreamResult:
     """One streamed OpenAI chat completion; token count from usage when the server reports it."""
     body = {"model": "bench", "messages": [{"role": "user", "content": prompt}], "max_tokens": tokens,
             "temperature": 0.7, "stream": True, **extra}
@@ -69,8 +70,15 @@ def stream_chat(url: str, prompt: str, tokens: int, extra: dict[str, Any]) -> St
                         ttft = ttft if ttft is not None else time.perf_counter() - started
     except requests.RequestException:
         pass
-    counted = usage["completion_tokens"] if usage else (tokens if done else pieces)
-    return StreamResult(ttft, time.perf_counter() - started, counted, cut=not done or counted < tokens)
+    if usage:
+        counted = usage["completion_tokens"]
+    elif count_chunks:  # one chunk per token, and a stream the server cuts short may still end with [DONE]
+        counted = pieces
+    else:  # chunks are words (TextIteratorStreamer); with ignore_eos, [DONE] means max_tokens were generated
+        counted = tokens if done else pieces
+    # Counting chunks can miss a token whose text is empty (half a character): a cut stream stops far short.
+    shortfall = counted < tokens * CHUNK_COUNT_SLACK if count_chunks and not usage else counted < tokens
+    return StreamResult(ttft, time.perf_counter() - started, counted, cut=not done or shortfall)
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -104,7 +112,8 @@ class HealthProbe:
         self._thread.join()
 
 
-def load(url: str, streams: int, tokens: int, extra: dict[str, Any], probe: bool = False) -> dict[str, Any]:
+def load(url: str, streams: int, tokens: int, extra: dict[str, Any], probe: bool = False,
+         count_chunks: bool = False) -> dict[str, Any]:
     """``streams`` concurrent streams (different prompts), each asking for ``tokens`` tokens."""
     prompts = [PROMPTS[i % len(PROMPTS)] for i in range(streams)]
     probe_ctx = HealthProbe(url) if probe else None
@@ -112,7 +121,7 @@ def load(url: str, streams: int, tokens: int, extra: dict[str, Any], probe: bool
     if probe_ctx:
         probe_ctx.__enter__()
     with ThreadPoolExecutor(streams) as pool:
-        results = list(pool.map(lambda p: stream_chat(url, p, tokens, extra), prompts))
+        results = list(pool.map(lambda p: stream_chat(url, p, tokens, extra, count_chunks), prompts))
     wall = time.perf_counter() - started
     if probe_ctx:
         probe_ctx.__exit__()
@@ -175,9 +184,12 @@ class Server:
 
 
 def ours(env: dict[str, str] | None = None) -> Server:
+    """Our server on a fresh SQLite database, so that every run starts from the same empty store."""
+    data_dir = tempfile.mkdtemp(prefix="llm-api-bench-", dir=CACHE)
     return Server("llm_api", [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "-b", "127.0.0.1:{port}",
                               "--no-control-socket", "wsgi:app"],
-                  {"LLM_API_CACHE_DIR": str(MODEL_CACHE), "LLM_API_LOG_LEVEL": "warning", **(env or {})},
+                  {"LLM_API_CACHE_DIR": str(MODEL_CACHE), "LLM_API_DATA_DIR": data_dir, "LLM_API_LOG_LEVEL": "warning",
+                   **(env or {})},
                   ready_path="/readyz")
 
 
@@ -222,6 +234,11 @@ _NO_EOS = {"logit_bias": {"2": -100}}
 EXACT_LENGTH = {"ours": {"ignore_eos": True, "stream_options": {"include_usage": True}},
                 "lesson": {"ignore_eos": True}, "naive": {"ignore_eos": True}, "llama-server": {"ignore_eos": True},
                 "llama-cpp-python": _NO_EOS, "llama-cpp-python-no-interrupt": _NO_EOS}
+
+
+# Peers that send one chunk per token and report no usage: their tokens are counted chunk by chunk.
+COUNTED_BY_CHUNKS = {"llama-cpp-python", "llama-cpp-python-no-interrupt"}
+CHUNK_COUNT_SLACK = 0.95
 
 
 # ---- the sections ----------------------------------------------------------------------------------
@@ -388,7 +405,8 @@ def main() -> None:
         print(f"{name}:", flush=True)
         peer = PEERS[name]()
         try:
-            rows = [load(peer.url, n, args.tokens, EXACT_LENGTH[name]) for n in peer_levels]
+            rows = [load(peer.url, n, args.tokens, EXACT_LENGTH[name], count_chunks=name in COUNTED_BY_CHUNKS)
+                    for n in peer_levels]
             report["peers"][name] = {"levels": rows}
         finally:
             peer.stop()
