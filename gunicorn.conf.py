@@ -17,7 +17,8 @@ APP_LOAD_ERROR = 4
 
 try:
     _settings = Settings.from_env()
-    preflight(model_spec(_settings))
+    if _settings.local_model is not None:  # every engine may be an upstream: then no model is loaded here
+        preflight(model_spec(_settings))
     prepare_database(_settings.resolved_database_url)  # migrations run once here, not in every worker
     _keys = key_counts(_settings.resolved_database_url)
     if _settings.require_keys and _keys.active == 0:

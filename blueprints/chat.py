@@ -13,6 +13,7 @@ from llm_api.state import services
 from llm_api.streaming import (
     RETRY_MS,
     chat_event_frames,
+    engine_headers,
     follow_events,
     parse_event_id,
     resume_unavailable,
@@ -37,7 +38,10 @@ def new_message():  # noqa: ANN201
     chat_request = ChatRequest.from_turn(**fields)
     if stream:
         return _start_stream(chat_request, mode, wait_for_reconnect=False)
-    return jsonify(ChatResponseSchema().dump(caller.complete(chat_request)))
+    result = caller.complete(chat_request)
+    response = jsonify(ChatResponseSchema().dump(result))
+    response.headers.update(engine_headers(result.engine, result.degraded))
+    return response
 
 
 @route(bp, "/get/messages", ["GET"])
@@ -69,7 +73,10 @@ def _start_stream(chat_request: ChatRequest, mode: str, *, wait_for_reconnect: b
     state = services()
     stream = caller.open_stream(chat_request)
     live = state.live.start(stream, chat_event_frames(stream, mode), wait_for_reconnect=wait_for_reconnect)
-    return sse_response(follow_events(live, retry_ms=retry_ms))
+    engine, _, degraded = stream.engine  # the engine that took it at admission; `finish` names the one that answered
+    response = sse_response(follow_events(live, retry_ms=retry_ms))
+    response.headers.update(engine_headers(engine, degraded))
+    return response
 
 
 def _resume(message_id: str, last_sequence: int) -> Response:

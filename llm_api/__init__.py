@@ -33,7 +33,7 @@ def create_app(settings: Settings | None = None, *, engine: Any = None) -> Flask
     from .auth.tokens import StreamTokens
     from .caller import add_rate_limit_headers
     from .cli import keys_command
-    from .engine.scheduler import Engine, EngineOptions
+    from .engines import EngineRouter, build_router
     from .metrics import install as install_metrics
     from .quota.admission import Quotas
     from .quota.backend import QuotaBackend
@@ -41,6 +41,7 @@ def create_app(settings: Settings | None = None, *, engine: Any = None) -> Flask
     from .services.chat import ChatService
     from .services.conversations import ConversationService
     from .services.live import LiveStreams
+    from .services.output_guard import OutputGuard
     from .shutdown import refuse_while_draining
     from .storage import SqlKeyStore, open_store
 
@@ -51,16 +52,15 @@ def create_app(settings: Settings | None = None, *, engine: Any = None) -> Flask
     app.json.ensure_ascii = False
     app.json.sort_keys = False
 
-    if engine is None:
-        engine = Engine(model_spec(settings), EngineOptions(
-            max_batch=settings.max_batch, max_queue=settings.max_queue, prefill_chunk=settings.prefill_chunk,
-            batching=settings.batching, torch_threads=settings.torch_threads))
+    if not isinstance(engine, EngineRouter):  # the chain of LLM_API_ENGINES; a given engine is its local one
+        engine = build_router(settings, engine)
     metrics = install_metrics(app, engine)
     install_request_log(app, metrics)  # first of the before_request hooks: the others run with the request id
     store = open_store(settings.resolved_database_url, settings.db_pool_size)
     chat_service = ChatService(engine, store, default_max_tokens=settings.default_max_tokens,
                                heartbeat_seconds=settings.heartbeat_seconds, log_prompts=settings.log_prompts,
-                               request_timeout=settings.request_timeout, on_answer=metrics.answer)
+                               request_timeout=settings.request_timeout, on_answer=metrics.answer,
+                               on_engine=metrics.engine_answer, output_guard=OutputGuard.from_settings(settings))
     live = LiveStreams(resume_seconds=settings.resume_seconds, grace_seconds=settings.disconnect_grace_seconds,
                        heartbeat_seconds=settings.heartbeat_seconds)
     key_store = SqlKeyStore(store.engine)
@@ -93,8 +93,9 @@ def create_app(settings: Settings | None = None, *, engine: Any = None) -> Flask
 
 
 def model_spec(settings: Settings) -> ModelSpec:
-    return ModelSpec(settings.model, settings.device, settings.dtype, settings.trust_remote_code,
-                     settings.resolved_cache_dir)
+    """The local model's spec (LLM_API_MODEL, or the local engine of LLM_API_ENGINES)."""
+    return ModelSpec(settings.local_model or settings.model, settings.device, settings.dtype,
+                     settings.trust_remote_code, settings.resolved_cache_dir)
 
 
 def start_engine(app: Flask, on_load_failure: Callable[[str], None] | None = None) -> None:

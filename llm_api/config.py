@@ -11,9 +11,10 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
 
@@ -96,6 +97,66 @@ def _model(name: str, raw: str) -> str:
     return value
 
 
+_ENGINE_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
+UPSTREAM_PREFIXES = ("openai+http://", "openai+https://")
+STATIC_ENGINE = "static"  # the name the static degraded answer answers under
+
+
+@dataclass(frozen=True)
+class EngineTarget:
+    """One named engine of ``LLM_API_ENGINES``: the local model, or an upstream OpenAI-compatible server."""
+
+    name: str
+    kind: str  # "local" or "upstream"
+    source: str  # local: `embedded:...` or a model folder; upstream: its base URL, http(s)://HOST:PORT/v1
+    api_key: str = ""  # upstream: from LLM_API_ENGINE_<NAME>_API_KEY
+    model: str = ""  # upstream: from LLM_API_ENGINE_<NAME>_MODEL (empty: the first model it lists)
+
+
+def _engines(name: str, raw: str) -> tuple[EngineTarget, ...]:
+    shape = ("a comma-separated list of NAME=TARGET, NAME in lowercase letters, digits and _, TARGET `embedded`, "
+             "a local model folder or openai+http(s)://HOST:PORT/v1")
+    targets: list[EngineTarget] = []
+    for part in (p.strip() for p in raw.split(",")):
+        if not part:
+            continue
+        engine, equals, target = (x.strip() for x in part.partition("="))
+        if not equals or not target or not _ENGINE_NAME.fullmatch(engine):
+            raise ConfigError(f"{name} must be {shape} (got {part!r})")
+        if engine == STATIC_ENGINE or any(t.name == engine for t in targets):
+            why = "is reserved for the static degraded answer" if engine == STATIC_ENGINE else "is given twice"
+            raise ConfigError(f"{name}: the engine name {engine!r} {why} (got {raw!r})")
+        if target.startswith(UPSTREAM_PREFIXES):
+            url = target[len("openai+"):].rstrip("/")
+            try:
+                parsed = urlsplit(url)
+                parsed.port  # noqa: B018 - raises on a bad port
+            except ValueError:
+                parsed = None
+            if parsed is None or not parsed.hostname or parsed.query or parsed.fragment:
+                raise ConfigError(f"{name}: engine {engine!r} must be openai+http(s)://HOST:PORT/v1 (got {target!r})")
+            targets.append(EngineTarget(engine, "upstream", url))
+        else:
+            targets.append(EngineTarget(engine, "local", _model(f"{name} (engine {engine!r})", target)))
+    if not targets:
+        raise ConfigError(f"{name} must be {shape} (got {raw!r})")
+    if sum(t.kind == "local" for t in targets) > 1:
+        raise ConfigError(f"{name} may name at most one local engine (each worker holds one model) (got {raw!r})")
+    return tuple(targets)
+
+
+def _with_engine_variables(targets: tuple[EngineTarget, ...], environ: Mapping[str, str]) -> tuple[EngineTarget, ...]:
+    """Each upstream's LLM_API_ENGINE_<NAME>_API_KEY and LLM_API_ENGINE_<NAME>_MODEL."""
+    out = []
+    for target in targets:
+        if target.kind == "upstream":
+            prefix = f"LLM_API_ENGINE_{target.name.upper()}_"
+            target = replace(target, api_key=environ.get(prefix + "API_KEY", "").strip(),
+                             model=environ.get(prefix + "MODEL", "").strip())
+        out.append(target)
+    return tuple(out)
+
+
 def _bind(name: str, raw: str) -> str:
     value = raw.strip()
     if not value or (":" not in value and not value.startswith("unix:")):
@@ -118,6 +179,35 @@ def _redis_url(name: str, raw: str) -> str:
     value = raw.strip()
     if value and not value.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError(f"{name} must be redis://HOST:PORT/DB, rediss://... or unix://PATH (got {raw!r})")
+    return value
+
+
+def _regex(name: str, raw: str) -> str:
+    """One Python regular expression, compiled here so that a bad one stops the start."""
+    if not raw.strip():
+        return ""
+    try:
+        pattern = re.compile(raw)
+    except re.error as exc:
+        raise ConfigError(f"{name} must be a Python regular expression: {exc} (got {raw!r})") from None
+    if pattern.fullmatch(""):
+        raise ConfigError(f"{name} must not match empty text (got {raw!r})")
+    return raw
+
+
+def _readable_file(name: str, raw: str) -> str:
+    """A UTF-8 text file that exists and can be read now (its contents are read again by each worker)."""
+    value = raw.strip()
+    if not value:
+        return ""
+    if not os.path.isfile(value):
+        raise ConfigError(f"{name} must be an existing file (got {raw!r})")
+    try:
+        with open(value, encoding="utf-8") as file:
+            file.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not UTF-8 text"
+        raise ConfigError(f"{name} must be a readable UTF-8 text file: {reason} (got {raw!r})") from None
     return value
 
 
@@ -172,6 +262,26 @@ class Settings:
         "LLM_API_REQUEST_TIMEOUT", 0.0, _float(0.0),
         "seconds a generation may run before it ends with finish_reason `timeout` (0 = no limit)",
     )
+    output_filter: str = _setting(
+        "LLM_API_OUTPUT_FILTER", "", _regex,
+        "a Python regular expression; an answer that would contain a match ends before it with finish_reason "
+        "`content_filter` (empty = none)",
+    )
+    output_filter_words: str = _setting(
+        "LLM_API_OUTPUT_FILTER_WORDS", "", _readable_file,
+        "a word-list file, one word or phrase per line (`#` comment lines): matched as whole words, "
+        "ignoring case, like LLM_API_OUTPUT_FILTER (empty = none)",
+    )
+    output_filter_holdback: int = _setting(
+        "LLM_API_OUTPUT_FILTER_HOLDBACK", 64, _int(0, 4096),
+        "characters held back while a filter is set: the longest match to catch across tokens",
+    )
+    repetition_ngram: int = _setting("LLM_API_REPETITION_NGRAM", 10, _int(1, 1000),
+                                     "words in the n-grams the repetition stop counts")
+    repetition_max: int = _setting(
+        "LLM_API_REPETITION_MAX", 4, _int(0),
+        "times one n-gram may occur; once more ends the answer with finish_reason `repetition` (0 = off)",
+    )
     require_keys: bool = _setting(
         "LLM_API_REQUIRE_KEYS", False, _bool,
         "refuse to start without an API key; without any key (and this off) the service runs open",
@@ -220,6 +330,30 @@ class Settings:
                                      "seconds a worker drains on SIGTERM: running answers may finish until a "
                                      "margin before it, then are interrupted (`shutting_down`) and stored")
 
+    engines: tuple[EngineTarget, ...] = _setting(
+        "LLM_API_ENGINES", (), _engines,
+        "named engines in fallback order, NAME=TARGET,...: `embedded`, a model folder, or "
+        "`openai+http(s)://HOST:PORT/v1` (default: one local engine `main` from LLM_API_MODEL)",
+    )
+    first_token_timeout: float = _setting(
+        "LLM_API_FIRST_TOKEN_TIMEOUT", 0.0, _float(0.0),
+        "seconds an engine may take to its first token before the request moves to the next engine (0 = off)",
+    )
+    breaker_failures: int = _setting("LLM_API_BREAKER_FAILURES", 5, _int(1, 1000),
+                                     "failures within the window that open an engine's circuit")
+    breaker_window: float = _setting("LLM_API_BREAKER_WINDOW", 60.0, _float(0.001),
+                                     "seconds within which failures are counted")
+    breaker_cooldown: float = _setting("LLM_API_BREAKER_COOLDOWN", 30.0, _float(0.0),
+                                       "seconds an open circuit rejects before it lets one probe through")
+    degraded_answer: str = _setting("LLM_API_DEGRADED_ANSWER", "", _text,
+                                    "static answer when every engine failed (empty = none)")
+    upstream_timeout: float = _setting("LLM_API_UPSTREAM_TIMEOUT", 10.0, _float(0.001),
+                                       "seconds to connect to an upstream and receive its response headers")
+    upstream_context_length: int = _setting(
+        "LLM_API_UPSTREAM_CONTEXT_LENGTH", 4096, _int(16),
+        "an upstream's context length when its /models does not report one",
+    )
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Read every ``LLM_API_*`` variable; raise :class:`ConfigError` on the first bad one."""
@@ -229,8 +363,20 @@ class Settings:
             raw = environ.get(f.metadata["env"])
             if raw is not None:
                 values[f.name] = f.metadata["parse"](f.metadata["env"], raw)
+        if values.get("engines"):
+            values["engines"] = _with_engine_variables(values["engines"], environ)
         values.update(overrides)
         return cls(**values)
+
+    @property
+    def engine_chain(self) -> tuple[EngineTarget, ...]:
+        """The engines in fallback order; unset: one local engine ``main`` from LLM_API_MODEL."""
+        return self.engines or (EngineTarget("main", "local", self.model),)
+
+    @property
+    def local_model(self) -> str | None:
+        """The model this worker loads itself, or None when every engine is an upstream."""
+        return next((t.source for t in self.engine_chain if t.kind == "local"), None)
 
     @property
     def resolved_cache_dir(self) -> str:

@@ -16,10 +16,12 @@ from werkzeug.exceptions import HTTPException
 from .engine.errors import (
     ContextLengthError,
     EngineError,
+    EngineUnavailableError,
     GenerationError,
     ModelLoadError,
     NotReadyError,
     QueueFullError,
+    UpstreamRejectedError,
 )
 from .metrics import current_metrics
 from .quota.admission import QuotaExceeded
@@ -93,6 +95,10 @@ def from_engine_error(exc: EngineError) -> ApiError:
         return ApiError(503, "queue_full", f"The server is at capacity ({exc}); retry shortly.", headers=retry)
     if isinstance(exc, (NotReadyError, ModelLoadError)):
         return ApiError(503, "model_not_ready", f"The model is not ready: {exc}", headers=retry)
+    if isinstance(exc, EngineUnavailableError):  # an upstream down or refusing, or an open circuit
+        return ApiError(503, "engine_unavailable", f"The engine is unavailable: {exc}", headers=retry)
+    if isinstance(exc, UpstreamRejectedError):  # the upstream found fault with the request itself
+        return ApiError(400, "upstream_rejected", str(exc), {"upstream_status": exc.status})
     if isinstance(exc, GenerationError):
         return ApiError(500, "generation_failed", str(exc))
     return ApiError(500, "engine_error", str(exc))

@@ -47,7 +47,10 @@ EXTENSION_KEY = "llm_api.metrics"
 SAMPLE_SECONDS = 1.0
 UNMATCHED_ROUTE = "unmatched"  # the route label of a request that matched no route (404, 405)
 RATE_LIMITS = ("requests", "tokens", "streams")
-FINISH_REASONS = ("stop", "length", "cancelled", "timeout", "error")
+FINISH_REASONS = ("stop", "length", "cancelled", "timeout", "error", "content_filter", "repetition")
+GUARD_REASONS = ("content_filter", "repetition")  # answers the output guard stopped
+
+CIRCUIT_STATES = {"closed": 0, "half_open": 1, "open": 2}  # llm_api_circuit_state (engines/breaker.py)
 
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 TPOT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -86,6 +89,14 @@ class Metrics:
         self.answers = Counter("llm_api_answers", "Answers, by finish reason.", ["finish_reason"], **on)
         self.cancellations = Counter("llm_api_cancellations",
                                      "Answers cancelled (client gone, or the engine stopping).", **on)
+        self.output_guard_stops = Counter("llm_api_output_guard_stops",
+                                          "Answers the output guard stopped, by reason.", ["reason"], **on)
+        self.degraded_answers = Counter("llm_api_degraded_answers",
+                                        "Answers given by a fallback engine or the static degraded answer, by engine.",
+                                        ["engine"], **on)
+        self.circuit_state = Gauge("llm_api_circuit_state",
+                                   "Each engine's circuit breaker: 0 closed, 1 half-open, 2 open (the worst worker's).",
+                                   ["engine"], multiprocess_mode="livemax", **on)
         self.rate_limited_requests = Counter("llm_api_rate_limited", "Requests refused by a rate limit, by limit.",
                                              ["limit"], **on)
         self.queue_depth = Gauge("llm_api_queue_depth", "Requests waiting for a batch slot.",
@@ -101,6 +112,8 @@ class Metrics:
             self.rate_limited_requests.labels(limit=limit)
         for reason in FINISH_REASONS:
             self.answers.labels(finish_reason=reason)
+        for reason in GUARD_REASONS:
+            self.output_guard_stops.labels(reason=reason)
         self._sampled: weakref.WeakSet[Any] = weakref.WeakSet()
 
     # ---- calls from the rest of the service --------------------------------------------------------
@@ -127,14 +140,23 @@ class Metrics:
         self.answers.labels(finish_reason=reason).inc()
         if reason == "cancelled":
             self.cancellations.inc()
+        if reason in GUARD_REASONS:
+            self.output_guard_stops.labels(reason=reason).inc()
         ttft = message.time_to_first_token
         if ttft is not None:
             self.time_to_first_token.observe(ttft)
             if completion > 1 and message.total_time is not None and message.total_time >= ttft:
                 self.time_per_output_token.observe((message.total_time - ttft) / (completion - 1))
 
+    def engine_answer(self, engine: str, degraded: bool) -> None:
+        """A stored answer came from the named ``engine``; ``degraded`` when it was a fallback."""
+        if degraded:
+            self.degraded_answers.labels(engine=engine).inc()
+
     def observe_engine(self, engine: Any) -> None:
         """Copy the engine's plain attributes into the gauges (never called from the engine thread)."""
+        for name, state in (getattr(engine, "circuits", None) or {}).items():
+            self.circuit_state.labels(engine=name).set(CIRCUIT_STATES.get(state, 0))
         self.queue_depth.set(getattr(engine, "queued", 0) or 0)
         stats = getattr(engine, "stats", None) or {}
         self.running_batch_size.set(stats.get("running", 0) or 0)

@@ -19,6 +19,11 @@ CHAT_PREFIX = "chatcmpl-"
 TEXT_PREFIX = "cmpl-"
 
 
+def _fingerprint(engine: str) -> dict[str, str]:
+    """``system_fingerprint``: the name of the engine that answered (docs/degradation.md)."""
+    return {"system_fingerprint": engine} if engine else {}
+
+
 def _usage(usage: dict[str, int]) -> dict[str, int]:
     return {k: usage[k] for k in ("prompt_tokens", "completion_tokens", "total_tokens")}
 
@@ -28,7 +33,8 @@ def chat_completion(result: ChatResult, model: str) -> dict[str, Any]:
         "id": CHAT_PREFIX + result.message_id,
         "object": "chat.completion",
         "created": int(time.time()),
-        "model": model,
+        "model": result.model or model,  # the model that generated the text (a fallback's, when degraded)
+        **_fingerprint(result.engine),
         "choices": [{
             "index": 0,
             "message": {"role": "assistant", "content": result.response, "refusal": None},
@@ -44,7 +50,8 @@ def text_completion(result: ChatResult, model: str, echo_prompt: str = "") -> di
         "id": TEXT_PREFIX + result.message_id,
         "object": "text_completion",
         "created": int(time.time()),
-        "model": model,
+        "model": result.model or model,
+        **_fingerprint(result.engine),
         "choices": [{"index": 0, "text": echo_prompt + result.response, "logprobs": None,
                      "finish_reason": result.finish_reason}],
         "usage": _usage(result.usage),
@@ -64,8 +71,11 @@ class _ChunkStream:
         self.created = int(time.time())
 
     def chunk(self, choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> str:
+        engine, model, _ = self.stream.engine  # the engine generating now (after a fallback: the fallback)
+        model = model or self.model
         body: dict[str, Any] = {"id": self.id_prefix + self.stream.message_id, "object": self.object_name,
-                                "created": self.created, "model": self.model, "choices": choices}
+                                "created": self.created, "model": model, **_fingerprint(engine),
+                                "choices": choices}
         if self.include_usage:
             body["usage"] = usage
         return sse_event(body)

@@ -67,9 +67,24 @@ def parse_event_id(value: str | None) -> tuple[str, int] | None:
 
 
 def finish_payload(stream: ChatStream, finished: Finished) -> dict[str, Any]:
-    return {"message_id": stream.message_id, "finish_reason": finished.finish_reason,
-            "usage": finished.usage.as_dict(), "conversation_id": stream.conversation_id,
-            "dropped_turns": stream.turn.dropped_turns}
+    payload = {"message_id": stream.message_id, "finish_reason": finished.finish_reason,
+               "usage": finished.usage.as_dict(), "conversation_id": stream.conversation_id,
+               "dropped_turns": stream.turn.dropped_turns}
+    if finished.engine:  # the named engine that answered (docs/degradation.md)
+        payload["engine"], payload["degraded"] = finished.engine, finished.degraded
+    return payload
+
+
+ENGINE_HEADER = "X-LLM-API-Engine"
+DEGRADED_HEADER = "X-LLM-API-Degraded"
+
+
+def engine_headers(engine: str, degraded: bool) -> dict[str, str]:
+    """``X-LLM-API-Engine`` (and ``X-LLM-API-Degraded: 1`` for a fallback): for a stream, the engine that
+    took the request at admission; the ``finish`` event names the one that answered."""
+    if not engine:
+        return {}
+    return {ENGINE_HEADER: engine, **({DEGRADED_HEADER: "1"} if degraded else {})}
 
 
 def chat_event_frames(stream: ChatStream, mode: str = "delta") -> Iterator[str]:

@@ -102,6 +102,8 @@ class ChatResponseSchema(Schema):
     usage = fields.Nested(UsageSchema)
     conversation_id = fields.String()
     dropped_turns = fields.Integer()
+    engine = fields.String()  # the named engine that answered (docs/degradation.md)
+    degraded = fields.Boolean()
 
 
 class ExchangeSchema(Schema):

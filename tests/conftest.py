@@ -75,9 +75,10 @@ class LiveServer:
 
 
 def start_server(tmp_dir: Path, env_overrides: dict[str, str] | None = None,
-                 timeout: float = 300) -> LiveServer:
-    """``gunicorn -k gevent`` (from gunicorn.conf.py) on a free port, waited on until /readyz says ready."""
-    port = free_port()
+                 timeout: float = 300, port: int | None = None) -> LiveServer:
+    """``gunicorn -k gevent`` (from gunicorn.conf.py) on ``port`` (default: a free one), waited on until
+    /readyz says ready."""
+    port = port or free_port()
     env = dict(os.environ, LLM_API_CACHE_DIR=str(CACHE_DIR), LLM_API_HEARTBEAT_SECONDS="1", PYTHONUNBUFFERED="1",
                LLM_API_DATA_DIR=str(tmp_dir / "data"), LLM_API_DISCONNECT_GRACE_SECONDS="2")
     env.update(env_overrides or {})

@@ -46,7 +46,8 @@ class FakeEngine:
     def encode_text(self, text: str) -> list[int]:
         return [len(word) for word in text.split()]
 
-    def submit(self, request_id: str, prompt_ids: list[int], params: SamplingParams) -> GenerationHandle:
+    def submit(self, request_id: str, prompt_ids: list[int], params: SamplingParams, *,
+               messages: list[dict[str, str]] | None = None, prompt_text: str | None = None) -> GenerationHandle:
         if len(prompt_ids) + params.max_tokens > self.context_length:
             raise ContextLengthError(len(prompt_ids), params.max_tokens, self.context_length)
         if self.queue_full:

@@ -63,7 +63,10 @@ def openai_payloads(events: list[dict]) -> list:
 def test_sigterm_drains_the_worker_and_no_message_is_lost(tmp_path):
     db_url = f"sqlite:///{tmp_path / 'shutdown.sqlite3'}"
     server = start_server(tmp_path, {"LLM_API_GRACEFUL_TIMEOUT": str(GRACEFUL_TIMEOUT), "LLM_API_DATABASE_URL": db_url,
-                                     "LLM_API_DEVICE": "cpu", "LLM_API_TORCH_THREADS": "1"})  # steady steps
+                                     "LLM_API_DEVICE": "cpu", "LLM_API_TORCH_THREADS": "1",  # steady steps
+                                     # the long answer must run until the drain interrupts it, even on a fast
+                                     # CPU where it would reach its loop (near token 330) and the repetition stop
+                                     "LLM_API_REPETITION_MAX": "0"})
     url = server.url
     long_prompt = LONG_PROMPT
     short_prompt = "Count from one to twenty in words."

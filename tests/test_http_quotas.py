@@ -121,14 +121,15 @@ def test_a_refund_never_takes_a_window_below_zero():
 
 
 def test_a_generation_past_the_request_timeout_ends_with_timeout_and_keeps_its_text(settings):
-    engine = FakeEngine(delay=0.1, reply="one two three four five six seven eight nine ten", context_length=64)
-    app = create_app(settings.__class__(**{**settings.__dict__, "request_timeout": 0.35}), engine=engine)
+    words = " ".join(f"w{n}" for n in range(19)) + " ten"
+    engine = FakeEngine(delay=0.1, reply=words, context_length=64)
+    app = create_app(settings.__class__(**{**settings.__dict__, "request_timeout": 0.6}), engine=engine)
     client = app.test_client()
-    answer = post(client, {"prompt": "hi", "max_tokens": 10}).get_json()
+    answer = post(client, {"prompt": "hi", "max_tokens": 20}).get_json()
     assert answer["finish_reason"] == "timeout"
-    assert 0 < answer["usage"]["completion_tokens"] < 10
+    assert 0 < answer["usage"]["completion_tokens"] < 20
     assert answer["response"] and "ten" not in answer["response"]
-    stream = post(client, {"prompt": "hi", "max_tokens": 10, "stream": True}).get_data(as_text=True)
+    stream = post(client, {"prompt": "hi", "max_tokens": 20, "stream": True}).get_data(as_text=True)
     finish = [e for e in parse_sse(stream) if e["event"] == "finish"][0]
     assert json.loads(finish["data"])["finish_reason"] == "timeout"
     stored = client.get("/chat/get/messages").get_json()["messages"]

@@ -53,6 +53,12 @@ def test_settings_parse_every_kind():
     ("LLM_API_STREAM_TOKEN_SECONDS", "0", "LLM_API_STREAM_TOKEN_SECONDS must be an integer >= 1"),
     ("LLM_API_MODEL", "/no/such/folder", "LLM_API_MODEL must be `embedded` or an existing local model folder"),
     ("LLM_API_BIND", "8000", "LLM_API_BIND must be HOST:PORT"),
+    ("LLM_API_OUTPUT_FILTER", "(Paris", "LLM_API_OUTPUT_FILTER must be a Python regular expression: missing )"),
+    ("LLM_API_OUTPUT_FILTER", "x*", "LLM_API_OUTPUT_FILTER must not match empty text"),
+    ("LLM_API_OUTPUT_FILTER_WORDS", "/no/such/words.txt", "LLM_API_OUTPUT_FILTER_WORDS must be an existing file"),
+    ("LLM_API_OUTPUT_FILTER_HOLDBACK", "-1", "LLM_API_OUTPUT_FILTER_HOLDBACK must be an integer >= 0"),
+    ("LLM_API_REPETITION_NGRAM", "0", "LLM_API_REPETITION_NGRAM must be an integer >= 1"),
+    ("LLM_API_REPETITION_MAX", "-2", "LLM_API_REPETITION_MAX must be an integer >= 0"),
 ])
 def test_invalid_settings_name_the_variable(name, value, expected):
     with pytest.raises(ConfigError) as raised:

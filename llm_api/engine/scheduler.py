@@ -114,8 +114,10 @@ class Engine:
     def stop_token_ids(self) -> frozenset[int]:
         return self._loaded().prompt_format.stop_token_ids
 
-    def submit(self, request_id: str, prompt_ids: list[int], params: SamplingParams) -> GenerationHandle:
-        """Queue a request; raise at once if it cannot be served."""
+    def submit(self, request_id: str, prompt_ids: list[int], params: SamplingParams, *,
+               messages: Sequence[Message] | None = None, prompt_text: str | None = None) -> GenerationHandle:
+        """Queue a request; raise at once if it cannot be served. ``messages`` and ``prompt_text`` are for
+        engines that take text (an upstream server); the ids are what this one generates from."""
         model = self._loaded()
         if len(prompt_ids) + params.max_tokens > model.context_length:
             raise ContextLengthError(len(prompt_ids), params.max_tokens, model.context_length)

@@ -58,6 +58,9 @@ class Finished:
     total_time: float
     error: str | None = None
     token_ids: tuple[int, ...] = ()  # every generated id, stop token included
+    engine: str | None = None  # the named engine that answered (set by the engine router)
+    model: str | None = None  # that engine's model name
+    degraded: bool = False  # answered by a fallback engine or the static degraded answer
 
 
 @dataclass

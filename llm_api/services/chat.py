@@ -25,6 +25,7 @@ from ..storage import Conversation, ConversationNotFound, ConversationStore, Exc
 from .chat_models import Admit, ChatRequest, ChatResult, ChatUnavailable, Reservation, Turn
 from .chat_stream import ChatStream, Heartbeat, Interruption, StreamItem
 from .history import ChatMessage, fit_to_context, prompt_history
+from .output_guard import OutputGuard
 
 __all__ = [  # the chat API in one place, for the views and renderers
     "Admit", "ChatEngine", "ChatRequest", "ChatResult", "ChatService", "ChatStream", "ChatUnavailable", "Heartbeat",
@@ -47,15 +48,21 @@ class ChatEngine(Protocol):
 
     def encode_text(self, text: str) -> list[int]: ...
 
-    def submit(self, request_id: str, prompt_ids: list[int], params: SamplingParams) -> GenerationHandle: ...
+    def submit(self, request_id: str, prompt_ids: list[int], params: SamplingParams, *,
+               messages: Sequence[dict[str, str]] | None = None,
+               prompt_text: str | None = None) -> GenerationHandle: ...
 
 
 class ChatService:
     def __init__(self, engine: ChatEngine, store: ConversationStore, *, default_max_tokens: int,
                  heartbeat_seconds: float, log_prompts: bool, request_timeout: float = 0.0,
-                 on_answer: Callable[[Message], None] | None = None) -> None:
+                 on_answer: Callable[[Message], None] | None = None,
+                 output_guard: OutputGuard | None = None,
+                 on_engine: Callable[[str, bool], None] | None = None) -> None:
         self._engine = engine
+        self._on_engine = on_engine  # sees the engine of every routed answer, and whether it was degraded
         self._on_answer = on_answer  # sees every stored answer (the metrics)
+        self._output_guard = output_guard  # checks every answer's text before it is sent
         self._request_timeout = request_timeout
         self._store = store
         self._default_max_tokens = default_max_tokens
@@ -117,6 +124,9 @@ class ChatService:
             time=_now().strftime(TIME_FORMAT),
             conversation_id=stream.conversation_id,
             dropped_turns=stream.turn.dropped_turns,
+            engine=stream.finished.engine or "",
+            degraded=stream.finished.degraded,
+            model=stream.finished.model or self._engine.model_name,
         )
 
     def open_stream(self, request: ChatRequest, owner: str = "", admit: Admit | None = None) -> ChatStream:
@@ -139,7 +149,9 @@ class ChatService:
         try:
             turn = self._store_user_turn(request, owner, dropped, messages)
             try:
-                handle = self._engine.submit(turn.message_id, prompt_ids, params)
+                # An upstream engine needs the messages (or the raw prompt text), not our token ids.
+                handle = self._engine.submit(turn.message_id, prompt_ids, params, messages=messages,
+                                             prompt_text=request.prompt if request.raw else None)
             except EngineError:
                 self._forget_turn(turn)
                 raise
@@ -147,7 +159,8 @@ class ChatService:
             if reservation is not None:
                 reservation.cancel()
             raise
-        stream = ChatStream(self, request, handle, turn, self._heartbeat, self._request_timeout, reservation)
+        stream = ChatStream(self, request, handle, turn, self._heartbeat, self._request_timeout, reservation,
+                            guard=self._output_guard)
         self._running.add(stream)
         self._idle.clear()
         if self._refusal is not None:  # interrupt_all ran while this request was being stored
@@ -223,26 +236,34 @@ class ChatService:
             created_at=_now(), owner=turn.owner, reply_to=turn.user_message_id,
             finish_reason=finished.finish_reason, usage=finished.usage.as_dict(),
             time_to_first_token=finished.time_to_first_token, total_time=finished.total_time,
-            params=_params(request), model=self._engine.model_name, error=finished.error,
+            params=_params(request), model=finished.model or self._engine.model_name, error=finished.error,
         )
         try:
             self._store.add_messages(turn.conversation_id, [answer])
         except StorageError as exc:  # the client still gets its answer; the log keeps the exchange
             log.error("message %s: could not store the answer: %s", turn.message_id, exc)
-        self._log(answer, request, turn.request_id)
+        self._log(answer, request, turn.request_id, finished)
+        if self._on_engine is not None and finished.engine:
+            try:
+                self._on_engine(finished.engine, finished.degraded)
+            except Exception:
+                log.exception("message %s: the engine observer failed", turn.message_id)
         if self._on_answer is not None:
             try:
                 self._on_answer(answer)
             except Exception:  # an observer never costs the client its answer
                 log.exception("message %s: the answer observer failed", turn.message_id)
 
-    def _log(self, answer: Message, request: ChatRequest, request_id: str | None) -> None:
+    def _log(self, answer: Message, request: ChatRequest, request_id: str | None,
+             finished: Finished | None = None) -> None:
         usage = answer.usage or {}
         ttft = "-" if answer.time_to_first_token is None else f"{answer.time_to_first_token:.3f}s"
         line = (f"exchange time={answer.created_at.strftime(TIME_FORMAT)} message_id={answer.id} "
                 f"conversation_id={answer.conversation_id} "
                 f"prompt_tokens={usage.get('prompt_tokens')} completion_tokens={usage.get('completion_tokens')} "
                 f"ttft={ttft} total={answer.total_time or 0:.3f}s finish_reason={answer.finish_reason}")
+        if finished is not None and finished.engine:
+            line += f" engine={finished.engine}" + (" degraded=1" if finished.degraded else "")
         if answer.error:
             line += f" error={answer.error!r}"
         if self._log_prompts:

@@ -82,6 +82,9 @@ class ChatResult:
     conversation_id: str
     dropped_turns: int = 0
     status: int = 200
+    engine: str = ""  # the named engine that answered
+    degraded: bool = False  # a fallback engine, or the static degraded answer
+    model: str = ""  # that engine's model name
 
 
 class ChatUnavailable(Exception):

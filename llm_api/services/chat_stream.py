@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import gevent
@@ -14,6 +14,7 @@ import gevent
 from ..engine.sequence import GenerationHandle
 from ..engine.types import Finished, TextDelta, Usage
 from .chat_models import ChatRequest, Reservation, Turn
+from .output_guard import GuardStop, OutputCheck, OutputGuard
 
 log = logging.getLogger("llm_api.exchange")
 
@@ -49,11 +50,15 @@ class ChatStream:
 
     Closing it early (the client went away) cancels the generation and still
     stores the partial answer as ``cancelled``.
+
+    Every delta goes through the output guard first (``guard``): the text it holds back is sent
+    later, and when it stops the answer, the generation is cancelled, nothing after the match is
+    sent, and the answer ends (and is stored) with the guard's finish reason.
     """
 
     def __init__(self, service: AnswerRecorder, request: ChatRequest, handle: GenerationHandle, turn: Turn,
                  heartbeat_seconds: float, timeout_seconds: float = 0.0,
-                 reservation: Reservation | None = None) -> None:
+                 reservation: Reservation | None = None, guard: OutputGuard | None = None) -> None:
         self.message_id = turn.message_id
         self._reservation = reservation
         self.request = request
@@ -61,16 +66,27 @@ class ChatStream:
         self._service = service
         self._handle = handle
         self._heartbeat = heartbeat_seconds
-        self.text = ""
-        self.deltas = 0
+        self.text = ""  # what was released to the caller (the guard may hold back or cut the engine's text)
+        self.deltas = 0  # deltas received from the engine
+        self._guard = guard
+        self._check = guard.check(repetition=not request.ignore_eos) if guard is not None else OutputCheck()
+        self._stop_reported = False
         self.finished: Finished | None = None
         self.interruption: Interruption | None = None  # set by interrupt()
         # The per-request deadline: the answer ends with finish_reason "timeout", keeping its text.
-        self._deadline = gevent.spawn_later(timeout_seconds, handle.cancel, "timeout") if timeout_seconds else None
+        self._deadline = _later(timeout_seconds, handle.cancel, "timeout") if timeout_seconds else None
 
     @property
     def conversation_id(self) -> str:
         return self.turn.conversation_id
+
+    @property
+    def engine(self) -> tuple[str, str, bool]:
+        """The named engine generating the answer now, its model, and whether it is a fallback (the engine
+        router's handle knows; a bare engine's handle does not: then ``("", "", False)``)."""
+        handle = self._handle
+        return (getattr(handle, "engine_name", ""), getattr(handle, "model_name", ""),
+                bool(getattr(handle, "degraded", False)))
 
     def __iter__(self) -> Iterator[StreamItem]:
         try:
@@ -79,8 +95,7 @@ class ChatStream:
                 if event is None:
                     yield Heartbeat()
                     continue
-                self._take(event)
-                yield event
+                yield from self._take(event)
         finally:
             if self.finished is None:
                 self._cancel_and_drain()
@@ -112,20 +127,48 @@ class ChatStream:
             return self.interruption
         return None
 
-    def _take(self, event: TextDelta | Finished) -> None:
+    @property
+    def guard_stop(self) -> GuardStop | None:
+        """Why the output guard ended this answer, if it did."""
+        return self._check.stop
+
+    def _take(self, event: TextDelta | Finished) -> list[TextDelta | Finished]:
+        """Record an engine event; return what the caller gets of it (the guard may hold text back)."""
         if isinstance(event, TextDelta):
-            self.text += event.text
             self.deltas += 1
-        else:
-            self.finished = event
-            if self._deadline is not None:
-                self._deadline.kill(block=False)
-            if self._reservation is not None:
-                self._reservation.release(event.usage.prompt_tokens + event.usage.completion_tokens)
-            try:
-                self._service.record(self.turn, self.request, self.text, event)
-            finally:
-                self._service.stream_finished(self)
+            return self._release(self._check.feed(event.text))
+        stopped_early = self._check.stop is not None
+        items = [] if stopped_early else self._release(self._check.finish(), generating=False)
+        stop = self._check.stop
+        # A stop while generating cancelled the generation: whatever the engine then reports, the answer
+        # ends with the guard's reason. A match found only at the end cuts the text in any case, and
+        # names the finish unless the answer was cancelled or failed.
+        if stop is not None and (stopped_early or event.finish_reason not in ("cancelled", "error")):
+            event = replace(event, finish_reason=stop.reason, error=None)
+        items.append(event)
+        self.finished = event
+        if self._deadline is not None:
+            self._deadline.kill(block=False)
+        if self._reservation is not None:
+            self._reservation.release(event.usage.prompt_tokens + event.usage.completion_tokens)
+        try:
+            self._service.record(self.turn, self.request, self.text, event)
+        finally:
+            self._service.stream_finished(self)
+        return items
+
+    def _release(self, text: str, generating: bool = True) -> list[TextDelta | Finished]:
+        """Send ``text`` on. The first time the guard has stopped the answer, log it, and cancel the
+        generation if it is still running."""
+        self.text += text
+        stop = self._check.stop
+        if stop is not None and not self._stop_reported:
+            self._stop_reported = True
+            if generating:
+                self._handle.cancel(stop.reason)
+            if self._guard is not None:
+                self._guard.report(stop, self.message_id, self.turn.request_id)
+        return [TextDelta(text)] if text else []
 
     def _cancel_and_drain(self) -> None:
         self._handle.cancel()
@@ -139,3 +182,10 @@ class ChatStream:
             prompt_tokens = len(self._handle.request.prompt_ids)
             self._take(Finished("cancelled", Usage(prompt_tokens, self.deltas), None,
                                 time.monotonic() - self._handle.submitted_at))
+
+
+def _later(seconds: float, function: Callable[..., object], *args: object) -> gevent.Greenlet:
+    """``gevent.spawn_later`` from now: the loop's clock is refreshed first, since it is only updated
+    once per loop iteration and a busy iteration would otherwise make the timer fire early."""
+    gevent.get_hub().loop.update_now()
+    return gevent.spawn_later(seconds, function, *args)

@@ -1,0 +1,45 @@
+"""Named engines behind one router: the local model, upstream OpenAI-compatible servers, fallbacks,
+circuit breakers and the static degraded answer (see docs/degradation.md)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..config import Settings
+from .router import EngineRouter
+from .upstream import UpstreamEngine
+
+__all__ = ["EngineRouter", "UpstreamEngine", "build_router"]
+
+
+def build_router(settings: Settings, local_engine: Any = None) -> EngineRouter:
+    """The chain of ``settings.engine_chain``; ``local_engine`` (a built engine, or a fake in tests) serves
+    the local entry, else one is built from the settings. Without LLM_API_ENGINES: one local engine ``main``."""
+    members: list[tuple[str, Any]] = []
+    local: Any = None
+    for target in settings.engine_chain:
+        if target.kind == "local":
+            local = local_engine if local_engine is not None else _local_engine(settings, target.source)
+            members.append((target.name, local))
+        else:
+            members.append((target.name, UpstreamEngine(
+                target.name, target.source, api_key=target.api_key, model=target.model,
+                timeout=settings.upstream_timeout, context_length=settings.upstream_context_length)))
+    if local_engine is not None and local is None:
+        raise ValueError("an engine was given, but LLM_API_ENGINES names no local engine")
+    for _, engine in members:
+        if isinstance(engine, UpstreamEngine):
+            engine.estimator = local
+    return EngineRouter(members, first_token_timeout=settings.first_token_timeout,
+                        degraded_answer=settings.degraded_answer, breaker_failures=settings.breaker_failures,
+                        breaker_window=settings.breaker_window, breaker_cooldown=settings.breaker_cooldown)
+
+
+def _local_engine(settings: Settings, source: str) -> Any:
+    from ..engine.loader import ModelSpec
+    from ..engine.scheduler import Engine, EngineOptions
+
+    spec = ModelSpec(source, settings.device, settings.dtype, settings.trust_remote_code, settings.resolved_cache_dir)
+    return Engine(spec, EngineOptions(max_batch=settings.max_batch, max_queue=settings.max_queue,
+                                      prefill_chunk=settings.prefill_chunk, batching=settings.batching,
+                                      torch_threads=settings.torch_threads))

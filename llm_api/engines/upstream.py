@@ -1,0 +1,294 @@
+"""An upstream OpenAI-compatible server (vLLM, text-generation-inference, llama.cpp's server, another
+llm_api) with the engine's surface: ``submit`` returns a handle whose channel receives ``TextDelta`` and
+one ``Finished``, exactly like the local engine's.
+
+``submit`` posts ``{base}/chat/completions`` (or ``{base}/completions`` for a raw prompt) with
+``stream: true`` and ``stream_options.include_usage``, and waits for the response headers (at most
+``timeout`` seconds, connecting included). Refusals are raised there, before anything was generated,
+so that the router can fall back:
+
+- cannot connect, a timeout, 401, 403, 404, 408 or any 5xx → :class:`EngineUnavailableError`;
+- 429, or an error whose code is ``queue_full`` → :class:`QueueFullError` (overloaded);
+- 400, 413 and 422 → :class:`UpstreamRejectedError` (the request itself: no fallback).
+
+Then a reader (a greenlet in the gevent worker, whose sockets are cooperative; an OS thread in a process
+gevent has not patched) turns each ``data:`` line into a ``TextDelta``. A stream that ends without a
+finish reason (the upstream died) ends with ``Finished("error")``. ``cancel`` shuts the socket down, so
+the upstream sees its client leave and stops generating.
+
+The prompt's token ids mean nothing upstream: :meth:`encode_chat` and :meth:`encode_text` only estimate
+the count (for history trimming and token quotas), with the local engine's tokenizer when the chain has a
+loaded one, else about four characters per token. The upstream's reported usage is what gets stored.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import math
+import socket
+import ssl
+import time
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+import gevent
+from gevent import monkey
+
+from ..engine.channel import Channel
+from ..engine.errors import EngineError, EngineUnavailableError, QueueFullError, UpstreamRejectedError
+from ..engine.native import start_native_thread
+from ..engine.sequence import GenerationHandle
+from ..engine.types import Finished, GenerationRequest, SamplingParams, TextDelta, Usage
+
+log = logging.getLogger(__name__)
+
+CHARS_PER_TOKEN = 4  # the estimate without a local tokenizer
+MESSAGE_OVERHEAD_TOKENS = 4  # role markers around each message in a chat template
+MAX_LINE = 1 << 20
+DISCOVERY_RETRY_SECONDS = 30.0
+_REJECTED = (400, 413, 422)
+
+
+def estimate_tokens(text: str) -> int:
+    return math.ceil(len(text) / CHARS_PER_TOKEN)
+
+
+class UpstreamEngine:
+    """One upstream server, named ``name``, at ``base_url`` (``http(s)://HOST:PORT/v1``)."""
+
+    kind = "upstream"
+    batched = True
+
+    def __init__(self, name: str, base_url: str, *, api_key: str = "", model: str = "", timeout: float = 10.0,
+                 context_length: int = 4096, estimator: Any = None) -> None:
+        self.name = name
+        self.base_url = base_url.rstrip("/")
+        parts = urlsplit(self.base_url)
+        self._https = parts.scheme == "https"
+        self._host = parts.hostname or ""
+        self._port = parts.port
+        self._path = parts.path.rstrip("/")
+        self._api_key = api_key
+        self._model = model
+        self._model_configured = bool(model)
+        self._context_length: int | None = None
+        self.default_context_length = context_length
+        self.timeout = timeout
+        self.estimator = estimator  # the chain's local engine, whose tokenizer gives better estimates
+        self.ready = True  # nothing to load; whether it answers is the circuit breaker's business
+        self.load_error: str | None = None
+        self.queued = 0
+        self.stats = {"requests": 0, "errors": 0, "running": 0, "cancelled": 0}
+        self._discovered = False
+        self._discovery_tried_at: float | None = None
+
+    # ---- facts ---------------------------------------------------------------------------------------
+    @property
+    def model_name(self) -> str:
+        return self._model or self.name
+
+    @property
+    def context_length(self) -> int:
+        return self._context_length or self.default_context_length
+
+    def start(self, on_load_failure: Any = None) -> None:
+        """Learn the upstream's model and context length in the background (gevent worker only; elsewhere
+        the first request does it)."""
+        if monkey.is_module_patched("socket"):
+            gevent.spawn(self.discover)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Nothing runs here between requests; the readers end with their requests."""
+
+    def discover(self) -> bool:
+        """``GET {base}/models``: the first model's id (unless one is configured) and its ``context_length``
+        (llm_api) or ``max_model_len`` (vLLM). False when the upstream cannot be asked now."""
+        self._discovery_tried_at = time.monotonic()
+        connection = self._connection()
+        try:
+            connection.request("GET", self._path + "/models", headers=self._headers())
+            response = connection.getresponse()
+            body = response.read(MAX_LINE)
+            if response.status != 200:
+                return False
+            models = json.loads(body).get("data") or []
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            log.info("engine %s: could not read %s/models: %s", self.name, self.base_url, exc)
+            return False
+        finally:
+            connection.close()
+        entry = next((m for m in models if m.get("id") == self._model), models[0] if models else None)
+        if isinstance(entry, dict):
+            if not self._model_configured and entry.get("id"):
+                self._model = str(entry["id"])
+            length = entry.get("context_length") or entry.get("max_model_len")
+            if isinstance(length, int) and length > 0:
+                self._context_length = length
+        self._discovered = True
+        return True
+
+    # ---- the prompt (estimates) ----------------------------------------------------------------------
+    def encode_chat(self, messages: Sequence[dict[str, str]]) -> list[int]:
+        ids = self._estimated(lambda engine: engine.encode_chat(messages))
+        if ids is not None:
+            return ids
+        return [0] * (sum(estimate_tokens(m["content"]) + MESSAGE_OVERHEAD_TOKENS for m in messages) + 2)
+
+    def encode_text(self, text: str) -> list[int]:
+        ids = self._estimated(lambda engine: engine.encode_text(text))
+        return ids if ids is not None else [0] * max(1, estimate_tokens(text))
+
+    def _estimated(self, encode: Any) -> list[int] | None:
+        if self.estimator is None or not getattr(self.estimator, "ready", False):
+            return None
+        try:
+            return list(encode(self.estimator))
+        except EngineError:
+            return None
+
+    # ---- generating ----------------------------------------------------------------------------------
+    def submit(self, request_id: str, prompt_ids: list[int], params: SamplingParams, *,
+               messages: Sequence[dict[str, str]] | None = None, prompt_text: str | None = None) -> GenerationHandle:
+        if messages is None and prompt_text is None:
+            raise EngineError(f"engine {self.name}: an upstream needs the messages or the prompt text")
+        if not self._discovered and (self._discovery_tried_at is None
+                                     or time.monotonic() - self._discovery_tried_at > DISCOVERY_RETRY_SECONDS):
+            self.discover()
+        chat = prompt_text is None
+        body: dict[str, Any] = {"model": self.model_name, "stream": True, "stream_options": {"include_usage": True},
+                                "max_tokens": params.max_tokens, "temperature": params.temperature,
+                                "top_p": params.top_p}
+        if chat:
+            body["messages"] = [{"role": m["role"], "content": m["content"]} for m in messages or ()]
+        else:
+            body["prompt"] = prompt_text
+        if params.seed is not None:
+            body["seed"] = params.seed
+        if params.stop:
+            body["stop"] = list(params.stop)
+        if params.ignore_eos:
+            body["ignore_eos"] = True
+        path = self._path + ("/chat/completions" if chat else "/completions")
+        connection = self._connection()
+        try:
+            connection.request("POST", path, body=json.dumps(body).encode(),
+                               headers={**self._headers(), "Content-Type": "application/json",
+                                        "Accept": "text/event-stream"})
+            sock = connection.sock
+            response = connection.getresponse()
+        except (OSError, http.client.HTTPException) as exc:
+            connection.close()
+            self.stats["errors"] += 1
+            raise EngineUnavailableError(f"engine {self.name}: {self.base_url} cannot be reached: {exc}") from None
+        if response.status != 200:
+            try:
+                text = response.read(MAX_LINE).decode("utf-8", "replace")
+            except (OSError, http.client.HTTPException):
+                text = ""
+            connection.close()
+            self.stats["errors"] += 1
+            raise self._refusal(response.status, text)
+        sock.settimeout(None)  # the timeout covered connecting and the headers; tokens may come slowly
+
+        def on_cancel() -> None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)  # the reader sees the end; the upstream sees its client leave
+            except OSError:
+                pass
+
+        handle = GenerationHandle(GenerationRequest(request_id, list(prompt_ids), params), Channel(), on_cancel)
+        self.stats["requests"] += 1
+        self.stats["running"] += 1
+        if monkey.is_module_patched("socket"):
+            gevent.spawn(self._read, handle, connection, response, chat)
+        else:
+            start_native_thread(lambda: self._read(handle, connection, response, chat))
+        return handle
+
+    def _read(self, handle: GenerationHandle, connection: http.client.HTTPConnection,
+              response: http.client.HTTPResponse, chat: bool) -> None:
+        sent = 0
+        first_at: float | None = None
+        usage: dict[str, Any] = {}
+        finish: str | None = None
+        error: str | None = None
+        try:
+            while True:
+                raw = response.readline(MAX_LINE)
+                if not raw:
+                    break
+                line = raw.decode("utf-8", "replace").rstrip("\r\n")
+                if not line.startswith("data:"):
+                    continue  # comments (": ping"), event names, ids and blank lines
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    break
+                payload = json.loads(data)
+                if isinstance(payload.get("error"), dict):
+                    error = f"engine {self.name}: {payload['error'].get('message') or 'the upstream failed'}"
+                    break
+                if payload.get("usage"):
+                    usage = payload["usage"]
+                for choice in payload.get("choices") or ():
+                    piece = (choice.get("delta") or {}).get("content") if chat else choice.get("text")
+                    if piece:
+                        first_at = first_at or time.monotonic()
+                        sent += 1
+                        handle.channel.put(TextDelta(piece))
+                    if choice.get("finish_reason"):
+                        finish = choice["finish_reason"]
+        except Exception as exc:  # a reset connection, a broken line: the stream is over either way
+            error = f"engine {self.name}: the upstream stream broke: {exc}"
+        finally:
+            response.close()
+            connection.close()
+            self.stats["running"] -= 1
+        if finish is not None and error is None:
+            reason = finish
+        elif handle.cancelled:
+            reason, error = handle.cancel_reason, None
+            handle.cancel_seen_at_token = sent
+            self.stats["cancelled"] += 1
+        else:
+            reason = "error"
+            error = error or f"engine {self.name}: the upstream closed the stream before the answer ended"
+            self.stats["errors"] += 1
+        now = time.monotonic()
+        handle.channel.put(Finished(
+            reason,
+            Usage(int(usage.get("prompt_tokens") or len(handle.request.prompt_ids)),
+                  int(usage.get("completion_tokens") or sent)),
+            None if first_at is None else first_at - handle.submitted_at,
+            now - handle.submitted_at,
+            error=error,
+        ))
+
+    # ---- HTTP ----------------------------------------------------------------------------------------
+    def _connection(self) -> http.client.HTTPConnection:
+        if self._https:
+            return http.client.HTTPSConnection(self._host, self._port, timeout=self.timeout,
+                                               context=ssl.create_default_context())
+        return http.client.HTTPConnection(self._host, self._port, timeout=self.timeout)
+
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+
+    def _refusal(self, status: int, text: str) -> EngineError:
+        code, message = "", text.strip()[:300]
+        try:
+            error = json.loads(text).get("error")
+            if isinstance(error, dict):
+                code, message = str(error.get("code") or ""), str(error.get("message") or message)
+            elif isinstance(error, str):
+                message = error
+        except (ValueError, AttributeError):
+            pass
+        what = f"engine {self.name}: the upstream answered {status}: {message or http.client.responses.get(status, '')}"
+        if status == 429 or code == "queue_full":
+            return QueueFullError(what)
+        if status in _REJECTED:
+            return UpstreamRejectedError(what, status)
+        return EngineUnavailableError(what)

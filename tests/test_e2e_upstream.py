@@ -1,0 +1,150 @@
+"""End to end: an llm_api server whose engine is an upstream llm_api server (both real gunicorn servers):
+answers passed through token by token, cancellation carried upstream, and an upstream that dies mid-stream,
+the static degraded answer, the breaker opening, and recovery once the upstream is back."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.conftest import LiveServer, free_port, start_server, stop_server
+from tests.test_e2e_server import non_streamed, stream_events, text_of
+
+pytestmark = pytest.mark.e2e
+
+DEGRADED = "The assistant is busy right now; please try again in a minute."
+FRANCE = {"prompt": "What is the capital of France?", "temperature": 0, "max_tokens": 40}
+LONG = {"model": "m", "messages": [{"role": "user", "content": "Tell me a long story about a fox."}],
+        "temperature": 0, "max_tokens": 1500, "ignore_eos": True, "stream": True}
+
+
+@pytest.fixture(scope="module")
+def upstream_port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def upstream(tmp_path_factory, upstream_port):
+    server = start_server(tmp_path_factory.mktemp("upstream"), port=upstream_port)
+    yield server
+    if server.process.poll() is None:
+        stop_server(server)
+
+
+@pytest.fixture(scope="module")
+def front(tmp_path_factory, upstream, upstream_port):
+    server = start_server(tmp_path_factory.mktemp("front"), {
+        "LLM_API_ENGINES": f"remote=openai+http://127.0.0.1:{upstream_port}/v1",
+        "LLM_API_DEGRADED_ANSWER": DEGRADED, "LLM_API_BREAKER_FAILURES": "2", "LLM_API_BREAKER_WINDOW": "60",
+        "LLM_API_BREAKER_COOLDOWN": "3", "LLM_API_UPSTREAM_TIMEOUT": "5"})
+    yield server
+    stop_server(server)
+
+
+def data_texts(events) -> list[str]:
+    return [json.loads(e["data"])["text"] for _, e in events if e["event"] is None]
+
+
+def newest_stored(url: str) -> dict:
+    return requests.get(f"{url}/chat/get/messages?limit=1", timeout=10).json()["messages"][-1]
+
+
+def kill(server: LiveServer) -> None:
+    """SIGKILL the gunicorn worker(s) and master at once: an upstream that dies, with no goodbye."""
+    pid = server.process.pid
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    for child in children:
+        os.kill(int(child), signal.SIGKILL)
+    server.process.send_signal(signal.SIGKILL)
+    server.process.wait(10)
+
+
+def test_answers_pass_through_token_by_token(upstream, front):
+    direct = non_streamed(upstream.url, FRANCE)
+    response = requests.post(f"{front.url}/chat/new/message", data=json.dumps(FRANCE), timeout=120)
+    assert response.status_code == 200, response.text
+    assert response.headers["X-LLM-API-Engine"] == "remote" and "X-LLM-API-Degraded" not in response.headers
+    answer = response.json()
+    assert answer["response"] == direct["response"] and "Paris" in answer["response"]
+    assert answer["engine"] == "remote" and answer["degraded"] is False
+    assert answer["usage"] == direct["usage"]  # the upstream's own count is what the front reports
+
+    upstream_events, front_events = stream_events(upstream.url, FRANCE), stream_events(front.url, FRANCE)
+    assert data_texts(front_events) == data_texts(upstream_events)  # the same pieces, one event each
+    assert text_of(front_events) == direct["response"]
+    finish = json.loads(front_events[-1][1]["data"])
+    assert front_events[-1][1]["event"] == "finish" and finish["engine"] == "remote" and not finish["degraded"]
+
+    body = {"model": "m", "messages": [{"role": "user", "content": "What is the capital of France?"}],
+            "temperature": 0, "max_tokens": 40}
+    via_front = requests.post(f"{front.url}/v1/chat/completions", json=body, timeout=120).json()
+    assert via_front["choices"][0]["message"]["content"] == direct["response"]
+    assert via_front["model"] == "SmolLM2-135M-Instruct" and via_front["system_fingerprint"] == "remote"
+    models = requests.get(f"{front.url}/v1/models", timeout=10).json()["data"][0]
+    assert models["id"] == "SmolLM2-135M-Instruct" and models["context_length"] == 8192  # learnt upstream
+
+
+def test_a_client_leaving_cancels_the_upstream_generation(upstream, front):
+    with requests.post(f"{front.url}/v1/chat/completions", json=LONG, stream=True, timeout=120) as response:
+        assert response.status_code == 200
+        chunks = 0
+        for line in response.iter_lines():
+            if line.startswith(b"data: {") and b'"content":"' in line:
+                chunks += 1
+                if chunks >= 5:
+                    break
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        stored = newest_stored(upstream.url)
+        if stored["prompt"] == LONG["messages"][0]["content"] and stored["finish_reason"]:
+            break
+        time.sleep(0.2)
+    assert stored["finish_reason"] == "cancelled", stored
+    assert 5 <= stored["usage"]["completion_tokens"] < 1500
+
+
+def test_an_upstream_that_dies_mid_stream_then_fallback_breaker_and_recovery(upstream, front, upstream_port,
+                                                                              tmp_path_factory):
+    seen = 0
+    with requests.post(f"{front.url}/chat/new/message", stream=True, timeout=120, data=json.dumps(
+            {"prompt": "Tell me a long story about a fox.", "max_tokens": 1500, "temperature": 0,
+             "stream": True})) as response:
+        lines = response.iter_lines(decode_unicode=True)
+        for line in lines:
+            if line.startswith("data: ") and '"text"' in line:
+                seen += 1
+                if seen == 5:
+                    kill(upstream)
+            if line.startswith("event: "):
+                event = line
+                break
+        data = next(line for line in lines if line.startswith("data: "))
+    assert event == "event: error" and seen >= 5  # no fallback once tokens were sent
+    assert json.loads(data[len("data: "):])["error"]["code"] == "generation_failed"
+
+    started = time.monotonic()
+    response = requests.post(f"{front.url}/chat/new/message", data=json.dumps(FRANCE), timeout=30)
+    assert response.status_code == 200 and response.json()["response"] == DEGRADED
+    assert response.headers["X-LLM-API-Engine"] == "static" and response.headers["X-LLM-API-Degraded"] == "1"
+    assert response.json()["engine"] == "static" and response.json()["degraded"] is True
+    metrics = requests.get(f"{front.url}/metrics", timeout=10).text
+    assert 'llm_api_circuit_state{engine="remote"} 2.0' in metrics  # two failures: open
+    assert 'llm_api_degraded_answers_total{engine="static"} 1.0' in metrics
+    events = stream_events(front.url, FRANCE)  # rejected fast while open: the static answer, streamed
+    assert text_of(events) == DEGRADED and json.loads(events[-1][1]["data"])["engine"] == "static"
+
+    restarted = start_server(tmp_path_factory.mktemp("upstream-again"), port=upstream_port)
+    try:
+        assert time.monotonic() - started > 3  # the cool-down is over: the next request is the probe
+        answer = non_streamed(front.url, FRANCE)
+        assert answer["engine"] == "remote" and answer["degraded"] is False and "Paris" in answer["response"]
+        metrics = requests.get(f"{front.url}/metrics", timeout=10).text
+        assert 'llm_api_circuit_state{engine="remote"} 0.0' in metrics
+    finally:
+        stop_server(restarted)
