@@ -7,6 +7,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from blueprints import route
 from llm_api import caller
 from llm_api.auth.guard import current_owner
+from llm_api.errors import ApiError
 from llm_api.http_body import read_json_body
 from llm_api.services.chat import ChatRequest
 from llm_api.state import services
@@ -64,6 +65,19 @@ def stream_get():  # noqa: ANN201
     mode = fields.pop("stream_mode")
     return _start_stream(ChatRequest.from_turn(history=[], **fields), mode, wait_for_reconnect=True,
                          retry_ms=RETRY_MS)
+
+
+@route(bp, "/stream/<message_id>", ["DELETE"])
+def cancel_stream(message_id: str):  # noqa: ANN201
+    """Stop an answer that is streaming from this worker (the chat page's Stop button): it ends with
+    ``finish_reason: "cancelled"`` and is stored with its text so far. 404 when this worker has no
+    such running answer of the caller's."""
+    live = services().live.get(message_id)
+    if live is None or live.owner != current_owner() or live.done:
+        raise ApiError(404, "stream_not_found", f"No answer {message_id} is streaming from this worker.",
+                       {"message_id": message_id})
+    live.cancel()
+    return "", 204
 
 
 def _start_stream(chat_request: ChatRequest, mode: str, *, wait_for_reconnect: bool,

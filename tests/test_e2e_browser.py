@@ -75,6 +75,8 @@ def test_stop_closes_the_stream_and_cancels_generation(browser, live_server):
 
     record = wait_for(cancelled_record, timeout=20)
     assert record["finish_reason"] == "cancelled"
+    stop_calls = [line for line in live_server.log().splitlines() if f"path=/chat/stream/{message_id} " in line]
+    assert stop_calls and "method=DELETE" in stop_calls[0] and "status=204" in stop_calls[0]  # Stop told the server
     assert record["usage"]["completion_tokens"] < 300
     assert record["response"].startswith(shown)
     time.sleep(4)  # longer than the retry hint: a closed EventSource must not reconnect and start again

@@ -240,3 +240,19 @@ def test_cross_origin_answers_expose_the_rate_limit_headers(cors_client):
     response = cors_client.get("/healthz", headers={"Origin": "https://app.example"})
     exposed = {h.strip().lower() for h in response.headers["Access-Control-Expose-Headers"].split(",")}
     assert {"x-ratelimit-remaining-requests", "x-ratelimit-reset-tokens", "retry-after", "x-request-id"} <= exposed
+
+
+def test_only_the_streams_key_can_stop_it_and_a_stream_token_may(app, client, key, fake_engine):
+    other = new_key(app, "team-b")
+    app.extensions[EXTENSION_KEY].live.grace_seconds = 30.0
+    fake_engine.delay = 0.05
+    token = mint(client, key)
+    response = client.get(f"/chat/stream?prompt=hi&token={token}")
+    chunks, received = response.iter_encoded(), ""
+    while "data:" not in received:
+        received += next(chunks).decode()
+    message_id = [e for e in parse_sse(received) if e["id"]][0]["id"].split(":")[0]
+    assert_error(client.delete(f"/chat/stream/{message_id}", headers=bearer(other)), 404, "stream_not_found")
+    assert client.delete(f"/chat/stream/{message_id}?token={token}").status_code == 204
+    assert fake_engine.handles[-1].cancelled
+    response.close()

@@ -481,3 +481,27 @@ def test_each_exchange_is_logged_on_one_line(fake_engine, log_prompts):
                   "total=0.020s", "finish_reason=stop", "time="):
         assert field in line
     assert ("secret question" in line) is log_prompts
+
+
+def test_delete_stops_a_streaming_answer_at_once_without_waiting_for_the_grace(app, client, fake_engine):
+    app.extensions["llm_api"].live.grace_seconds = 30.0  # a closed EventSource alone would wait this long
+    fake_engine.delay = 0.05
+    fake_engine.reply = " ".join(f"w{n}" for n in range(40))
+    response = client.get("/chat/stream?prompt=hi&max_tokens=40")
+    chunks, received = response.iter_encoded(), ""
+    while received.count("data:") < 2:
+        received += next(chunks).decode()
+    message_id = [e for e in parse_sse(received) if e["id"]][0]["id"].split(":")[0]
+    response.close()  # the page closes its EventSource...
+    assert client.delete(f"/chat/stream/{message_id}").status_code == 204  # ...and asks the server to stop
+    assert wait_until(lambda: fake_engine.handles[0].cancelled, timeout=2)
+    stored = wait_until(lambda: [m for m in client.get("/chat/get/messages").get_json()["messages"]
+                                 if m["message_id"] == message_id], timeout=2)
+    assert stored[0]["finish_reason"] == "cancelled" and stored[0]["usage"]["completion_tokens"] < 40
+
+
+def test_delete_of_an_answer_not_streaming_here_is_404(client, fake_engine):
+    finished = [e for e in parse_sse(client.get("/chat/stream?prompt=hi").get_data(as_text=True)) if e["id"]]
+    message_id = finished[0]["id"].split(":")[0]
+    assert_error(client.delete(f"/chat/stream/{message_id}"), 404, "stream_not_found")  # already finished
+    assert_error(client.delete(f"/chat/stream/{'0' * 32}"), 404, "stream_not_found")

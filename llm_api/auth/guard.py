@@ -3,7 +3,8 @@
 Open routes: the probes, the chat page, and CORS preflights. While no API key
 exists (and ``LLM_API_REQUIRE_KEYS`` is off) every route is open and records
 get the empty owner. Otherwise a route needs ``Authorization: Bearer <key>``
-(``GET /chat/stream`` also takes ``?token=`` from ``POST /auth/stream-token``)
+(``GET /chat/stream`` and ``DELETE /chat/stream/<id>`` also take ``?token=`` from
+``POST /auth/stream-token``)
 and the scope its blueprint names.
 """
 
@@ -18,7 +19,7 @@ from .tokens import TokenRejected
 
 OPEN_BLUEPRINTS = frozenset({"health", "page"})
 SCOPE_OF_BLUEPRINT = {"admin": "admin", "metrics": "metrics"}  # every other route needs "chat"
-TOKEN_ENDPOINTS = frozenset({"chat.stream_get"})
+TOKEN_ENDPOINTS = frozenset({"chat.stream_get", "chat.cancel_stream"})  # the browser's EventSource and its Stop
 _CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
 

@@ -62,6 +62,10 @@ class LiveStream:
         finally:
             self._detach()
 
+    def cancel(self) -> None:
+        """Stop the answer now (its client asked); followers then get its ``cancelled`` finish."""
+        self._stream.cancel()
+
     def _run(self, events: Iterable[str]) -> None:
         try:
             for event in events:
