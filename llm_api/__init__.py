@@ -60,7 +60,7 @@ def create_app(settings: Settings | None = None, *, engine: Any = None) -> Flask
     chat_service = ChatService(engine, store, default_max_tokens=settings.default_max_tokens,
                                heartbeat_seconds=settings.heartbeat_seconds, log_prompts=settings.log_prompts,
                                request_timeout=settings.request_timeout, on_answer=metrics.answer,
-                               on_engine=metrics.engine_answer, output_guard=OutputGuard.from_settings(settings))
+                               output_guard=OutputGuard.from_settings(settings))
     live = LiveStreams(resume_seconds=settings.resume_seconds, grace_seconds=settings.disconnect_grace_seconds,
                        heartbeat_seconds=settings.heartbeat_seconds)
     key_store = SqlKeyStore(store.engine)

@@ -36,6 +36,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 if TYPE_CHECKING:
     from flask import Flask
 
+    from .engine.types import Finished
     from .storage import Message
 
 log = logging.getLogger(__name__)
@@ -130,8 +131,11 @@ class Metrics:
     def stream_closed(self) -> None:
         self.active_streams.dec()
 
-    def answer(self, message: Message) -> None:
-        """One stored answer (ChatService's ``on_answer`` hook): tokens, latencies and how it ended."""
+    def answer(self, message: Message, finished: Finished) -> None:
+        """One stored answer (ChatService's ``on_answer`` hook): tokens, latencies, how it ended, and
+        which engine gave it (a fallback's answer counts as degraded)."""
+        if finished.engine and finished.degraded:
+            self.degraded_answers.labels(engine=finished.engine).inc()
         usage = message.usage or {}
         completion = int(usage.get("completion_tokens") or 0)
         self.prompt_tokens.inc(int(usage.get("prompt_tokens") or 0))
@@ -147,11 +151,6 @@ class Metrics:
             self.time_to_first_token.observe(ttft)
             if completion > 1 and message.total_time is not None and message.total_time >= ttft:
                 self.time_per_output_token.observe((message.total_time - ttft) / (completion - 1))
-
-    def engine_answer(self, engine: str, degraded: bool) -> None:
-        """A stored answer came from the named ``engine``; ``degraded`` when it was a fallback."""
-        if degraded:
-            self.degraded_answers.labels(engine=engine).inc()
 
     def observe_engine(self, engine: Any) -> None:
         """Copy the engine's plain attributes into the gauges (never called from the engine thread)."""

@@ -56,12 +56,10 @@ class ChatEngine(Protocol):
 class ChatService:
     def __init__(self, engine: ChatEngine, store: ConversationStore, *, default_max_tokens: int,
                  heartbeat_seconds: float, log_prompts: bool, request_timeout: float = 0.0,
-                 on_answer: Callable[[Message], None] | None = None,
-                 output_guard: OutputGuard | None = None,
-                 on_engine: Callable[[str, bool], None] | None = None) -> None:
+                 on_answer: Callable[[Message, Finished], None] | None = None,
+                 output_guard: OutputGuard | None = None) -> None:
         self._engine = engine
-        self._on_engine = on_engine  # sees the engine of every routed answer, and whether it was degraded
-        self._on_answer = on_answer  # sees every stored answer (the metrics)
+        self._on_answer = on_answer  # sees every stored answer and how it finished (the metrics)
         self._output_guard = output_guard  # checks every answer's text before it is sent
         self._request_timeout = request_timeout
         self._store = store
@@ -243,14 +241,9 @@ class ChatService:
         except StorageError as exc:  # the client still gets its answer; the log keeps the exchange
             log.error("message %s: could not store the answer: %s", turn.message_id, exc)
         self._log(answer, request, turn.request_id, finished)
-        if self._on_engine is not None and finished.engine:
-            try:
-                self._on_engine(finished.engine, finished.degraded)
-            except Exception:
-                log.exception("message %s: the engine observer failed", turn.message_id)
         if self._on_answer is not None:
             try:
-                self._on_answer(answer)
+                self._on_answer(answer, finished)
             except Exception:  # an observer never costs the client its answer
                 log.exception("message %s: the answer observer failed", turn.message_id)
 
