@@ -36,18 +36,17 @@ class Reservation:
 
     def release(self, used_tokens: int) -> None:
         """Give back the unused tokens and the stream slot; only the first call (or cancel) counts."""
-        if self.released or self.quotas is None or self.key is None:
-            return
-        self.released = True
-        self.quotas.settle(self.key, self.tokens - used_tokens, self.lease)
+        self._end(self.tokens - used_tokens, request=False)
 
     def cancel(self) -> None:
         """The request was refused after admission (queue full, store down): give back all of it."""
+        self._end(self.tokens, request=True)
+
+    def _end(self, unused_tokens: int, *, request: bool) -> None:
         if self.released or self.quotas is None or self.key is None:
             return
-        self.release(0)
-        if self.key.rpm is not None:
-            self.quotas.backend.give_back(_per_minute(self.key.rpm), _identity(self.key.id, "requests"), 1)
+        self.released = True
+        self.quotas.settle(self.key, unused_tokens=unused_tokens, lease=self.lease, request=request)
 
 
 class Quotas:
@@ -61,29 +60,29 @@ class Quotas:
             return Reservation(None, None, 0)
         lease = None
         if key.max_streams is not None:
-            lease = self.backend.acquire_lease(f"streams/{key.id}", key.max_streams, self.lease_seconds)
+            lease = self.backend.acquire_lease(_streams(key), key.max_streams, self.lease_seconds)
             if lease is None:
                 raise QuotaExceeded("streams", 1, f"This key already has {key.max_streams} streams running "
                                     "(its concurrent stream limit).")
+        took_request = False
         try:
             self._take(key.rpm, key.id, "requests", 1)
-            try:
-                self._take(key.tpm, key.id, "tokens", tokens)
-            except QuotaExceeded:
-                if key.rpm is not None:
-                    self.backend.give_back(_per_minute(key.rpm), _identity(key.id, "requests"), 1)
-                raise
+            took_request = True
+            self._take(key.tpm, key.id, "tokens", tokens)
         except QuotaExceeded:
-            if lease is not None:
-                self.backend.release_lease(f"streams/{key.id}", lease)
+            self.settle(key, unused_tokens=0, lease=lease, request=took_request)
             raise
         return Reservation(self, key, tokens if key.tpm is not None else 0, lease)
 
-    def settle(self, key: ApiKey, unused_tokens: int, lease: str | None) -> None:
+    def settle(self, key: ApiKey, *, unused_tokens: int, lease: str | None, request: bool = False) -> None:
+        """Give back what a request held: ``unused_tokens``, its stream ``lease``, and with ``request``
+        its count against the requests per minute."""
+        if request and key.rpm is not None:
+            self.backend.give_back(_per_minute(key.rpm), _identity(key.id, "requests"), 1)
         if key.tpm is not None and unused_tokens > 0:
             self.backend.give_back(_per_minute(key.tpm), _identity(key.id, "tokens"), unused_tokens)
         if lease is not None:
-            self.backend.release_lease(f"streams/{key.id}", lease)
+            self.backend.release_lease(_streams(key), lease)
 
     def headers(self, key: ApiKey) -> dict[str, str]:
         """OpenAI's ``x-ratelimit-{limit,remaining,reset}-{requests,tokens}`` for the key's limits."""
@@ -118,3 +117,8 @@ def _per_minute(limit: int) -> RateLimitItemPerMinute:
 
 def _identity(key_id: str, kind: str) -> str:
     return f"{kind}/{key_id}"
+
+
+def _streams(key: ApiKey) -> str:
+    """The set of a key's stream leases."""
+    return f"streams/{key.id}"
