@@ -14,8 +14,8 @@ from llm_api.state import services
 from llm_api.streaming import (
     RETRY_MS,
     chat_event_frames,
-    engine_headers,
     follow_events,
+    mark_engine,
     parse_event_id,
     resume_unavailable,
     sse_response,
@@ -40,9 +40,7 @@ def new_message():  # noqa: ANN201
     if stream:
         return _start_stream(chat_request, mode, wait_for_reconnect=False)
     result = caller.complete(chat_request)
-    response = jsonify(ChatResponseSchema().dump(result))
-    response.headers.update(engine_headers(result.engine, result.degraded))
-    return response
+    return mark_engine(jsonify(ChatResponseSchema().dump(result)), result.engine, result.degraded)
 
 
 @route(bp, "/get/messages", ["GET"])
@@ -88,9 +86,7 @@ def _start_stream(chat_request: ChatRequest, mode: str, *, wait_for_reconnect: b
     stream = caller.open_stream(chat_request)
     live = state.live.start(stream, chat_event_frames(stream, mode), wait_for_reconnect=wait_for_reconnect)
     engine, _, degraded = stream.engine  # the engine that took it at admission; `finish` names the one that answered
-    response = sse_response(follow_events(live, retry_ms=retry_ms))
-    response.headers.update(engine_headers(engine, degraded))
-    return response
+    return mark_engine(sse_response(follow_events(live, retry_ms=retry_ms)), engine, degraded)
 
 
 def _resume(message_id: str, last_sequence: int) -> Response:

@@ -12,7 +12,7 @@ from llm_api.http_body import read_json_body
 from llm_api.openai_format import ChatChunkStream, TextChunkStream, chat_completion, model_list, text_completion
 from llm_api.services.chat import ChatRequest
 from llm_api.state import services
-from llm_api.streaming import engine_headers, sse_response
+from llm_api.streaming import mark_engine, sse_response
 from schemas.openai import ChatCompletionRequestSchema, CompletionRequestSchema
 
 bp = Blueprint("openai", __name__, url_prefix="/v1")
@@ -32,7 +32,7 @@ def chat_completions():  # noqa: ANN201
     if fields["stream"]:
         return _streamed(ChatChunkStream(caller.open_stream(chat_request), model, fields["include_usage"]))
     result = caller.complete(chat_request)
-    return _marked(jsonify(chat_completion(result, model)), result.engine, result.degraded)
+    return mark_engine(jsonify(chat_completion(result, model)), result.engine, result.degraded)
 
 
 @route(bp, "/completions", ["POST"])
@@ -44,18 +44,14 @@ def completions():  # noqa: ANN201
     if fields["stream"]:
         return _streamed(TextChunkStream(caller.open_stream(chat_request), model, fields["include_usage"], echo))
     result = caller.complete(chat_request)
-    return _marked(jsonify(text_completion(result, model, echo)), result.engine, result.degraded)
+    return mark_engine(jsonify(text_completion(result, model, echo)), result.engine, result.degraded)
 
 
 def _streamed(chunks: ChatChunkStream | TextChunkStream) -> Response:
     """The engine that took the request at admission goes in the headers (docs/degradation.md)."""
     engine, _, degraded = chunks.stream.engine
-    return _marked(sse_response(chunks), engine, degraded)
+    return mark_engine(sse_response(chunks), engine, degraded)
 
-
-def _marked(response: Response, engine: str, degraded: bool) -> Response:
-    response.headers.update(engine_headers(engine, degraded))
-    return response
 
 
 @route(bp, "/models", ["GET"])

@@ -52,8 +52,8 @@ def sse_response(events: Iterable[str]) -> Response:
     return response
 
 
-def error_payload(code: str, message: str) -> dict[str, Any]:
-    return {"error": {"code": code, "message": message, "details": {}}}
+def error_payload(code: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "details": details or {}}}
 
 
 RETRY_MS = 3000
@@ -79,12 +79,14 @@ ENGINE_HEADER = "X-LLM-API-Engine"
 DEGRADED_HEADER = "X-LLM-API-Degraded"
 
 
-def engine_headers(engine: str, degraded: bool) -> dict[str, str]:
-    """``X-LLM-API-Engine`` (and ``X-LLM-API-Degraded: 1`` for a fallback): for a stream, the engine that
-    took the request at admission; the ``finish`` event names the one that answered."""
-    if not engine:
-        return {}
-    return {ENGINE_HEADER: engine, **({DEGRADED_HEADER: "1"} if degraded else {})}
+def mark_engine(response: Response, engine: str, degraded: bool) -> Response:
+    """Add ``X-LLM-API-Engine`` (and ``X-LLM-API-Degraded: 1`` for a fallback): for a stream, the engine
+    that took the request at admission; the ``finish`` event names the one that answered."""
+    if engine:
+        response.headers[ENGINE_HEADER] = engine
+        if degraded:
+            response.headers[DEGRADED_HEADER] = "1"
+    return response
 
 
 def chat_event_frames(stream: ChatStream, mode: str = "delta") -> Iterator[str]:
@@ -103,9 +105,9 @@ def chat_event_frames(stream: ChatStream, mode: str = "delta") -> Iterator[str]:
             yield sse_event(error_payload("generation_failed", item.error or "generation failed"),
                             event="error", event_id=event_id)
         elif stream.interrupted is not None:  # e.g. shutting_down: the text so far is stored as cancelled
-            payload = error_payload(stream.interrupted.code, stream.interrupted.message)
-            payload["error"]["details"] = {"message_id": stream.message_id, "conversation_id": stream.conversation_id}
-            yield sse_event(payload, event="error", event_id=event_id)
+            details = {"message_id": stream.message_id, "conversation_id": stream.conversation_id}
+            yield sse_event(error_payload(stream.interrupted.code, stream.interrupted.message, details),
+                            event="error", event_id=event_id)
         else:
             yield sse_event(finish_payload(stream, item), event="finish", event_id=event_id)
 
@@ -130,7 +132,6 @@ def resume_unavailable(message_id: str, last_sequence: int, stored: Message | No
     details = {"message_id": message_id}
     if stored is not None:
         details["conversation_id"] = stored.conversation_id
-    payload = error_payload("resume_unavailable", f"Message {message_id} cannot be resumed here. {where}")
-    payload["error"]["details"] = details
+    payload = error_payload("resume_unavailable", f"Message {message_id} cannot be resumed here. {where}", details)
     yield f"retry: {RETRY_MS}\n\n"
     yield sse_event(payload, event="error", event_id=f"{message_id}:{last_sequence + 1}")
