@@ -55,8 +55,8 @@ class KeyRing:
         match = _KEY_FORMAT.match(presented)
         if not match:
             return None
-        key = self.store.get(match.group(1))
-        if key is None or not key.active:
+        key = self.active_key(match.group(1))
+        if key is None:
             return None
         return key if hmac.compare_digest(key.secret_hash, hash_secret(match.group(2))) else None
 
