@@ -70,8 +70,8 @@ def cancel_stream(message_id: str):  # noqa: ANN201
     """Stop an answer that is streaming from this worker (the chat page's Stop button): it ends with
     ``finish_reason: "cancelled"`` and is stored with its text so far. 404 when this worker has no
     such running answer of the caller's."""
-    live = services().live.get(message_id)
-    if live is None or live.owner != current_owner() or live.done:
+    live = services().live.get(message_id, current_owner())
+    if live is None or live.done:
         raise ApiError(404, "stream_not_found", f"No answer {message_id} is streaming from this worker.",
                        {"message_id": message_id})
     live.cancel()
@@ -91,8 +91,8 @@ def _start_stream(chat_request: ChatRequest, mode: str, *, wait_for_reconnect: b
 
 def _resume(message_id: str, last_sequence: int) -> Response:
     state, owner = services(), current_owner()
-    live = state.live.get(message_id)
-    if live is None or live.owner != owner:
+    live = state.live.get(message_id, owner)
+    if live is None:
         return sse_response(resume_unavailable(message_id, last_sequence, state.chat.find_message(message_id, owner)))
     if live.done and last_sequence >= len(live.events):
         return Response(status=204)  # nothing after that id: tells an EventSource to stop reconnecting

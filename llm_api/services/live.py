@@ -119,8 +119,10 @@ class LiveStreams:
         self._streams[live.message_id] = live
         return live
 
-    def get(self, message_id: str) -> LiveStream | None:
-        return self._streams.get(message_id)
+    def get(self, message_id: str, owner: str) -> LiveStream | None:
+        """The answer ``message_id`` of ``owner`` kept in this worker (another owner's is not found)."""
+        live = self._streams.get(message_id)
+        return live if live is not None and live.owner == owner else None
 
     def finished(self, live: LiveStream) -> None:
         gevent.spawn_later(self.resume_seconds, self._streams.pop, live.message_id, None)
