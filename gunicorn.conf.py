@@ -8,8 +8,8 @@ import warnings
 
 from llm_api import model_spec
 from llm_api.config import ConfigError, Settings
-from llm_api.engine.errors import ModelLoadError
-from llm_api.engine.loader import preflight
+from llm_api.local_model.errors import ModelLoadError
+from llm_api.local_model.loader import preflight
 from llm_api.storage import StorageError, key_counts, prepare_database
 
 # Exit status of a worker whose app cannot load: gunicorn's master then stops instead of respawning it.

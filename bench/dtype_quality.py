@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from bench.prompts import PROMPTS
-from llm_api.engine.loader import ModelSpec, load_model
+from llm_api.local_model.loader import ModelSpec, load_model
 
 
 def greedy(loaded, prompt: str, tokens: int) -> tuple[list[int], float]:

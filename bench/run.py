@@ -198,7 +198,7 @@ def converted_model_dir() -> str:
 
 
 def gguf_path() -> str:
-    from llm_api.engine.loader import embedded_gguf_path
+    from llm_api.local_model.loader import embedded_gguf_path
 
     return str(embedded_gguf_path())
 
@@ -247,13 +247,13 @@ def single_stream(server: Server, tokens: int, runs: int) -> dict[str, Any]:
     """Over HTTP vs the same engine code in-process (this process), same prompt and length."""
     import gevent  # noqa: F401 - the engine's hand-off waits on the gevent hub
 
-    from llm_api.engine.loader import ModelSpec
-    from llm_api.engine.scheduler import Engine, EngineOptions
-    from llm_api.engine.types import SamplingParams, TextDelta
+    from llm_api.generation.types import SamplingParams, TextDelta
+    from llm_api.local_model.engine import EngineOptions, LocalEngine
+    from llm_api.local_model.loader import ModelSpec
 
     prompt = PROMPTS[0]
     http = [stream_chat(server.url, prompt, tokens, EXACT_LENGTH["ours"]) for _ in range(runs)]
-    engine = Engine(ModelSpec("embedded", cache_dir=str(MODEL_CACHE)), EngineOptions())
+    engine = LocalEngine(ModelSpec("embedded", cache_dir=str(MODEL_CACHE)), EngineOptions())
     engine.start()
     engine.wait_ready(600)
     local = []

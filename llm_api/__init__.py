@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from flask import Flask
 from flask_cors import CORS
 
 from .config import Settings
-from .engine.loader import ModelSpec
 from .errors import register_error_handlers
+from .generation.protocol import Engine
+from .local_model.loader import ModelSpec
 from .logging_setup import configure_logging
 from .state import EXTENSION_KEY, Services
 
@@ -22,7 +22,7 @@ CORS_EXPOSE_HEADERS = [
 ]
 
 
-def create_app(settings: Settings | None = None, *, engine: Any = None) -> Flask:
+def create_app(settings: Settings | None = None, *, engine: Engine | None = None) -> Flask:
     """Build the app. The engine is created here but starts (loads the model) only when
     :func:`start_engine` runs — from gunicorn's ``post_worker_init`` hook, or on the first request."""
     from blueprints import admin, auth, chat, conversations, health, openai, page  # they import llm_api
@@ -33,11 +33,11 @@ def create_app(settings: Settings | None = None, *, engine: Any = None) -> Flask
     from .auth.tokens import StreamTokens
     from .caller import add_rate_limit_headers
     from .cli import keys_command
-    from .engines import EngineRouter, build_router
     from .metrics import install as install_metrics
     from .quota.admission import Quotas
     from .quota.backend import QuotaBackend
     from .request_log import install as install_request_log
+    from .routing import EngineRouter, build_router
     from .services.chat import ChatService
     from .services.conversations import ConversationService
     from .services.live import LiveStreams
@@ -52,12 +52,12 @@ def create_app(settings: Settings | None = None, *, engine: Any = None) -> Flask
     app.json.ensure_ascii = False
     app.json.sort_keys = False
 
-    if not isinstance(engine, EngineRouter):  # the chain of LLM_API_ENGINES; a given engine is its local one
-        engine = build_router(settings, engine)
-    metrics = install_metrics(app, engine)
+    # The chain of LLM_API_ENGINES; a given engine (a fake in tests) is its local one.
+    router = engine if isinstance(engine, EngineRouter) else build_router(settings, engine)
+    metrics = install_metrics(app, router)
     install_request_log(app, metrics)  # first of the before_request hooks: the others run with the request id
     store = open_store(settings.resolved_database_url, settings.db_pool_size)
-    chat_service = ChatService(engine, store, default_max_tokens=settings.default_max_tokens,
+    chat_service = ChatService(router, store, default_max_tokens=settings.default_max_tokens,
                                heartbeat_seconds=settings.heartbeat_seconds, log_prompts=settings.log_prompts,
                                request_timeout=settings.request_timeout, on_answer=metrics.answer,
                                output_guard=OutputGuard.from_settings(settings))
@@ -68,7 +68,7 @@ def create_app(settings: Settings | None = None, *, engine: Any = None) -> Flask
     stream_tokens = StreamTokens(settings.secret_key or key_store.shared_secret("stream_tokens"),
                                  settings.stream_token_seconds)
     quotas = Quotas(QuotaBackend(settings.redis_url), lease_seconds=settings.request_timeout or 3600.0)
-    app.extensions[EXTENSION_KEY] = Services(settings, engine, chat_service, ConversationService(store), store, live,
+    app.extensions[EXTENSION_KEY] = Services(settings, router, chat_service, ConversationService(store), store, live,
                                              keys, stream_tokens, quotas)
 
     if settings.cors_origins:
@@ -88,7 +88,7 @@ def create_app(settings: Settings | None = None, *, engine: Any = None) -> Flask
     app.register_blueprint(auth.bp)
     app.register_blueprint(admin.bp)
     app.register_blueprint(page.bp)
-    app.before_request(engine.start)
+    app.before_request(router.start)
     return app
 
 

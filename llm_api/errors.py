@@ -13,18 +13,11 @@ from flask import Flask, has_request_context, jsonify, request
 from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException
 
-from .engine.errors import (
-    ContextLengthError,
-    EngineError,
-    EngineUnavailableError,
-    GenerationError,
-    ModelLoadError,
-    NotReadyError,
-    QueueFullError,
-    UpstreamRejectedError,
-)
+from .generation.errors import ContextLengthError, EngineError, GenerationError, NotReadyError, QueueFullError
+from .local_model.errors import ModelLoadError
 from .metrics import current_metrics
 from .quota.admission import QuotaExceeded
+from .routing.errors import EngineUnavailableError, UpstreamRejectedError
 from .services.chat import ChatUnavailable
 from .storage import ConversationNotFound, StorageError
 

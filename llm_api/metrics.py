@@ -36,7 +36,8 @@ from prometheus_client.multiprocess import MultiProcessCollector
 if TYPE_CHECKING:
     from flask import Flask
 
-    from .engine.types import Finished
+    from .generation.types import Finished
+    from .routing import EngineRouter
     from .storage import Message
 
 log = logging.getLogger(__name__)
@@ -115,7 +116,7 @@ class Metrics:
             self.answers.labels(finish_reason=reason)
         for reason in GUARD_REASONS:
             self.output_guard_stops.labels(reason=reason)
-        self._sampled: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._sampled: weakref.WeakSet[EngineRouter] = weakref.WeakSet()
 
     # ---- calls from the rest of the service --------------------------------------------------------
     def request_finished(self, route: str | None, method: str, status: int) -> None:
@@ -152,18 +153,17 @@ class Metrics:
             if completion > 1 and message.total_time is not None and message.total_time >= ttft:
                 self.time_per_output_token.observe((message.total_time - ttft) / (completion - 1))
 
-    def observe_engine(self, engine: Any) -> None:
+    def observe_engine(self, engine: EngineRouter) -> None:
         """Copy the engine's plain attributes into the gauges (never called from the engine thread)."""
-        for name, state in (getattr(engine, "circuits", None) or {}).items():
+        for name, state in engine.circuits.items():
             self.circuit_state.labels(engine=name).set(CIRCUIT_STATES.get(state, 0))
-        self.queue_depth.set(getattr(engine, "queued", 0) or 0)
-        stats = getattr(engine, "stats", None) or {}
-        self.running_batch_size.set(stats.get("running", 0) or 0)
-        load_seconds = getattr(engine, "load_seconds", None)
+        self.queue_depth.set(engine.queued)
+        self.running_batch_size.set(engine.stats.get("running", 0))
+        load_seconds = engine.load_seconds
         if load_seconds is not None:
             self.model_load_seconds.set(load_seconds)
 
-    def sample_engine_every(self, engine: Any, seconds: float = SAMPLE_SECONDS) -> None:
+    def sample_engine_every(self, engine: EngineRouter, seconds: float = SAMPLE_SECONDS) -> None:
         """Keep ``observe_engine(engine)`` running on a greenlet, so that a scrape answered by another
         worker sees this worker's gauges; the greenlet ends when the engine is gone. Idempotent."""
         if engine in self._sampled:
@@ -182,7 +182,7 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-def _sample_loop(metrics_ref: weakref.ref[Metrics], engine_ref: weakref.ref[Any], seconds: float) -> None:
+def _sample_loop(metrics_ref: weakref.ref[Metrics], engine_ref: weakref.ref[EngineRouter], seconds: float) -> None:
     while True:
         metrics, engine = metrics_ref(), engine_ref()
         if metrics is None or engine is None:
@@ -209,7 +209,7 @@ def new_metrics() -> Metrics:
     return Metrics(CollectorRegistry(auto_describe=True))
 
 
-def install(app: Flask, engine: Any) -> Metrics:
+def install(app: Flask, engine: EngineRouter) -> Metrics:
     """Give ``app`` its metrics; in multi-process mode also start sampling ``engine`` every second."""
     metrics = new_metrics()
     app.extensions[EXTENSION_KEY] = metrics

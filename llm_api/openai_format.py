@@ -10,8 +10,8 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from .engine.types import Finished, TextDelta
 from .errors import ApiError
+from .generation.types import Finished, TextDelta
 from .services.chat import ChatResult, ChatStream, Heartbeat
 from .streaming import sse_comment, sse_event
 

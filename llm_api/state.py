@@ -11,9 +11,10 @@ from flask import current_app
 from .auth.keys import KeyRing
 from .auth.tokens import StreamTokens
 from .config import Settings
-from .engine.errors import NotReadyError
 from .errors import shutting_down
+from .generation.errors import NotReadyError
 from .quota.admission import Quotas
+from .routing import EngineRouter
 from .services.chat import ChatService
 from .services.conversations import ConversationService
 from .services.live import LiveStreams
@@ -25,7 +26,7 @@ EXTENSION_KEY = "llm_api"
 @dataclass
 class Services:
     settings: Settings
-    engine: Any  # llm_api.engine.Engine, or a fake with the same surface in HTTP tests
+    engine: EngineRouter  # the chain of LLM_API_ENGINES (by default one local engine)
     chat: ChatService
     conversations: ConversationService
     store: ConversationStore

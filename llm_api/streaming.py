@@ -15,7 +15,7 @@ from typing import Any
 
 from flask import Response
 
-from .engine.types import Finished, TextDelta
+from .generation.types import Finished, TextDelta
 from .services.chat import ChatStream, Heartbeat
 from .services.live import LiveStream
 from .storage import Message

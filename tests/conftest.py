@@ -48,10 +48,10 @@ def client(app):
 @pytest.fixture(scope="session")
 def real_engine():
     """The embedded model on its own engine thread, loaded once per test session."""
-    from llm_api.engine.loader import ModelSpec
-    from llm_api.engine.scheduler import Engine, EngineOptions
+    from llm_api.local_model.engine import EngineOptions, LocalEngine
+    from llm_api.local_model.loader import ModelSpec
 
-    engine = Engine(ModelSpec("embedded", cache_dir=str(CACHE_DIR)), EngineOptions(max_batch=8, max_queue=32))
+    engine = LocalEngine(ModelSpec("embedded", cache_dir=str(CACHE_DIR)), EngineOptions(max_batch=8, max_queue=32))
     engine.start()
     assert engine.wait_ready(300), engine.load_error
     yield engine

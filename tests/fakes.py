@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import gevent
 
-from llm_api.engine.channel import Channel
-from llm_api.engine.errors import ContextLengthError, QueueFullError
-from llm_api.engine.sequence import GenerationHandle
-from llm_api.engine.types import Finished, GenerationRequest, SamplingParams, TextDelta, Usage
+from llm_api.generation.channel import Channel
+from llm_api.generation.errors import ContextLengthError, QueueFullError
+from llm_api.generation.handle import GenerationHandle
+from llm_api.generation.protocol import EngineKind, Message
+from llm_api.generation.types import Finished, GenerationRequest, SamplingParams, TextDelta, Usage
 
 
 class FakeEngine:
@@ -17,8 +20,10 @@ class FakeEngine:
     and honours cancellation like the real engine (checked before each piece).
     """
 
+    kind: EngineKind = "local"
     model_name = "fake-model"
     batched = True
+    load_seconds: float | None = 0.0
 
     def __init__(self, reply: str = "Hello from the fake model.", *, context_length: int = 64,
                  delay: float = 0.0, fail_after: int | None = None) -> None:
@@ -30,16 +35,25 @@ class FakeEngine:
         self.load_error: str | None = None
         self.queue_full = False
         self.queued = 0
-        self.stats = {"steps": 0}
+        self.stats: dict[str, int] = {"steps": 0}
         self.submitted: list[GenerationRequest] = []
         self.handles: list[GenerationHandle] = []
         self.started = False
         self.encoded: list[list[dict[str, str]]] = []  # every message list given to encode_chat
 
-    def start(self) -> None:
+    def start(self, on_load_failure: Callable[[str], None] | None = None) -> None:
         self.started = True
 
-    def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
+    def stop(self, timeout: float = 10.0) -> None:
+        self.started = False
+
+    def wait_ready(self, timeout: float) -> bool:
+        return self.ready
+
+    def stop_token_ids(self) -> frozenset[int]:
+        return frozenset({0})
+
+    def encode_chat(self, messages: Sequence[Message]) -> list[int]:
         self.encoded.append([dict(m) for m in messages])
         return [len(word) for m in messages for word in m["content"].split()] + [0]
 
@@ -47,7 +61,7 @@ class FakeEngine:
         return [len(word) for word in text.split()]
 
     def submit(self, request_id: str, prompt_ids: list[int], params: SamplingParams, *,
-               messages: list[dict[str, str]] | None = None, prompt_text: str | None = None) -> GenerationHandle:
+               messages: Sequence[Message] | None = None, prompt_text: str | None = None) -> GenerationHandle:
         if len(prompt_ids) + params.max_tokens > self.context_length:
             raise ContextLengthError(len(prompt_ids), params.max_tokens, self.context_length)
         if self.queue_full:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from llm_api.engine.channel import Channel
-from llm_api.engine.errors import EngineUnavailableError, QueueFullError
-from llm_api.engine.sequence import GenerationHandle
-from llm_api.engine.types import Finished, GenerationRequest, SamplingParams, Usage
+from llm_api.generation.channel import Channel
+from llm_api.generation.errors import QueueFullError
+from llm_api.generation.handle import GenerationHandle
+from llm_api.generation.types import Finished, GenerationRequest, SamplingParams, Usage
+from llm_api.routing.errors import EngineUnavailableError
 from tests.fakes import FakeEngine
 
 MODES = ("ok", "raise", "overload", "stall", "error")

@@ -15,12 +15,12 @@ import gevent
 import pytest
 import torch
 
-from llm_api.engine import chatglm3
-from llm_api.engine.errors import ModelLoadError
-from llm_api.engine.loader import ModelSpec, load_model
-from llm_api.engine.prompts import ChatGLM3Format
-from llm_api.engine.scheduler import Engine, EngineOptions
-from llm_api.engine.types import Finished, SamplingParams, TextDelta
+from llm_api.generation.types import Finished, SamplingParams, TextDelta
+from llm_api.local_model import chatglm3
+from llm_api.local_model.engine import EngineOptions, LocalEngine
+from llm_api.local_model.errors import ModelLoadError
+from llm_api.local_model.loader import ModelSpec, load_model
+from llm_api.local_model.prompts import ChatGLM3Format
 from tests.chatglm3_tiny import build_tiny_chatglm3
 
 REFERENCE = json.loads((Path(__file__).parent / "data" / "chatglm3_reference.json").read_text())
@@ -88,7 +88,7 @@ def test_a_wrong_rope_theta_is_caught_by_the_parity_check(tmp_path):
 
 
 def test_greedy_generation_in_the_batched_engine_matches_the_reference(tiny_folder, tiny_cache):
-    engine = Engine(ModelSpec(str(tiny_folder), "cpu", "float32", cache_dir=str(tiny_cache)), EngineOptions())
+    engine = LocalEngine(ModelSpec(str(tiny_folder), "cpu", "float32", cache_dir=str(tiny_cache)), EngineOptions())
     engine.start()
     assert engine.wait_ready(120), engine.load_error
     try:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import gevent
 import pytest
 
-from llm_api.engine.decode import IncrementalDetokenizer
-from llm_api.engine.errors import ContextLengthError, QueueFullError
-from llm_api.engine.loader import ModelSpec
-from llm_api.engine.scheduler import Engine, EngineOptions
-from llm_api.engine.types import Finished, SamplingParams, TextDelta
+from llm_api.generation.errors import ContextLengthError, QueueFullError
+from llm_api.generation.types import Finished, SamplingParams, TextDelta
+from llm_api.local_model.decode import IncrementalDetokenizer
+from llm_api.local_model.engine import EngineOptions, LocalEngine
+from llm_api.local_model.loader import ModelSpec
 from tests.conftest import CACHE_DIR
 
 pytestmark = pytest.mark.model
@@ -89,7 +89,7 @@ def test_a_request_past_its_deadline_finishes_with_timeout_and_keeps_its_text(re
 
 
 def test_admission_is_bounded_even_for_a_burst():
-    engine = Engine(ModelSpec("embedded", cache_dir=str(CACHE_DIR)), EngineOptions(max_batch=2, max_queue=3))
+    engine = LocalEngine(ModelSpec("embedded", cache_dir=str(CACHE_DIR)), EngineOptions(max_batch=2, max_queue=3))
     engine.start()
     assert engine.wait_ready(300), engine.load_error
     try:
@@ -112,7 +112,7 @@ def test_admission_is_bounded_even_for_a_burst():
 
 def test_sequential_generate_path_matches_the_batched_loop(real_engine):
     """Models that cannot join the batch run through model.generate with a streamer; same answers."""
-    engine = Engine(ModelSpec("embedded", cache_dir=str(CACHE_DIR)), EngineOptions(batching=False))
+    engine = LocalEngine(ModelSpec("embedded", cache_dir=str(CACHE_DIR)), EngineOptions(batching=False))
     engine.start()
     assert engine.wait_ready(300), engine.load_error
     try:
@@ -144,7 +144,7 @@ def test_real_tokenizer_splits_characters_and_the_detokenizer_holds_them_back(re
 def test_any_local_hugging_face_chat_model_folder_loads(real_engine):
     """A plain local folder (config.json, safetensors, tokenizer with a chat template) runs in the batch."""
     folder = next(p for p in CACHE_DIR.iterdir() if (p / "config.json").is_file())
-    engine = Engine(ModelSpec(str(folder), cache_dir=str(CACHE_DIR)), EngineOptions())
+    engine = LocalEngine(ModelSpec(str(folder), cache_dir=str(CACHE_DIR)), EngineOptions())
     engine.start()
     assert engine.wait_ready(300), engine.load_error
     try:
@@ -168,7 +168,7 @@ def test_near_zero_temperature_is_greedy_and_odd_seeds_are_fine(real_engine):
 @pytest.fixture(scope="module")
 def chunky_engine():
     """Small prefill chunks, so that ordinary prompts are prefilled in several pieces."""
-    engine = Engine(ModelSpec("embedded", cache_dir=str(CACHE_DIR)), EngineOptions(prefill_chunk=8))
+    engine = LocalEngine(ModelSpec("embedded", cache_dir=str(CACHE_DIR)), EngineOptions(prefill_chunk=8))
     engine.start()
     assert engine.wait_ready(300), engine.load_error
     yield engine

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from llm_api.engine.errors import NotReadyError
+from llm_api.generation.errors import NotReadyError
 from tests.fakes import wait_until
 
 

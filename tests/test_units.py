@@ -8,11 +8,11 @@ import sys
 import pytest
 
 from llm_api.config import EMBEDDED_MODEL, ConfigError, Settings
-from llm_api.engine.decode import IncrementalDetokenizer
-from llm_api.engine.prompts import CHATGLM3_SPECIAL_TOKENS, ChatGLM3Format
-from llm_api.engine.sampling import Sampler, _top_p_filter
-from llm_api.engine.stops import StopMatcher
-from llm_api.engine.types import SamplingParams
+from llm_api.generation.types import SamplingParams
+from llm_api.local_model.decode import IncrementalDetokenizer
+from llm_api.local_model.prompts import CHATGLM3_SPECIAL_TOKENS, ChatGLM3Format
+from llm_api.local_model.sampling import Sampler, _top_p_filter
+from llm_api.local_model.stops import StopMatcher
 from llm_api.streaming import sse_event
 from tests.conftest import ROOT
 

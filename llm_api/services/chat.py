@@ -13,13 +13,13 @@ import uuid
 import weakref
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 from gevent.event import Event
 
-from ..engine.errors import ContextLengthError, EngineError, GenerationError
-from ..engine.sequence import GenerationHandle
-from ..engine.types import Finished, SamplingParams
+from ..generation.errors import ContextLengthError, EngineError, GenerationError
+from ..generation.protocol import Engine
+from ..generation.types import Finished, SamplingParams
 from ..logging_setup import current_request_id
 from ..storage import Conversation, ConversationNotFound, ConversationStore, Exchange, Message, StorageError
 from .chat_models import Admit, ChatRequest, ChatResult, ChatUnavailable, Reservation, Turn
@@ -28,7 +28,7 @@ from .history import ChatMessage, fit_to_context, prompt_history
 from .output_guard import OutputGuard
 
 __all__ = [  # the chat API in one place, for the views and renderers
-    "Admit", "ChatEngine", "ChatRequest", "ChatResult", "ChatService", "ChatStream", "ChatUnavailable", "Heartbeat",
+    "Admit", "ChatRequest", "ChatResult", "ChatService", "ChatStream", "ChatUnavailable", "Heartbeat",
     "Interruption", "Reservation", "StreamItem", "TIME_FORMAT", "Turn",
 ]
 
@@ -38,23 +38,8 @@ TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 TITLE_LENGTH = 80
 
 
-class ChatEngine(Protocol):
-    """What the service needs from an engine (the real one, or a fake in HTTP tests)."""
-
-    model_name: str
-    context_length: int
-
-    def encode_chat(self, messages: Sequence[dict[str, str]]) -> list[int]: ...
-
-    def encode_text(self, text: str) -> list[int]: ...
-
-    def submit(self, request_id: str, prompt_ids: list[int], params: SamplingParams, *,
-               messages: Sequence[dict[str, str]] | None = None,
-               prompt_text: str | None = None) -> GenerationHandle: ...
-
-
 class ChatService:
-    def __init__(self, engine: ChatEngine, store: ConversationStore, *, default_max_tokens: int,
+    def __init__(self, engine: Engine, store: ConversationStore, *, default_max_tokens: int,
                  heartbeat_seconds: float, log_prompts: bool, request_timeout: float = 0.0,
                  on_answer: Callable[[Message, Finished], None] | None = None,
                  output_guard: OutputGuard | None = None) -> None:

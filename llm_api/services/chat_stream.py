@@ -11,8 +11,8 @@ from typing import Protocol
 
 import gevent
 
-from ..engine.sequence import GenerationHandle
-from ..engine.types import Finished, TextDelta, Usage
+from ..generation.protocol import GenerationStream
+from ..generation.types import Finished, TextDelta, Usage
 from .chat_models import ChatRequest, Reservation, Turn
 from .output_guard import GuardStop, OutputCheck, OutputGuard
 
@@ -56,7 +56,7 @@ class ChatStream:
     sent, and the answer ends (and is stored) with the guard's finish reason.
     """
 
-    def __init__(self, service: AnswerRecorder, request: ChatRequest, handle: GenerationHandle, turn: Turn,
+    def __init__(self, service: AnswerRecorder, request: ChatRequest, handle: GenerationStream, turn: Turn,
                  heartbeat_seconds: float, timeout_seconds: float = 0.0,
                  reservation: Reservation | None = None, guard: OutputGuard | None = None) -> None:
         self.message_id = turn.message_id
@@ -85,8 +85,7 @@ class ChatStream:
         """The named engine generating the answer now, its model, and whether it is a fallback (the engine
         router's handle knows; a bare engine's handle does not: then ``("", "", False)``)."""
         handle = self._handle
-        return (getattr(handle, "engine_name", ""), getattr(handle, "model_name", ""),
-                bool(getattr(handle, "degraded", False)))
+        return handle.engine_name, handle.model_name, handle.degraded
 
     def __iter__(self) -> Iterator[StreamItem]:
         try:
@@ -99,7 +98,7 @@ class ChatStream:
         finally:
             if self.finished is None:
                 self._cancel_and_drain()
-            self._handle.channel.close()
+            self._handle.close()
 
     def cancel(self) -> None:
         """Ask the engine to stop; the iteration then ends with a ``cancelled`` finish."""
@@ -110,7 +109,7 @@ class ChatStream:
         and stored (iterating it does the same when the iteration is cut short)."""
         if self.finished is None:
             self._cancel_and_drain()
-            self._handle.channel.close()
+            self._handle.close()
 
     def interrupt(self, code: str, message: str) -> None:
         """Stop the answer for a reason of the service's (e.g. ``shutting_down``). It is stored as

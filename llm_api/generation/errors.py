@@ -1,4 +1,4 @@
-"""Errors the engine raises; the HTTP layer maps each to a status code in one place."""
+"""Errors every engine may raise (local, upstream or the router); the HTTP layer maps each to a status in one place."""
 
 from __future__ import annotations
 
@@ -28,27 +28,5 @@ class ContextLengthError(EngineError):
         self.context_length = context_length
 
 
-class ModelLoadError(EngineError):
-    """The model could not be loaded; the message says why and what to do."""
-
-
 class GenerationError(EngineError):
     """Generation started but failed inside the model."""
-
-
-class EngineUnavailableError(EngineError):
-    """The engine cannot take work now: an upstream that cannot be reached or answers with a server
-    error, or an engine whose circuit breaker is open."""
-
-
-class CircuitOpenError(EngineUnavailableError):
-    """The engine's circuit breaker is open: it is skipped without being tried."""
-
-
-class UpstreamRejectedError(EngineError):
-    """An upstream refused the request itself (a 4xx other than 401, 403, 408 and 429): the caller's fault,
-    so neither a fallback nor a breaker failure."""
-
-    def __init__(self, message: str, status: int) -> None:
-        super().__init__(message)
-        self.status = status

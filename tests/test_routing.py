@@ -9,8 +9,8 @@ import pytest
 
 from llm_api import create_app
 from llm_api.config import ConfigError, Settings
-from llm_api.engines import EngineRouter, UpstreamEngine, build_router
-from llm_api.engines.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
+from llm_api.routing import EngineRouter, UpstreamEngine, build_router
+from llm_api.routing.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
 from tests.fakes import FakeEngine
 from tests.fault_engine import FaultyEngine
 from tests.test_http_chat import parse_sse

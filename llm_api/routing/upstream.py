@@ -30,18 +30,20 @@ import math
 import socket
 import ssl
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
 import gevent
 from gevent import monkey
 
-from ..engine.channel import Channel
-from ..engine.errors import EngineError, EngineUnavailableError, QueueFullError, UpstreamRejectedError
-from ..engine.native import start_native_thread
-from ..engine.sequence import GenerationHandle
-from ..engine.types import Finished, GenerationRequest, SamplingParams, TextDelta, Usage
+from ..generation.channel import Channel
+from ..generation.errors import EngineError, QueueFullError
+from ..generation.handle import GenerationHandle
+from ..generation.native import start_native_thread
+from ..generation.protocol import Engine, EngineKind, Message
+from ..generation.types import Finished, GenerationRequest, SamplingParams, TextDelta, Usage
+from .errors import EngineUnavailableError, UpstreamRejectedError
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +61,12 @@ def estimate_tokens(text: str) -> int:
 class UpstreamEngine:
     """One upstream server, named ``name``, at ``base_url`` (``http(s)://HOST:PORT/v1``)."""
 
-    kind = "upstream"
+    kind: EngineKind = "upstream"
     batched = True
+    load_seconds: float | None = None  # nothing to load
 
     def __init__(self, name: str, base_url: str, *, api_key: str = "", model: str = "", timeout: float = 10.0,
-                 context_length: int = 4096, estimator: Any = None) -> None:
+                 context_length: int = 4096, estimator: Engine | None = None) -> None:
         self.name = name
         self.base_url = base_url.rstrip("/")
         parts = urlsplit(self.base_url)
@@ -94,7 +97,7 @@ class UpstreamEngine:
     def context_length(self) -> int:
         return self._context_length or self.default_context_length
 
-    def start(self, on_load_failure: Any = None) -> None:
+    def start(self, on_load_failure: Callable[[str], None] | None = None) -> None:
         """Learn the upstream's model and context length in the background (gevent worker only; elsewhere
         the first request does it)."""
         if monkey.is_module_patched("socket"):
@@ -102,6 +105,12 @@ class UpstreamEngine:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Nothing runs here between requests; the readers end with their requests."""
+
+    def wait_ready(self, timeout: float) -> bool:
+        return True  # nothing to load
+
+    def stop_token_ids(self) -> frozenset[int]:
+        return frozenset()  # the upstream generates from text and knows its own stops
 
     def discover(self) -> bool:
         """``GET {base}/models``: the first model's id (unless one is configured) and its ``context_length``
@@ -131,7 +140,7 @@ class UpstreamEngine:
         return True
 
     # ---- the prompt (estimates) ----------------------------------------------------------------------
-    def encode_chat(self, messages: Sequence[dict[str, str]]) -> list[int]:
+    def encode_chat(self, messages: Sequence[Message]) -> list[int]:
         ids = self._estimated(lambda engine: engine.encode_chat(messages))
         if ids is not None:
             return ids
@@ -141,8 +150,8 @@ class UpstreamEngine:
         ids = self._estimated(lambda engine: engine.encode_text(text))
         return ids if ids is not None else [0] * max(1, estimate_tokens(text))
 
-    def _estimated(self, encode: Any) -> list[int] | None:
-        if self.estimator is None or not getattr(self.estimator, "ready", False):
+    def _estimated(self, encode: Callable[[Engine], list[int]]) -> list[int] | None:
+        if self.estimator is None or not self.estimator.ready:
             return None
         try:
             return list(encode(self.estimator))
@@ -151,7 +160,7 @@ class UpstreamEngine:
 
     # ---- generating ----------------------------------------------------------------------------------
     def submit(self, request_id: str, prompt_ids: list[int], params: SamplingParams, *,
-               messages: Sequence[dict[str, str]] | None = None, prompt_text: str | None = None) -> GenerationHandle:
+               messages: Sequence[Message] | None = None, prompt_text: str | None = None) -> GenerationHandle:
         if messages is None and prompt_text is None:
             raise EngineError(f"engine {self.name}: an upstream needs the messages or the prompt text")
         if not self._discovered and (self._discovery_tried_at is None

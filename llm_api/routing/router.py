@@ -32,14 +32,15 @@ import dataclasses
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from ..config import STATIC_ENGINE
-from ..engine.errors import CircuitOpenError, ContextLengthError, EngineError, QueueFullError, UpstreamRejectedError
-from ..engine.types import Finished, GenerationRequest, SamplingParams, TextDelta, Usage
+from ..generation.errors import ContextLengthError, EngineError, QueueFullError
+from ..generation.protocol import Engine, EngineKind, GenerationStream, Message
+from ..generation.types import Finished, GenerationRequest, SamplingParams, TextDelta, Usage
 from .breaker import CircuitBreaker, Pass
+from .errors import CircuitOpenError, UpstreamRejectedError
 from .upstream import estimate_tokens
 
 log = logging.getLogger("llm_api.engines")
@@ -47,27 +48,29 @@ log = logging.getLogger("llm_api.engines")
 _CALLERS_FAULT = (ContextLengthError, UpstreamRejectedError)
 
 
-class TokenIds(list):
+class TokenIds(list[int]):
     """Prompt ids that remember which engine's tokenizer made them (ids mean nothing to another model)."""
 
-    encoder: Any = None
+    encoder: Engine | None = None
 
 
 @dataclass
 class Member:
     name: str
-    engine: Any
+    engine: Engine
     breaker: CircuitBreaker | None
 
     @property
     def upstream(self) -> bool:
-        return getattr(self.engine, "kind", "local") == "upstream"
+        return self.engine.kind == "upstream"
 
 
 class EngineRouter:
     """An ordered chain of named engines behind the engine surface (the first is the primary)."""
 
-    def __init__(self, engines: Sequence[tuple[str, Any]], *, first_token_timeout: float = 0.0,
+    kind: EngineKind = "router"
+
+    def __init__(self, engines: Sequence[tuple[str, Engine]], *, first_token_timeout: float = 0.0,
                  degraded_answer: str = "", breaker_failures: int = 5, breaker_window: float = 60.0,
                  breaker_cooldown: float = 30.0, now: Callable[[], float] = time.monotonic) -> None:
         if not engines:
@@ -83,7 +86,7 @@ class EngineRouter:
 
     # ---- the engine surface: facts come from the primary --------------------------------------------
     @property
-    def primary(self) -> Any:
+    def primary(self) -> Engine:
         return self.members[0].engine
 
     @property
@@ -95,35 +98,35 @@ class EngineRouter:
         return self.primary.context_length
 
     @property
-    def _locals(self) -> list[Any]:
+    def _locals(self) -> list[Engine]:
         return [m.engine for m in self.members if not m.upstream]
 
     @property
     def ready(self) -> bool:
         """Every local engine has loaded its model (upstreams are judged per request, by their breakers)."""
-        return all(getattr(engine, "ready", True) for engine in self._locals)
+        return all(engine.ready for engine in self._locals)
 
     @property
     def load_error(self) -> str | None:
-        return next((e.load_error for e in self._locals if getattr(e, "load_error", None)), None)
+        return next((e.load_error for e in self._locals if e.load_error), None)
 
     @property
     def batched(self) -> bool:
-        return bool(getattr(self.primary, "batched", False))
+        return self.primary.batched
 
     @property
     def queued(self) -> int:
-        return sum(int(getattr(m.engine, "queued", 0) or 0) for m in self.members)
+        return sum(m.engine.queued for m in self.members)
 
     @property
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> Mapping[str, int]:
         """The local engine's counters (an upstream's when there is none)."""
         engines = self._locals or [self.primary]
-        return getattr(engines[0], "stats", {})
+        return engines[0].stats
 
     @property
     def load_seconds(self) -> float | None:
-        return next((e.load_seconds for e in self._locals if getattr(e, "load_seconds", None) is not None), None)
+        return next((e.load_seconds for e in self._locals if e.load_seconds is not None), None)
 
     @property
     def circuits(self) -> dict[str, str]:
@@ -131,32 +134,30 @@ class EngineRouter:
         return {m.name: m.breaker.state for m in self.members if m.breaker is not None}
 
     def start(self, on_load_failure: Callable[[str], None] | None = None) -> None:
-        for engine in (m.engine for m in self.members):
-            if on_load_failure is None:
-                engine.start()
-            else:
-                engine.start(on_load_failure)
+        for member in self.members:
+            member.engine.start(on_load_failure)
 
     def stop(self, timeout: float = 10.0) -> None:
-        for engine in (m.engine for m in self.members):
-            stop = getattr(engine, "stop", None)
-            if stop is not None:
-                stop(timeout)
+        for member in self.members:
+            member.engine.stop(timeout)
 
     def wait_ready(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         for engine in self._locals:
-            if hasattr(engine, "wait_ready") and not engine.wait_ready(max(0.0, deadline - time.monotonic())):
+            if not engine.wait_ready(max(0.0, deadline - time.monotonic())):
                 return False
         return self.ready
 
-    def encode_chat(self, messages: Sequence[dict[str, str]]) -> list[int]:
+    def stop_token_ids(self) -> frozenset[int]:
+        return self.primary.stop_token_ids()
+
+    def encode_chat(self, messages: Sequence[Message]) -> list[int]:
         return self._encode(lambda engine: engine.encode_chat(messages))
 
     def encode_text(self, text: str) -> list[int]:
         return self._encode(lambda engine: engine.encode_text(text))
 
-    def _encode(self, encode: Callable[[Any], list[int]]) -> TokenIds:
+    def _encode(self, encode: Callable[[Engine], list[int]]) -> TokenIds:
         """The first engine that can encode (a local one still loading cannot) does; its ids are tagged."""
         first: EngineError | None = None
         for member in self.members:
@@ -171,7 +172,7 @@ class EngineRouter:
         raise first
 
     def submit(self, request_id: str, prompt_ids: list[int], params: SamplingParams, *,
-               messages: Sequence[dict[str, str]] | None = None, prompt_text: str | None = None) -> RoutedHandle:
+               messages: Sequence[Message] | None = None, prompt_text: str | None = None) -> RoutedHandle:
         """Hand the request to the first engine that takes it; raise when none does and no degraded answer
         is configured (the first engine's error)."""
         handle = RoutedHandle(self, request_id, prompt_ids, params, messages, prompt_text)
@@ -179,11 +180,11 @@ class EngineRouter:
             raise handle.errors[0][1]
         return handle
 
-    def ids_for(self, engine: Any, prompt_ids: list[int], messages: Sequence[dict[str, str]] | None,
+    def ids_for(self, engine: Engine, prompt_ids: list[int], messages: Sequence[Message] | None,
                 prompt_text: str | None) -> list[int]:
         """Prompt ids in ``engine``'s own tokens: re-encoded when another engine's tokenizer made them."""
-        encoder = getattr(prompt_ids, "encoder", None)
-        if encoder is None or encoder is engine or getattr(engine, "kind", "local") == "upstream":
+        encoder = prompt_ids.encoder if isinstance(prompt_ids, TokenIds) else None
+        if encoder is None or encoder is engine or engine.kind == "upstream":
             return list(prompt_ids)
         if prompt_text is not None:
             return engine.encode_text(prompt_text)
@@ -192,15 +193,10 @@ class EngineRouter:
         return list(prompt_ids)
 
 
-class _Attempt:
-    """One engine trying one request, and its breaker pass: the outcome is reported once."""
+class _Outcome:
+    """One engine's breaker pass for one request: its outcome is reported once."""
 
-    def __init__(self, index: int, name: str, model: str, handle: Any, breaker: CircuitBreaker | None,
-                 ticket: Pass | None) -> None:
-        self.index = index
-        self.name = name
-        self.model = model
-        self.handle = handle
+    def __init__(self, breaker: CircuitBreaker | None, ticket: Pass | None) -> None:
         self._breaker = breaker
         self._ticket = ticket
         self._reported: set[str] = set()
@@ -213,15 +209,33 @@ class _Attempt:
         if self._reported and outcome != "failure" or "failure" in self._reported:
             return
         self._reported.add(outcome)
-        getattr(self._breaker, outcome)(self._ticket)
+        if outcome == "success":
+            self._breaker.success(self._ticket)
+        elif outcome == "failure":
+            self._breaker.failure(self._ticket)
+        else:
+            self._breaker.release(self._ticket)
+
+
+@dataclass
+class _Attempt:
+    """The engine of the chain that holds the request now."""
+
+    index: int
+    name: str
+    model: str
+    handle: GenerationStream
+    outcome: _Outcome
+
+    def report(self, outcome: str) -> None:
+        self.outcome.report(outcome)
 
 
 class RoutedHandle:
-    """A routed request's events, with the generation handle's surface (``next_event``, ``cancel``,
-    ``channel.close()``, ``request``, ``submitted_at``, ``cancel_seen_at_token``)."""
+    """A routed request's events: a :class:`GenerationStream` over whichever engine of the chain answers."""
 
     def __init__(self, router: EngineRouter, request_id: str, prompt_ids: list[int], params: SamplingParams,
-                 messages: Sequence[dict[str, str]] | None, prompt_text: str | None) -> None:
+                 messages: Sequence[Message] | None, prompt_text: str | None) -> None:
         self._router = router
         self._request_id = request_id
         self._prompt_ids = prompt_ids
@@ -231,7 +245,6 @@ class RoutedHandle:
         self.submitted_at = time.monotonic()
         self.cancelled = False
         self.cancel_reason = "cancelled"
-        self.channel = _RoutedChannel(self)
         self.errors: list[tuple[str, EngineError]] = []  # each engine that failed this request, and why
         self._next = 0
         self._attempt: _Attempt | None = None
@@ -267,6 +280,10 @@ class RoutedHandle:
             self._deadline = None
             if self._attempt is not None:
                 self._attempt.handle.cancel(reason)
+
+    def close(self) -> None:
+        if self._attempt is not None:
+            self._attempt.handle.close()
 
     def next_event(self, timeout: float | None) -> TextDelta | Finished | None:
         end = None if timeout is None else time.monotonic() + timeout
@@ -319,34 +336,33 @@ class RoutedHandle:
             if member.breaker is not None and ticket is None:
                 self.errors.append((member.name, CircuitOpenError(f"engine {member.name}: its circuit is open")))
                 continue
-            attempt = _Attempt(index, member.name, "", None, member.breaker, ticket)
+            outcome = _Outcome(member.breaker, ticket)
             try:
                 ids = router.ids_for(member.engine, self._prompt_ids, self._messages, self._prompt_text)
                 handle = member.engine.submit(self._request_id, ids, self._params, messages=self._messages,
                                               prompt_text=self._prompt_text)
             except _CALLERS_FAULT as exc:
-                attempt.report("release")
+                outcome.report("release")
                 if admitting and not any(e for _, e in self.errors if not isinstance(e, CircuitOpenError)):
                     self.errors.insert(0, (member.name, exc))  # the first engine tried: the caller's error
                     return False
                 self.errors.append((member.name, exc))
                 continue
             except QueueFullError as exc:
-                attempt.report("release")
+                outcome.report("release")
                 self._note(member.name, exc)
                 continue
             except Exception as exc:  # not ready, unreachable, an upstream error, or a bug in one engine
-                attempt.report("failure")
+                outcome.report("failure")
                 self._note(member.name, exc if isinstance(exc, EngineError) else EngineError(repr(exc)))
                 continue
-            attempt.handle, attempt.model = handle, member.engine.model_name
-            self._start(attempt)
+            self._start(_Attempt(index, member.name, member.engine.model_name, handle, outcome))
             return True
         if router.degraded_answer and (self._attempt is None or self._attempt.name != STATIC_ENGINE):
             self._next = len(router.members) + 1
-            self._start(_Attempt(len(router.members), STATIC_ENGINE, STATIC_ENGINE, _StaticHandle(
-                GenerationRequest(self._request_id, list(self._prompt_ids), self._params), router.degraded_answer),
-                None, None))
+            static = _StaticHandle(GenerationRequest(self._request_id, list(self._prompt_ids), self._params),
+                                   router.degraded_answer)
+            self._start(_Attempt(len(router.members), STATIC_ENGINE, STATIC_ENGINE, static, _Outcome(None, None)))
             return True
         return False
 
@@ -370,7 +386,7 @@ class RoutedHandle:
         self._deadline = None
         if cancel:
             self._attempt.handle.cancel()
-        self._attempt.handle.channel.close()
+        self._attempt.handle.close()
 
     def _note(self, name: str, exc: EngineError) -> None:
         self.errors.append((name, exc))
@@ -390,27 +406,18 @@ class RoutedHandle:
                                    degraded=self.degraded)
 
 
-class _RoutedChannel:
-    """``handle.channel.close()`` closes the current engine's channel."""
-
-    def __init__(self, handle: RoutedHandle) -> None:
-        self._handle = handle
-
-    def close(self) -> None:
-        attempt = self._handle._attempt
-        if attempt is not None:
-            attempt.handle.channel.close()
-
-
 class _StaticHandle:
     """The configured degraded answer, as one delta and a ``stop``."""
+
+    engine_name = STATIC_ENGINE
+    model_name = STATIC_ENGINE
+    degraded = True
 
     def __init__(self, request: GenerationRequest, text: str) -> None:
         self.request = request
         self.submitted_at = time.monotonic()
         self.cancelled = False
         self.cancel_seen_at_token: int | None = None
-        self.channel = self
         self._events: deque[TextDelta | Finished] = deque([TextDelta(text)])
         self._text = text
 

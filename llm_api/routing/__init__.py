@@ -3,20 +3,19 @@ circuit breakers and the static degraded answer (see docs/degradation.md)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from ..config import Settings
+from ..generation.protocol import Engine
 from .router import EngineRouter
 from .upstream import UpstreamEngine
 
 __all__ = ["EngineRouter", "UpstreamEngine", "build_router"]
 
 
-def build_router(settings: Settings, local_engine: Any = None) -> EngineRouter:
+def build_router(settings: Settings, local_engine: Engine | None = None) -> EngineRouter:
     """The chain of ``settings.engine_chain``; ``local_engine`` (a built engine, or a fake in tests) serves
     the local entry, else one is built from the settings. Without LLM_API_ENGINES: one local engine ``main``."""
-    members: list[tuple[str, Any]] = []
-    local: Any = None
+    members: list[tuple[str, Engine]] = []
+    local: Engine | None = None
     for target in settings.engine_chain:
         if target.kind == "local":
             local = local_engine if local_engine is not None else _local_engine(settings, target.source)
@@ -35,11 +34,11 @@ def build_router(settings: Settings, local_engine: Any = None) -> EngineRouter:
                         breaker_window=settings.breaker_window, breaker_cooldown=settings.breaker_cooldown)
 
 
-def _local_engine(settings: Settings, source: str) -> Any:
-    from ..engine.loader import ModelSpec
-    from ..engine.scheduler import Engine, EngineOptions
+def _local_engine(settings: Settings, source: str) -> Engine:
+    from ..local_model.engine import EngineOptions, LocalEngine
+    from ..local_model.loader import ModelSpec
 
     spec = ModelSpec(source, settings.device, settings.dtype, settings.trust_remote_code, settings.resolved_cache_dir)
-    return Engine(spec, EngineOptions(max_batch=settings.max_batch, max_queue=settings.max_queue,
+    return LocalEngine(spec, EngineOptions(max_batch=settings.max_batch, max_queue=settings.max_queue,
                                       prefill_chunk=settings.prefill_chunk, batching=settings.batching,
                                       torch_threads=settings.torch_threads))

@@ -6,7 +6,7 @@ import os
 
 import torch
 
-from .types import SamplingParams
+from ..generation.types import SamplingParams
 
 _SEED_MASK = (1 << 64) - 1
 

@@ -16,16 +16,19 @@ from dataclasses import dataclass
 
 import torch
 
+from ..generation.channel import Channel
+from ..generation.errors import ContextLengthError, NotReadyError, QueueFullError
+from ..generation.handle import GenerationHandle
+from ..generation.native import NativeSignal, native_lock, start_native_thread
+from ..generation.protocol import EngineKind
+from ..generation.types import GenerationRequest, SamplingParams
 from .batch import Prefill, RunningBatch, supports_batched_cache
-from .channel import Channel
-from .errors import ContextLengthError, ModelLoadError, NotReadyError, QueueFullError
+from .errors import ModelLoadError
 from .generate_runner import run_with_generate
 from .loader import LoadedModel, ModelSpec, load_model
-from .native import NativeSignal, native_lock, start_native_thread
 from .prompts import Message
 from .sampling import choose_tokens
-from .sequence import GenerationHandle, SequenceState
-from .types import GenerationRequest, SamplingParams
+from .sequence import SequenceState
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +44,10 @@ class EngineOptions:
     torch_threads: int = 0  # 0: one per core
 
 
-class Engine:
+class LocalEngine:
     """Loads a model on its own thread and serves generation requests from greenlets."""
+
+    kind: EngineKind = "local"
 
     def __init__(self, spec: ModelSpec, options: EngineOptions | None = None) -> None:
         self.spec = spec
@@ -62,7 +67,7 @@ class Engine:
         self.load_error: str | None = None
         self.ready = False
         self.batched = False
-        self.stats = {"steps": 0, "tokens": 0, "requests": 0, "cancelled": 0, "running": 0, "errors": 0}
+        self.stats: dict[str, int] = {"steps": 0, "tokens": 0, "requests": 0, "cancelled": 0, "running": 0, "errors": 0}
 
     # ---- caller side (greenlets) -------------------------------------------------
 
