@@ -25,8 +25,7 @@ install-test: $(VENV)/.installed-test
 serve: install
 	$(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
 
-test: install-test
-	$(BIN)/ruff check .
+test: lint
 	$(BIN)/python -m pytest
 
 bench: install-test
@@ -37,8 +36,11 @@ bench-peers:
 	bash bench/peers/build_llama_server.sh
 	bash bench/peers/setup_llama_cpp_python.sh
 
+# Style, types (strict on the engine packages) and the one-way import contracts (pyproject.toml).
 lint: install-test
 	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .import_linter_cache

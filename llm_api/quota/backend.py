@@ -17,7 +17,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from limits import RateLimitItem
 from limits.errors import StorageError as LimitsStorageError
@@ -46,13 +46,18 @@ return 1
 class QuotaBackend:
     def __init__(self, redis_url: str = "") -> None:
         self.shared = bool(redis_url)
-        self.storage: Storage = (
-            RedisStorage(redis_url, wrap_exceptions=True, socket_timeout=_REDIS_TIMEOUT,
-                         socket_connect_timeout=_REDIS_TIMEOUT)
-            if redis_url else MemoryStorage())
+        self._redis: Any = None  # the redis client under limits' storage, for the stream-slot leases
+        self.storage: Storage
+        if redis_url:
+            redis_storage = RedisStorage(redis_url, wrap_exceptions=True, socket_timeout=_REDIS_TIMEOUT,
+                                         socket_connect_timeout=_REDIS_TIMEOUT)
+            self._redis = redis_storage.storage
+            self.storage = redis_storage
+        else:
+            self.storage = MemoryStorage()
         self._windows = FixedWindowRateLimiter(self.storage)
         self._leases: dict[str, dict[str, float]] = {}  # without Redis: set name -> member -> expiry
-        self._acquire_lease = self.storage.storage.register_script(_ACQUIRE_LEASE) if redis_url else None
+        self._acquire_lease = self._redis.register_script(_ACQUIRE_LEASE) if redis_url else None
         self._down_until = 0.0
         self._warned_at = 0.0
 
@@ -103,12 +108,13 @@ class QuotaBackend:
             self._leases[name] = {**held, member: now + seconds}
             return member
 
-        return self._guarded(run, member)
+        granted: str | None = member  # with the counters unreachable, the lease is granted (fail open)
+        return self._guarded(run, granted)
 
     def release_lease(self, name: str, member: str) -> None:
         def run() -> None:
             if self._acquire_lease is not None:
-                self.storage.storage.zrem(f"llm_api/leases/{name}", member)
+                self._redis.zrem(f"llm_api/leases/{name}", member)
             else:
                 self._leases.get(name, {}).pop(member, None)
 

@@ -121,7 +121,7 @@ class SqlConversationStore:
         return [Exchange(prompt=_message(row[width:]), answer=_message(row[:width])) for row in reversed(rows)]
 
 
-def _owned(query: sa.Select, table: sa.Table | sa.Alias, owner: str | None) -> sa.Select:
+def _owned(query: sa.Select[Any], table: sa.FromClause, owner: str | None) -> sa.Select[Any]:
     return query if owner is None else query.where(table.c.owner == owner)
 
 
