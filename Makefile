@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install install-test serve test lint bench bench-peers clean
+.PHONY: install install-test serve test lint bench bench-peers clean clean-cache
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,3 +44,7 @@ lint: install-test
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .import_linter_cache
+
+# Converted model weights are shared by every checkout (keyed by content): this removes them all.
+clean-cache: install
+	$(BIN)/python -m llm_api.local_model.cache clean

@@ -8,7 +8,6 @@ ChatGLM3's nine special tokens, with the ids the reference assigns.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -20,7 +19,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .cache import cached_build
+from .cache import cached_build, content_key
 from .errors import ModelLoadError
 from .prompts import CHATGLM3_SPECIAL_TOKENS
 
@@ -165,13 +164,10 @@ def check_recognised(folder: Path) -> None:
     glm_config(read_source_config(folder), {n: i for i, n in enumerate(CHATGLM3_SPECIAL_TOKENS)})
 
 
-def cache_key(folder: Path) -> str:
-    """Keyed by the source files (name, size, modification time) and the converter's version."""
-    parts = [CONVERTER_VERSION]
-    for path in [folder / "config.json", folder / "tokenizer.model", *source_shards(folder)]:
-        stat = path.stat()
-        parts.append(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}")
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+def cache_key(folder: Path, cache_dir: Path) -> str:
+    """Keyed by the source files' content and the converter's version."""
+    sources = [folder / "config.json", folder / "tokenizer.model", *source_shards(folder)]
+    return content_key(sources, cache_dir, f"converter {CONVERTER_VERSION}")
 
 
 def converted_folder(folder: Path, cache_dir: Path) -> Path:
@@ -197,5 +193,5 @@ def converted_folder(folder: Path, cache_dir: Path) -> Path:
         GlmConfig(**config, architectures=["GlmForCausalLM"]).save_pretrained(scratch)
         shutil.copy(folder / "tokenizer.model", scratch / "tokenizer.model")
 
-    target = cache_dir / f"chatglm3-native-{folder.name}-{cache_key(folder)}"
+    target = cache_dir / f"chatglm3-native-{folder.name}-{cache_key(folder, cache_dir)}"
     return cached_build(target, build, {"source": str(folder), "converter": CONVERTER_VERSION})

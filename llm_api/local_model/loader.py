@@ -7,7 +7,6 @@ from a local folder.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import logging
@@ -21,7 +20,7 @@ import torch
 import transformers
 
 from . import chatglm3
-from .cache import cached_build
+from .cache import cached_build, content_key
 from .errors import ModelLoadError
 from .prompts import ChatGLM3Format, ChatTemplateFormat, PromptFormat
 
@@ -150,10 +149,9 @@ def _load_embedded(spec: ModelSpec, device: torch.device, dtype: torch.dtype) ->
 
 
 def _converted_gguf_cache(gguf: Path, cache_dir: Path) -> Path:
-    """Dequantize a GGUF file once into a safetensors folder keyed by the file; reuse it after."""
-    stat = gguf.stat()
-    key_source = f"{gguf.name}:{stat.st_size}:{stat.st_mtime_ns}:{transformers.__version__}"
-    key = hashlib.sha256(key_source.encode()).hexdigest()[:16]
+    """Dequantize a GGUF file once into a safetensors folder keyed by the file's content (and transformers'
+    version, which writes it); every checkout and virtual environment reuses it."""
+    key = content_key([gguf], cache_dir, f"transformers {transformers.__version__}")
 
     def build(scratch: Path) -> None:
         log.info("converting %s (first start only)", gguf.name)
@@ -165,7 +163,8 @@ def _converted_gguf_cache(gguf: Path, cache_dir: Path) -> Path:
         model.save_pretrained(scratch)
         tokenizer.save_pretrained(scratch)
 
-    return cached_build(cache_dir / f"{gguf.stem}-{key}", build, {"source": key_source})
+    return cached_build(cache_dir / f"{gguf.stem}-{key}", build,
+                        {"source": gguf.name, "transformers": transformers.__version__})
 
 
 def _read_config(folder: Path) -> dict[str, Any]:
