@@ -7,19 +7,13 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from blueprints import route
 from llm_api import caller
 from llm_api.auth.guard import current_owner
+from llm_api.chat_events import RETRY_MS, chat_event_frames, follow_events, parse_event_id, resume_unavailable
+from llm_api.engine_headers import mark_engine
 from llm_api.errors import ApiError
 from llm_api.http_body import read_json_body
 from llm_api.services.chat import ChatRequest
 from llm_api.state import services
-from llm_api.streaming import (
-    RETRY_MS,
-    chat_event_frames,
-    follow_events,
-    mark_engine,
-    parse_event_id,
-    resume_unavailable,
-    sse_response,
-)
+from llm_api.streaming import sse_response
 from schemas.chat import (
     ChatMessageRequestSchema,
     ChatResponseSchema,

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 from flask import request
 
+from .chat_events import parse_event_id
 from .errors import SHUTTING_DOWN, shutting_down
 from .state import Services, services
-from .streaming import parse_event_id
 
 log = logging.getLogger("llm_api.shutdown")
 
