@@ -14,6 +14,8 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
+from flask import Request
+
 from .errors import error_body
 from .generation.types import Finished, TextDelta
 from .services.chat import ChatStream, Heartbeat
@@ -29,6 +31,12 @@ def parse_event_id(value: str | None) -> tuple[str, int] | None:
     """``<message_id>:<sequence>`` from a ``Last-Event-ID`` header, or None if absent or malformed."""
     match = _EVENT_ID.match(value or "")
     return (match.group(1), int(match.group(2))) if match else None
+
+
+def is_reconnect(request: Request) -> bool:
+    """Whether ``request`` carries a well-formed ``Last-Event-ID``: an EventSource that reconnects, to be
+    given the events after that id; it never starts a generation."""
+    return parse_event_id(request.headers.get("Last-Event-ID")) is not None
 
 
 def finish_payload(stream: ChatStream, finished: Finished) -> dict[str, Any]:
