@@ -6,7 +6,7 @@ from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validate, validates_schema
 
-from llm_api.services.chat import TIME_FORMAT
+from llm_api.time_format import format_time
 
 from .fields import INT64_MAX, INT64_MIN, StopField, StrictBoolean, StrictFloat, StrictInteger
 
@@ -110,7 +110,7 @@ class ExchangeSchema(Schema):
     """A stored user turn and its answer (:class:`llm_api.storage.Exchange`), flattened."""
 
     message_id = fields.String(attribute="answer.id")
-    time = fields.Function(lambda exchange: exchange.answer.created_at.strftime(TIME_FORMAT))
+    time = fields.Function(lambda exchange: format_time(exchange.answer.created_at))
     prompt = fields.String(attribute="prompt.content")
     response = fields.String(attribute="answer.content")
     finish_reason = fields.String(attribute="answer.finish_reason")
