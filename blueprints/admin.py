@@ -11,7 +11,7 @@ from schemas.conversations import ConversationListQuerySchema, ConversationSchem
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 
 
-@route(bp, "/conversations", ["GET"])
+@route(bp, "/conversations", ["GET"], scope="admin")
 def all_conversations():  # noqa: ANN201
     query = ConversationListQuerySchema().load(request.args.to_dict())
     page = services().conversations.list(query["limit"], query["cursor"], owner=None)

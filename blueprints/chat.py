@@ -7,19 +7,20 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from blueprints import route
 from llm_api import caller
 from llm_api.auth.guard import current_owner
+from llm_api.chat_events import (
+    RETRY_MS,
+    chat_event_frames,
+    follow_events,
+    is_reconnect,
+    parse_event_id,
+    resume_unavailable,
+)
+from llm_api.engine_headers import mark_engine
 from llm_api.errors import ApiError
 from llm_api.http_body import read_json_body
 from llm_api.services.chat import ChatRequest
 from llm_api.state import services
-from llm_api.streaming import (
-    RETRY_MS,
-    chat_event_frames,
-    follow_events,
-    mark_engine,
-    parse_event_id,
-    resume_unavailable,
-    sse_response,
-)
+from llm_api.streaming import sse_response
 from schemas.chat import (
     ChatMessageRequestSchema,
     ChatResponseSchema,
@@ -50,7 +51,7 @@ def get_messages():  # noqa: ANN201
     return jsonify({"messages": ExchangeSchema(many=True).dump(exchanges)})
 
 
-@route(bp, "/stream", ["GET"])
+@route(bp, "/stream", ["GET"], stream_token=True, serve_while_draining=is_reconnect)
 def stream_get():  # noqa: ANN201
     """For the browser's EventSource (GET only). A reconnect carrying ``Last-Event-ID`` gets the
     events after that id, then the live tail; it never starts a second generation."""
@@ -65,7 +66,7 @@ def stream_get():  # noqa: ANN201
                          retry_ms=RETRY_MS)
 
 
-@route(bp, "/stream/<message_id>", ["DELETE"])
+@route(bp, "/stream/<message_id>", ["DELETE"], stream_token=True)
 def cancel_stream(message_id: str):  # noqa: ANN201
     """Stop an answer that is streaming from this worker (the chat page's Stop button): it ends with
     ``finish_reason: "cancelled"`` and is stored with its text so far. 404 when this worker has no

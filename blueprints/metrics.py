@@ -11,7 +11,7 @@ from llm_api.state import services
 bp = Blueprint("metrics", __name__)
 
 
-@route(bp, "/metrics", ["GET"])
+@route(bp, "/metrics", ["GET"], scope="metrics", serve_while_draining=True)
 def metrics():  # noqa: ANN201
     """This worker's engine gauges are sampled now; in multi-process mode the answer adds up every worker."""
     collected = current_metrics()

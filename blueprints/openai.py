@@ -8,11 +8,12 @@ from flask import Blueprint, Response, current_app, jsonify, request
 
 from blueprints import route
 from llm_api import caller
+from llm_api.engine_headers import mark_engine
 from llm_api.http_body import read_json_body
 from llm_api.openai_format import ChatChunkStream, TextChunkStream, chat_completion, model_list, text_completion
 from llm_api.services.chat import ChatRequest
 from llm_api.state import services
-from llm_api.streaming import mark_engine, sse_response
+from llm_api.streaming import sse_response
 from schemas.openai import ChatCompletionRequestSchema, CompletionRequestSchema
 
 bp = Blueprint("openai", __name__, url_prefix="/v1")

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from flask import Blueprint, send_from_directory
 
+from blueprints import route
+
 bp = Blueprint("page", __name__, static_folder="static")
 
 
-@bp.get("/")
+@route(bp, "/", ["GET"], open=True)
 def index():  # noqa: ANN201
     response = send_from_directory(bp.static_folder, "index.html")
     response.headers["Cache-Control"] = "no-cache"

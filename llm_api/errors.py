@@ -27,6 +27,11 @@ RETRY_AFTER_SECONDS = 1
 OPENAI_PREFIX = "/v1/"
 
 
+def error_body(code: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The service's error envelope, for a JSON answer or an SSE ``error`` event."""
+    return {"error": {"code": code, "message": message, "details": details or {}}}
+
+
 class ApiError(Exception):
     """An error with its HTTP status, a stable machine-readable code and a human message."""
 
@@ -40,7 +45,7 @@ class ApiError(Exception):
         self.headers = headers or {}
 
     def body(self) -> dict[str, Any]:
-        return {"error": {"code": self.code, "message": self.message, "details": self.details}}
+        return error_body(self.code, self.message, self.details)
 
     def openai_body(self) -> dict[str, Any]:
         """OpenAI's shape, for ``/v1/*``: ``{"error": {"message", "type", "param", "code"}}``."""

@@ -2,11 +2,13 @@
 
 The gunicorn worker (:mod:`llm_api.worker`) calls :func:`drain` when it gets
 SIGTERM. From that moment every new request is answered 503 ``shutting_down``
-with ``Retry-After`` (:func:`refuse_while_draining`), ``/readyz`` says the same,
-and ``/healthz`` stays 200. Running answers get until shortly before the
-graceful timeout to finish by themselves; those still running then are
-interrupted: they end with an error ``shutting_down`` instead of their finish,
-and are stored as ``cancelled`` with the text generated so far.
+with ``Retry-After`` (:func:`refuse_while_draining`), ``/readyz`` included, except
+on the routes that declare themselves served while draining: ``/healthz`` stays
+200, ``/metrics`` answers, and ``GET /chat/stream`` reconnects replay. Running
+answers get until shortly before the graceful timeout to finish by themselves;
+those still running then are interrupted: they end with an error
+``shutting_down`` instead of their finish, and are stored as ``cancelled`` with
+the text generated so far.
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ from dataclasses import dataclass
 from flask import request
 
 from .errors import SHUTTING_DOWN, shutting_down
+from .route_policy import current_policy
 from .state import Services, services
-from .streaming import parse_event_id
 
 log = logging.getLogger("llm_api.shutdown")
 
@@ -28,11 +30,6 @@ MAX_MARGIN_SECONDS = 5.0
 # After SIGQUIT/SIGINT (gunicorn's quick shutdown): how long interrupted answers get to be stored.
 QUICK_FLUSH_SECONDS = 1.0
 INTERRUPTED_MESSAGE = "The server is shutting down; the answer was stopped here and stored as cancelled."
-
-# Served while draining: liveness, monitoring, and reconnects that start no generation.
-DRAIN_OPEN_ENDPOINTS = frozenset({"health.healthz"})
-DRAIN_OPEN_BLUEPRINTS = frozenset({"metrics"})
-RESUME_ENDPOINT = "chat.stream_get"
 
 
 @dataclass(frozen=True)
@@ -76,16 +73,16 @@ def interrupt_running(state: Services, flush_seconds: float) -> int:
 
 
 def refuse_while_draining() -> None:
-    """``before_request``: while draining, raise 503 ``shutting_down`` (with ``Retry-After``) for new work.
+    """``before_request``: while draining, raise 503 ``shutting_down`` (with ``Retry-After``) for every
+    request but those its route declares served (``serve_while_draining``, :mod:`llm_api.route_policy`).
 
-    Open: ``/healthz``, the metrics blueprint, and ``GET /chat/stream`` reconnects with a
-    ``Last-Event-ID`` (they replay events of this worker and never start a generation).
-    ``/readyz`` answers ``shutting_down`` as well.
+    Served: ``/healthz``, ``/metrics``, and ``GET /chat/stream`` reconnects with a well-formed
+    ``Last-Event-ID`` (they replay events of this worker and never start a generation). Everything
+    else is refused, ``/readyz`` included (its answer while draining is ``shutting_down`` anyway),
+    and so is a request that matches no route.
     """
     if not services().draining:
         return
-    if request.endpoint in DRAIN_OPEN_ENDPOINTS or request.blueprint in DRAIN_OPEN_BLUEPRINTS:
-        return
-    if request.endpoint == RESUME_ENDPOINT and parse_event_id(request.headers.get("Last-Event-ID")) is not None:
+    if current_policy().serves_while_draining(request):
         return
     raise shutting_down()

@@ -6,9 +6,21 @@ from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validate, validates_schema
 
-from llm_api.services.chat import TIME_FORMAT
+from llm_api.time_format import format_time
 
-from .fields import INT64_MAX, INT64_MIN, StopField, StrictBoolean, StrictFloat, StrictInteger
+from .fields import (
+    DEFAULT_TEMPERATURE,
+    DEFAULT_TOP_P,
+    MAX_STOP_SEQUENCES,
+    MAX_TOKENS_RANGE,
+    SEED_RANGE,
+    TEMPERATURE_RANGE,
+    TOP_P_RANGE,
+    StopField,
+    StrictBoolean,
+    StrictFloat,
+    StrictInteger,
+)
 
 ROLES = ("system", "user", "assistant")
 STREAM_MODES = ("delta", "cumulative")
@@ -34,10 +46,10 @@ def _not_blank(value: str) -> None:
 class SamplingFieldsMixin(Schema):
     """Generation fields shared by the JSON body and the query-string forms."""
 
-    max_tokens = StrictInteger(load_default=None, allow_none=True, validate=validate.Range(min=1))
-    temperature = StrictFloat(load_default=1.0, validate=validate.Range(min=0.0, max=2.0))
-    top_p = StrictFloat(load_default=1.0, validate=validate.Range(min=0.0, max=1.0, min_inclusive=False))
-    seed = StrictInteger(load_default=None, allow_none=True, validate=validate.Range(min=INT64_MIN, max=INT64_MAX))
+    max_tokens = StrictInteger(load_default=None, allow_none=True, validate=MAX_TOKENS_RANGE)
+    temperature = StrictFloat(load_default=DEFAULT_TEMPERATURE, validate=TEMPERATURE_RANGE)
+    top_p = StrictFloat(load_default=DEFAULT_TOP_P, validate=TOP_P_RANGE)
+    seed = StrictInteger(load_default=None, allow_none=True, validate=SEED_RANGE)
     stop = StopField(load_default=())
 
 
@@ -110,7 +122,7 @@ class ExchangeSchema(Schema):
     """A stored user turn and its answer (:class:`llm_api.storage.Exchange`), flattened."""
 
     message_id = fields.String(attribute="answer.id")
-    time = fields.Function(lambda exchange: exchange.answer.created_at.strftime(TIME_FORMAT))
+    time = fields.Function(lambda exchange: format_time(exchange.answer.created_at))
     prompt = fields.String(attribute="prompt.content")
     response = fields.String(attribute="answer.content")
     finish_reason = fields.String(attribute="answer.finish_reason")
@@ -129,13 +141,12 @@ class ChatStreamQuerySchema(Schema):
 
     prompt = fields.String(required=True, validate=_not_blank)
     conversation_id = conversation_id_field(load_default=None)
-    max_tokens = fields.Integer(load_default=None, validate=validate.Range(min=1))
-    temperature = fields.Float(load_default=1.0, allow_nan=False, validate=validate.Range(min=0.0, max=2.0))
-    top_p = fields.Float(load_default=1.0, allow_nan=False,
-                         validate=validate.Range(min=0.0, max=1.0, min_inclusive=False))
-    seed = fields.Integer(load_default=None, validate=validate.Range(min=INT64_MIN, max=INT64_MAX))
+    max_tokens = fields.Integer(load_default=None, validate=MAX_TOKENS_RANGE)
+    temperature = fields.Float(load_default=DEFAULT_TEMPERATURE, allow_nan=False, validate=TEMPERATURE_RANGE)
+    top_p = fields.Float(load_default=DEFAULT_TOP_P, allow_nan=False, validate=TOP_P_RANGE)
+    seed = fields.Integer(load_default=None, validate=SEED_RANGE)
     stop = fields.List(fields.String(validate=validate.Length(min=1)), load_default=list,
-                       validate=validate.Length(max=4))
+                       validate=validate.Length(max=MAX_STOP_SEQUENCES))
     stream_mode = fields.String(load_default="delta", validate=validate.OneOf(STREAM_MODES))
 
     @post_load

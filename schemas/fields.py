@@ -1,12 +1,23 @@
-"""JSON-strict fields: numbers must be JSON numbers (not strings, not booleans)."""
+"""What the request schemas share: the sampling ranges, and JSON-strict fields (numbers must be JSON
+numbers, not strings, not booleans)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from marshmallow import ValidationError, fields
+from marshmallow import ValidationError, fields, validate
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # seeds are 64-bit, as in the OpenAI API
+
+# The sampling fields' ranges and defaults, the same on every route (the chat API's JSON body and query
+# string, and the OpenAI API).
+MAX_TOKENS_RANGE = validate.Range(min=1)
+TEMPERATURE_RANGE = validate.Range(min=0.0, max=2.0)
+TOP_P_RANGE = validate.Range(min=0.0, max=1.0, min_inclusive=False)
+SEED_RANGE = validate.Range(min=INT64_MIN, max=INT64_MAX)
+MAX_STOP_SEQUENCES = 4
+DEFAULT_TEMPERATURE = 1.0
+DEFAULT_TOP_P = 1.0
 
 
 def _reject_non_number(value: Any) -> None:
@@ -40,12 +51,12 @@ class StrictBoolean(fields.Boolean):
 
 
 class StopField(fields.Field):
-    """A stop sequence or a list of up to four, as in the OpenAI API."""
+    """A stop sequence or a list of up to :data:`MAX_STOP_SEQUENCES`, as in the OpenAI API."""
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> tuple[str, ...]:
         stops = [value] if isinstance(value, str) else value
         if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops):
             raise ValidationError("Must be a non-empty string or a list of non-empty strings.")
-        if len(stops) > 4:
-            raise ValidationError("At most 4 stop sequences.")
+        if len(stops) > MAX_STOP_SEQUENCES:
+            raise ValidationError(f"At most {MAX_STOP_SEQUENCES} stop sequences.")
         return tuple(stops)

@@ -11,7 +11,18 @@ from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validate
 
-from .fields import INT64_MAX, INT64_MIN, StopField, StrictBoolean, StrictFloat, StrictInteger
+from .fields import (
+    DEFAULT_TEMPERATURE,
+    DEFAULT_TOP_P,
+    MAX_TOKENS_RANGE,
+    SEED_RANGE,
+    TEMPERATURE_RANGE,
+    TOP_P_RANGE,
+    StopField,
+    StrictBoolean,
+    StrictFloat,
+    StrictInteger,
+)
 
 CHAT_ROLES = ("system", "developer", "user", "assistant")
 
@@ -83,11 +94,10 @@ class _CommonSchema(Schema):
         unknown = RAISE
 
     model = fields.String(required=True, validate=validate.Length(min=1))
-    temperature = StrictFloat(load_default=1.0, allow_none=True, validate=validate.Range(min=0.0, max=2.0))
-    top_p = StrictFloat(load_default=1.0, allow_none=True,
-                        validate=validate.Range(min=0.0, max=1.0, min_inclusive=False))
+    temperature = StrictFloat(load_default=DEFAULT_TEMPERATURE, allow_none=True, validate=TEMPERATURE_RANGE)
+    top_p = StrictFloat(load_default=DEFAULT_TOP_P, allow_none=True, validate=TOP_P_RANGE)
     stop = StopField(load_default=(), allow_none=True)
-    seed = StrictInteger(load_default=None, allow_none=True, validate=validate.Range(min=INT64_MIN, max=INT64_MAX))
+    seed = StrictInteger(load_default=None, allow_none=True, validate=SEED_RANGE)
     n = StrictInteger(load_default=1, allow_none=True,
                       validate=validate.Equal(1, error="Only n=1 is supported by this server."))
     stream = StrictBoolean(load_default=False, allow_none=True)
@@ -96,15 +106,15 @@ class _CommonSchema(Schema):
     frequency_penalty = NeutralOnly(0, 0.0)
     presence_penalty = NeutralOnly(0, 0.0)
     logit_bias = NeutralOnly({})
-    max_tokens = StrictInteger(load_default=None, allow_none=True, validate=validate.Range(min=1))
+    max_tokens = StrictInteger(load_default=None, allow_none=True, validate=MAX_TOKENS_RANGE)
     # Extension (as in vLLM and llama.cpp's server): generate exactly max_tokens, past end-of-turn tokens.
     ignore_eos = StrictBoolean(load_default=False, allow_none=True)
 
     @post_load
     def _defaults_for_nulls(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
         """Some clients send null for every field they leave unset: null means the default."""
-        for name, default in (("temperature", 1.0), ("top_p", 1.0), ("stop", ()), ("n", 1), ("stream", False),
-                              ("ignore_eos", False)):
+        for name, default in (("temperature", DEFAULT_TEMPERATURE), ("top_p", DEFAULT_TOP_P), ("stop", ()), ("n", 1),
+                              ("stream", False), ("ignore_eos", False)):
             if data.get(name) is None:
                 data[name] = default
         options = data.pop("stream_options") or {}
@@ -120,7 +130,7 @@ class _CommonSchema(Schema):
 
 class ChatCompletionRequestSchema(_CommonSchema):
     messages = fields.List(fields.Nested(ChatMessageSchema), required=True, validate=validate.Length(min=1))
-    max_completion_tokens = StrictInteger(load_default=None, allow_none=True, validate=validate.Range(min=1))
+    max_completion_tokens = StrictInteger(load_default=None, allow_none=True, validate=MAX_TOKENS_RANGE)
     logprobs = NeutralOnly(False)
     top_logprobs = NeutralOnly(0)
     response_format = NeutralOnly({"type": "text"})
@@ -160,7 +170,7 @@ class PromptField(fields.Field):
 
 class CompletionRequestSchema(_CommonSchema):
     prompt = PromptField(required=True)
-    max_tokens = StrictInteger(load_default=16, allow_none=True, validate=validate.Range(min=1))
+    max_tokens = StrictInteger(load_default=16, allow_none=True, validate=MAX_TOKENS_RANGE)
     echo = StrictBoolean(load_default=False, allow_none=True)
     suffix = NeutralOnly()
     logprobs = NeutralOnly()

@@ -7,9 +7,11 @@ import time
 
 import pytest
 import sqlalchemy as sa
+from flask import Blueprint
 
 from llm_api import create_app
 from llm_api.auth.keys import issue_key
+from llm_api.route_policy import DEFAULT_POLICY, RoutePolicy, declare, policy_of
 from llm_api.state import EXTENSION_KEY
 from tests.test_http_chat import assert_error, parse_sse, post
 
@@ -85,6 +87,29 @@ def test_a_revoked_key_is_refused(app, client, key):
 
 def test_a_key_without_the_admin_scope_is_403_on_admin_routes(client, key):
     assert_error(client.get("/admin/conversations", headers=bearer(key)), 403, "insufficient_scope")
+
+
+def test_a_route_that_declares_no_policy_needs_a_chat_key_and_is_refused_while_draining(app, client, key):
+    """A view registered without ``blueprints.route`` gets llm_api.route_policy.DEFAULT_POLICY."""
+    undeclared = Blueprint("undeclared", __name__)
+    undeclared.add_url_rule("/undeclared", "view", lambda: "ok")
+    app.register_blueprint(undeclared)
+    assert_error(client.get("/undeclared"), 401, "missing_api_key")
+    error = assert_error(client.get("/undeclared", headers=bearer(new_key(app, "ops", ("metrics",)))), 403,
+                         "insufficient_scope")
+    assert error["details"] == {"required_scope": "chat"}
+    assert client.get("/undeclared", headers=bearer(key)).get_data(as_text=True) == "ok"
+    app.extensions[EXTENSION_KEY].begin_drain()
+    assert_error(client.get("/undeclared", headers=bearer(key)), 503, "shutting_down")
+
+
+def test_a_route_policy_names_a_known_scope_and_a_view_has_one_policy():
+    with pytest.raises(ValueError, match="unknown scope"):
+        RoutePolicy(scope="chats")
+    view = declare(lambda: "ok", RoutePolicy(scope="admin"))
+    assert policy_of(view) == RoutePolicy(scope="admin") and policy_of(None) == DEFAULT_POLICY
+    with pytest.raises(ValueError, match="already declares"):
+        declare(view, RoutePolicy(open=True))
 
 
 def test_conversations_and_messages_are_scoped_to_their_key(app, client, key):

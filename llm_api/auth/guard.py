@@ -1,11 +1,12 @@
 """The access check run before every view: who is calling, and may they use this route?
 
-Open routes: the probes, the chat page, and CORS preflights. While no API key
-exists (and ``LLM_API_REQUIRE_KEYS`` is off) every route is open and records
-get the empty owner. Otherwise a route needs ``Authorization: Bearer <key>``
-(``GET /chat/stream`` and ``DELETE /chat/stream/<id>`` also take ``?token=`` from
-``POST /auth/stream-token``)
-and the scope its blueprint names.
+Each route declares what it needs where it is registered (:mod:`llm_api.route_policy`).
+Open: the routes declared ``open`` (the probes, the chat page), CORS preflights, and
+requests that match no route (they get their 404 or 405). While no API key exists
+(and ``LLM_API_REQUIRE_KEYS`` is off) every route is open and records get the empty
+owner. Otherwise a route needs ``Authorization: Bearer <key>`` (routes declared with
+``stream_token``, ``GET /chat/stream`` and ``DELETE /chat/stream/<id>``, also take
+``?token=`` from ``POST /auth/stream-token``) and the scope it declares.
 """
 
 from __future__ import annotations
@@ -13,13 +14,11 @@ from __future__ import annotations
 from flask import g, request
 
 from ..errors import ApiError
+from ..route_policy import RoutePolicy, current_policy
 from ..storage import ApiKey
 from .keys import grants
 from .tokens import TokenRejected
 
-OPEN_BLUEPRINTS = frozenset({"health", "page"})
-SCOPE_OF_BLUEPRINT = {"admin": "admin", "metrics": "metrics"}  # every other route needs "chat"
-TOKEN_ENDPOINTS = frozenset({"chat.stream_get", "chat.cancel_stream"})  # the browser's EventSource and its Stop
 _CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
 
@@ -28,14 +27,17 @@ def check_access() -> None:
     from ..state import services  # the state module imports the services, which import this package
 
     g.api_key = None
-    if request.method == "OPTIONS" or request.endpoint is None or request.blueprint in OPEN_BLUEPRINTS:
+    if request.method == "OPTIONS" or request.endpoint is None:
+        return
+    policy = current_policy()
+    if policy.open:
         return
     state = services()
     if not state.settings.require_keys and not state.keys.keys_exist():
         return
-    key = _presented_key(state)
+    key = _presented_key(state, policy)
     g.api_key_name = key.name  # logged with the request, refused or not
-    scope = SCOPE_OF_BLUEPRINT.get(request.blueprint or "", "chat")
+    scope = policy.scope
     if not grants(key, scope):
         raise ApiError(403, "insufficient_scope", f"This key lacks the `{scope}` scope this route needs.",
                        {"required_scope": scope})
@@ -52,7 +54,7 @@ def current_key() -> ApiKey | None:
     return g.get("api_key")
 
 
-def _presented_key(state) -> ApiKey:  # noqa: ANN001 - llm_api.state.Services (import cycle)
+def _presented_key(state, policy: RoutePolicy) -> ApiKey:  # noqa: ANN001 - llm_api.state.Services (import cycle)
     header = request.headers.get("Authorization", "")
     scheme, _, credential = header.partition(" ")
     if header:
@@ -65,7 +67,7 @@ def _presented_key(state) -> ApiKey:  # noqa: ANN001 - llm_api.state.Services (i
                            headers=_CHALLENGE)
         return key
     token = request.args.get("token")
-    if token and request.endpoint in TOKEN_ENDPOINTS:
+    if token and policy.stream_token:
         try:
             key_id = state.stream_tokens.key_id(token)
         except TokenRejected as exc:

@@ -22,6 +22,7 @@ from ..generation.protocol import Engine
 from ..generation.types import Finished, SamplingParams
 from ..logging_setup import current_request_id
 from ..storage import Conversation, ConversationNotFound, ConversationStore, Exchange, Message, StorageError
+from ..time_format import format_time
 from .chat_models import Admit, ChatRequest, ChatResult, ChatUnavailable, Reservation, Turn
 from .chat_stream import ChatStream, Heartbeat, Interruption, StreamItem
 from .history import ChatMessage, fit_to_context, prompt_history
@@ -29,12 +30,11 @@ from .output_guard import OutputGuard
 
 __all__ = [  # the chat API in one place, for the views and renderers
     "Admit", "ChatRequest", "ChatResult", "ChatService", "ChatStream", "ChatUnavailable", "Heartbeat",
-    "Interruption", "Reservation", "StreamItem", "TIME_FORMAT", "Turn",
+    "Interruption", "Reservation", "StreamItem", "Turn",
 ]
 
 log = logging.getLogger("llm_api.exchange")
 
-TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 TITLE_LENGTH = 80
 
 
@@ -104,7 +104,7 @@ class ChatService:
             history=[*stream.turn.prompt_messages, {"role": "assistant", "content": stream.text}],
             finish_reason=stream.finished.finish_reason,
             usage=stream.finished.usage.as_dict(),
-            time=_now().strftime(TIME_FORMAT),
+            time=format_time(_now()),
             conversation_id=stream.conversation_id,
             dropped_turns=stream.turn.dropped_turns,
             engine=stream.finished.engine or "",
@@ -236,7 +236,7 @@ class ChatService:
              finished: Finished | None = None) -> None:
         usage = answer.usage or {}
         ttft = "-" if answer.time_to_first_token is None else f"{answer.time_to_first_token:.3f}s"
-        line = (f"exchange time={answer.created_at.strftime(TIME_FORMAT)} message_id={answer.id} "
+        line = (f"exchange time={format_time(answer.created_at)} message_id={answer.id} "
                 f"conversation_id={answer.conversation_id} "
                 f"prompt_tokens={usage.get('prompt_tokens')} completion_tokens={usage.get('completion_tokens')} "
                 f"ttft={ttft} total={answer.total_time or 0:.3f}s finish_reason={answer.finish_reason}")
