@@ -9,8 +9,6 @@ from marshmallow import RAISE, Schema, ValidationError, fields, post_load, valid
 from llm_api.time_format import format_time
 
 from .fields import (
-    DEFAULT_TEMPERATURE,
-    DEFAULT_TOP_P,
     MAX_STOP_SEQUENCES,
     MAX_TOKENS_RANGE,
     SEED_RANGE,
@@ -47,8 +45,8 @@ class SamplingFieldsMixin(Schema):
     """Generation fields shared by the JSON body and the query-string forms."""
 
     max_tokens = StrictInteger(load_default=None, allow_none=True, validate=MAX_TOKENS_RANGE)
-    temperature = StrictFloat(load_default=DEFAULT_TEMPERATURE, validate=TEMPERATURE_RANGE)
-    top_p = StrictFloat(load_default=DEFAULT_TOP_P, validate=TOP_P_RANGE)
+    temperature = StrictFloat(load_default=None, validate=TEMPERATURE_RANGE)
+    top_p = StrictFloat(load_default=None, validate=TOP_P_RANGE)
     seed = StrictInteger(load_default=None, allow_none=True, validate=SEED_RANGE)
     stop = StopField(load_default=())
 
@@ -142,8 +140,8 @@ class ChatStreamQuerySchema(Schema):
     prompt = fields.String(required=True, validate=_not_blank)
     conversation_id = conversation_id_field(load_default=None)
     max_tokens = fields.Integer(load_default=None, validate=MAX_TOKENS_RANGE)
-    temperature = fields.Float(load_default=DEFAULT_TEMPERATURE, allow_nan=False, validate=TEMPERATURE_RANGE)
-    top_p = fields.Float(load_default=DEFAULT_TOP_P, allow_nan=False, validate=TOP_P_RANGE)
+    temperature = fields.Float(load_default=None, allow_nan=False, validate=TEMPERATURE_RANGE)
+    top_p = fields.Float(load_default=None, allow_nan=False, validate=TOP_P_RANGE)
     seed = fields.Integer(load_default=None, validate=SEED_RANGE)
     stop = fields.List(fields.String(validate=validate.Length(min=1)), load_default=list,
                        validate=validate.Length(max=MAX_STOP_SEQUENCES))

@@ -9,15 +9,14 @@ from marshmallow import ValidationError, fields, validate
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # seeds are 64-bit, as in the OpenAI API
 
-# The sampling fields' ranges and defaults, the same on every route (the chat API's JSON body and query
-# string, and the OpenAI API).
+# The sampling fields' ranges, the same on every route (the chat API's JSON body and query string, and the
+# OpenAI API). A temperature or top_p left out stays None: the model's own recommended value applies
+# (the engine's sampling_defaults, see docs/api.md).
 MAX_TOKENS_RANGE = validate.Range(min=1)
 TEMPERATURE_RANGE = validate.Range(min=0.0, max=2.0)
 TOP_P_RANGE = validate.Range(min=0.0, max=1.0, min_inclusive=False)
 SEED_RANGE = validate.Range(min=INT64_MIN, max=INT64_MAX)
 MAX_STOP_SEQUENCES = 4
-DEFAULT_TEMPERATURE = 1.0
-DEFAULT_TOP_P = 1.0
 
 
 def _reject_non_number(value: Any) -> None:

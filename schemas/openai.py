@@ -12,8 +12,6 @@ from typing import Any
 from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validate
 
 from .fields import (
-    DEFAULT_TEMPERATURE,
-    DEFAULT_TOP_P,
     MAX_TOKENS_RANGE,
     SEED_RANGE,
     TEMPERATURE_RANGE,
@@ -94,8 +92,8 @@ class _CommonSchema(Schema):
         unknown = RAISE
 
     model = fields.String(required=True, validate=validate.Length(min=1))
-    temperature = StrictFloat(load_default=DEFAULT_TEMPERATURE, allow_none=True, validate=TEMPERATURE_RANGE)
-    top_p = StrictFloat(load_default=DEFAULT_TOP_P, allow_none=True, validate=TOP_P_RANGE)
+    temperature = StrictFloat(load_default=None, allow_none=True, validate=TEMPERATURE_RANGE)
+    top_p = StrictFloat(load_default=None, allow_none=True, validate=TOP_P_RANGE)
     stop = StopField(load_default=(), allow_none=True)
     seed = StrictInteger(load_default=None, allow_none=True, validate=SEED_RANGE)
     n = StrictInteger(load_default=1, allow_none=True,
@@ -112,14 +110,15 @@ class _CommonSchema(Schema):
 
     @post_load
     def _defaults_for_nulls(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
-        """Some clients send null for every field they leave unset: null means the default."""
-        for name, default in (("temperature", DEFAULT_TEMPERATURE), ("top_p", DEFAULT_TOP_P), ("stop", ()), ("n", 1),
-                              ("stream", False), ("ignore_eos", False)):
+        """Some clients send null for every field they leave unset: null means the default (for temperature and
+        top_p, the model's own recommended value)."""
+        for name, default in (("stop", ()), ("n", 1), ("stream", False), ("ignore_eos", False)):
             if data.get(name) is None:
                 data[name] = default
         options = data.pop("stream_options") or {}
         data["include_usage"] = bool(options.get("include_usage"))
-        for name in [k for k, v in data.items() if v is None and k not in ("max_tokens", "seed")]:
+        kept_when_none = ("max_tokens", "seed", "temperature", "top_p")  # None: decided by the service
+        for name in [k for k, v in data.items() if v is None and k not in kept_when_none]:
             del data[name]
         self._adjust(data)
         return data

@@ -10,7 +10,7 @@ from llm_api.generation.channel import Channel
 from llm_api.generation.errors import ContextLengthError, QueueFullError
 from llm_api.generation.handle import GenerationHandle
 from llm_api.generation.protocol import EngineKind, Message
-from llm_api.generation.types import Finished, GenerationRequest, SamplingParams, TextDelta, Usage
+from llm_api.generation.types import Finished, GenerationRequest, SamplingDefaults, SamplingParams, TextDelta, Usage
 
 
 class FakeEngine:
@@ -39,6 +39,7 @@ class FakeEngine:
         self.submitted: list[GenerationRequest] = []
         self.handles: list[GenerationHandle] = []
         self.started = False
+        self.defaults = SamplingDefaults()  # what sampling_defaults() answers (a test may change it)
         self.encoded: list[list[dict[str, str]]] = []  # every message list given to encode_chat
 
     def start(self, on_load_failure: Callable[[str], None] | None = None) -> None:
@@ -52,6 +53,9 @@ class FakeEngine:
 
     def stop_token_ids(self) -> frozenset[int]:
         return frozenset({0})
+
+    def sampling_defaults(self) -> SamplingDefaults:
+        return self.defaults
 
     def encode_chat(self, messages: Sequence[Message]) -> list[int]:
         self.encoded.append([dict(m) for m in messages])

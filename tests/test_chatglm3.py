@@ -120,6 +120,13 @@ def test_conversion_is_cached_and_keyed_by_the_source_files(tiny_folder, tmp_pat
         "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
     shard = next(copy.glob("pytorch_model-00001*.bin"))
     os.utime(shard, ns=(shard.stat().st_atime_ns, shard.stat().st_mtime_ns + 10**9))
+    assert chatglm3.converted_folder(copy, tmp_path / "cache") == first  # touched, same bytes: still shared
+    second_copy = shutil.copytree(tiny_folder, tmp_path / "elsewhere" / "chatglm3-copy")
+    assert chatglm3.converted_folder(second_copy, tmp_path / "cache") == first  # another install, same bytes
+    part = torch.load(shard, weights_only=True)
+    name = next(iter(part))
+    part[name] = part[name] + 1.0
+    torch.save(part, shard)
     assert chatglm3.converted_folder(copy, tmp_path / "cache") != first  # a changed checkpoint converts again
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Literal, Protocol
 
-from .types import Finished, GenerationRequest, SamplingParams, TextDelta
+from .types import Finished, GenerationRequest, SamplingDefaults, SamplingParams, TextDelta
 
 EngineKind = Literal["local", "upstream", "router"]
 Message = Mapping[str, str]  # {"role": ..., "content": ...}
@@ -71,6 +71,9 @@ class Engine(Protocol):
 
     def stop_token_ids(self) -> frozenset[int]:
         """Token ids that end a turn (empty where the engine does not generate from our ids)."""
+
+    def sampling_defaults(self) -> SamplingDefaults:
+        """Temperature and top_p for requests that leave them out (the model's recommended values)."""
 
     # ---- readiness and counters ----------------------------------------------------------------------
     @property

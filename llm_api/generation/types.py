@@ -25,6 +25,15 @@ class SamplingParams:
 
 
 @dataclass(frozen=True)
+class SamplingDefaults:
+    """What a request that leaves temperature or top_p out gets: the model's recommended values (its
+    ``generation_config.json``, or documented values for a model without one), else OpenAI's 1.0."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+
+
+@dataclass(frozen=True)
 class Usage:
     prompt_tokens: int
     completion_tokens: int

@@ -21,7 +21,7 @@ from ..generation.errors import ContextLengthError, NotReadyError, QueueFullErro
 from ..generation.handle import GenerationHandle
 from ..generation.native import NativeSignal, native_lock, start_native_thread
 from ..generation.protocol import EngineKind
-from ..generation.types import GenerationRequest, SamplingParams
+from ..generation.types import GenerationRequest, SamplingDefaults, SamplingParams
 from .batch import Prefill, RunningBatch, supports_batched_cache
 from .errors import ModelLoadError
 from .generate_runner import run_with_generate
@@ -118,6 +118,9 @@ class LocalEngine:
 
     def stop_token_ids(self) -> frozenset[int]:
         return self._loaded().prompt_format.stop_token_ids
+
+    def sampling_defaults(self) -> SamplingDefaults:
+        return self._loaded().sampling_defaults
 
     def submit(self, request_id: str, prompt_ids: list[int], params: SamplingParams, *,
                messages: Sequence[Message] | None = None, prompt_text: str | None = None) -> GenerationHandle:

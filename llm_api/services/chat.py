@@ -12,6 +12,7 @@ import time
 import uuid
 import weakref
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -125,6 +126,8 @@ class ChatService:
             raise ChatUnavailable(self._refusal.code, self._refusal.message)
         messages = self._stored_history(request.conversation_id, owner) + request.messages
         messages, dropped, prompt_ids = self._prompt(request, messages)
+        request = self._with_model_defaults(request)
+        assert request.temperature is not None and request.top_p is not None
         params = SamplingParams(max_tokens=self._max_tokens(request, prompt_ids), temperature=request.temperature,
                                 top_p=request.top_p, seed=request.seed, stop=request.stop,
                                 ignore_eos=request.ignore_eos)
@@ -149,6 +152,15 @@ class ChatService:
         if self._refusal is not None:  # interrupt_all ran while this request was being stored
             stream.interrupt(self._refusal.code, self._refusal.message)
         return stream
+
+    def _with_model_defaults(self, request: ChatRequest) -> ChatRequest:
+        """Fill a temperature or top_p the caller left out with the model's recommended value (stored as used)."""
+        if request.temperature is not None and request.top_p is not None:
+            return request
+        defaults = self._engine.sampling_defaults()
+        temperature = defaults.temperature if request.temperature is None else request.temperature
+        top_p = defaults.top_p if request.top_p is None else request.top_p
+        return replace(request, temperature=temperature, top_p=top_p)
 
     def _stored_history(self, conversation_id: str | None, owner: str) -> list[ChatMessage]:
         if conversation_id is None:

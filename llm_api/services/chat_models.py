@@ -34,8 +34,8 @@ class ChatRequest:
     messages: list[ChatMessage]
     prompt: str  # what the log calls the prompt: the newest user turn, or the raw text
     max_tokens: int | None = None
-    temperature: float = 1.0
-    top_p: float = 1.0
+    temperature: float | None = None  # None: the model's recommended value (Engine.sampling_defaults)
+    top_p: float | None = None
     seed: int | None = None
     stop: tuple[str, ...] = ()
     conversation_id: str | None = None
