@@ -27,8 +27,9 @@ CORS_EXPOSE_HEADERS = [
 
 
 def create_app(settings: Settings | None = None, *, engine: Engine | None = None) -> Flask:
-    """Build the app. The engine is created here but starts (loads the model) only when
-    :func:`start_engine` runs — from gunicorn's ``post_worker_init`` hook, or on the first request."""
+    """Build the app. The engines are created here but start (the local model loads, upstream discovery
+    begins) only when :func:`start_engine` runs: from gunicorn's ``post_worker_init`` hook, or elsewhere
+    (``flask run``, tests) on the first request."""
     from flask import Flask
     from flask_cors import CORS
 
@@ -79,13 +80,22 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     stream_tokens = StreamTokens(settings.secret_key or key_store.shared_secret("stream_tokens"),
                                  settings.stream_token_seconds)
     quotas = Quotas(QuotaBackend(settings.redis_url), lease_seconds=settings.request_timeout or 3600.0)
-    app.extensions[EXTENSION_KEY] = Services(settings, router, chat_service, ConversationService(store), store, live,
-                                             keys, stream_tokens, quotas)
+    state = Services(settings, router, chat_service, ConversationService(store), store, live, keys, stream_tokens,
+                     quotas)
+    app.extensions[EXTENSION_KEY] = state
 
     if settings.cors_origins:
         CORS(app, origins=list(settings.cors_origins), allow_headers=CORS_ALLOW_HEADERS,
              expose_headers=CORS_EXPOSE_HEADERS, max_age=600)
     register_error_handlers(app)
+
+    @app.before_request
+    def start_engine_outside_gunicorn() -> None:
+        """Outside gunicorn nothing else starts the engines, so the first request does, whatever it asks
+        for. After that, one flag test per request (under gunicorn, ``post_worker_init`` has set it)."""
+        if not state.engine_started:
+            start_engine(app)
+
     app.before_request(refuse_while_draining)  # a draining worker answers 503 shutting_down before any other check
     app.before_request(check_access)
     app.after_request(add_rate_limit_headers)
@@ -99,7 +109,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     app.register_blueprint(auth.bp)
     app.register_blueprint(admin.bp)
     app.register_blueprint(page.bp)
-    app.before_request(router.start)
+
     return app
 
 
@@ -112,9 +122,15 @@ def model_spec(settings: Settings) -> ModelSpec:
 
 
 def start_engine(app: Flask, on_load_failure: Callable[[str], None] | None = None) -> None:
+    """Start the app's engines: the local model begins loading, upstream discovery its timer. Once per app;
+    a later call returns at once."""
     from .state import EXTENSION_KEY
 
-    app.extensions[EXTENSION_KEY].engine.start(on_load_failure)
+    state = app.extensions[EXTENSION_KEY]
+    if state.engine_started:
+        return
+    state.engine_started = True
+    state.engine.start(on_load_failure)
 
 
 def stop_engine(app: Flask) -> None:
