@@ -32,6 +32,7 @@ worker inherits before it patches (see :mod:`llm_api`).
 from __future__ import annotations
 
 import socket
+import warnings
 from typing import Any
 
 import gevent
@@ -50,6 +51,12 @@ class DrainingGeventWorker(GeventWorker):
         self.draining = False
         self._quitting = False
         self._connections: dict[Any, str] = {}
+
+    def patch(self) -> None:
+        # gevent's thread patching inspects every live object, which trips a torch deprecation warning
+        # where torch is already imported (the master's preflight of a ChatGLM3 folder imports it).
+        warnings.filterwarnings("ignore", message=r".*torch\.distributed\.reduce_op.*")
+        super().patch()
 
     # ---- signals (run inside the signal handler: flags and a spawn only) ---------------------------
     def handle_exit(self, sig: int, frame: Any) -> None:

@@ -97,7 +97,7 @@ def start_server(tmp_dir: Path, env_overrides: dict[str, str] | None = None,
         try:
             if requests.get(f"{url}/readyz", timeout=2).status_code == 200:
                 return LiveServer(url, process, log_path)
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # not listening yet, or still importing the app
             pass
         time.sleep(0.3)
     process.terminate()

@@ -235,7 +235,7 @@ def test_readyz_is_503_until_the_model_is_loaded(tmp_path):
             try:
                 ready = requests.get(f"http://127.0.0.1:{port}/readyz", timeout=2)
                 health = requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # not listening yet, or importing the app
                 time.sleep(0.05)
                 continue
             seen.append((ready.status_code, health.status_code))
