@@ -50,6 +50,10 @@ accesslog = None
 errorlog = "-"
 loglevel = _settings.log_level
 
+# --- control socket (gunicorn 25.1+): off. Its default place is ~/.gunicorn/ (or $XDG_RUNTIME_DIR), outside
+# the service's folders, and two instances on one machine would share it. Nothing here uses `gunicornc`. ---
+control_socket_disable = True
+
 
 # --- hooks ---
 def on_starting(server):

@@ -82,8 +82,8 @@ def guarded(tmp_path_factory) -> Iterator[tuple[LiveServer, dict[str, str], Page
 
 def test_required_keys_refuse_to_start_without_one(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "-b", f"127.0.0.1:{free_port()}",
-         "--no-control-socket", "wsgi:app"], cwd=ROOT, capture_output=True, text=True, timeout=120,
+        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "-b", f"127.0.0.1:{free_port()}", "wsgi:app"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
         env={**os.environ, "LLM_API_DATA_DIR": str(tmp_path), "LLM_API_REQUIRE_KEYS": "1"})
     assert result.returncode == 2
     assert refusal(result) == (

@@ -1,9 +1,10 @@
 """Start-up failures are loud: one clear line, a non-zero exit, never a server stuck at 503. The start-up work
-runs once in gunicorn's master (not again on a reload)."""
+runs once in gunicorn's master (not again on a reload), and a normal start logs no warning."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -25,8 +26,7 @@ OPEN = "llm_api: warning: no API key exists, so every route is open"
 def gunicorn(env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
     home = tempfile.mkdtemp(prefix="llm-api-home-")
     return subprocess.run(
-        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "-b", f"127.0.0.1:{free_port()}",
-         "--no-control-socket", "wsgi:app"],
+        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "-b", f"127.0.0.1:{free_port()}", "wsgi:app"],
         cwd=ROOT, env={"PATH": "/usr/bin:/bin", "HOME": home,
                        "LLM_API_DATA_DIR": tempfile.mkdtemp(prefix="llm-api-data-"), **env},
         capture_output=True, text=True, timeout=timeout)
@@ -130,3 +130,27 @@ def test_a_reload_does_not_run_the_start_up_work_again(tmp_path):
     finally:
         stop_server(server)
 
+
+@pytest.mark.e2e
+def test_a_normal_start_logs_no_warning_and_leaves_home_alone(tmp_path):
+    from llm_api.auth.keys import issue_key
+    from llm_api.storage import SqlKeyStore, open_store
+
+    store = open_store(f"sqlite:///{tmp_path / 'data' / 'llm_api.sqlite3'}", 1)
+    _, key = issue_key(SqlKeyStore(store.engine), "ops")  # a key exists: the service is not open
+    store.engine.dispose()
+    home, runtime = tmp_path / "home", tmp_path / "runtime"
+    home.mkdir()
+    runtime.mkdir()
+    server = start_server(tmp_path, {"HOME": str(home), "XDG_RUNTIME_DIR": str(runtime)})  # else the defaults
+    try:
+        response = requests.post(f"{server.url}/chat/new/message", timeout=120,
+                                 headers={"Authorization": f"Bearer {key}"},
+                                 data=json.dumps({"prompt": "Say hello.", "max_tokens": 8, "temperature": 0}))
+        assert response.status_code == 200, response.text
+    finally:
+        stop_server(server)
+    log = server.log()
+    assert "llm_api: start-up checks passed" in log and "1 active API key(s)" in log
+    assert [line for line in log.splitlines() if "warn" in line.lower()] == []  # gevent's MonkeyPatchWarning too
+    assert not (home / ".gunicorn").exists() and os.listdir(runtime) == []  # no gunicorn control socket
