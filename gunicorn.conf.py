@@ -1,83 +1,32 @@
 """gunicorn settings for llm_api; each comes from an LLM_API_* variable (see the README).
 
+Importing this file only reads the settings: gunicorn imports it again on every reload (HUP). The
+start-up work runs in the ``on_starting`` hook, once per master and before it binds or forks a worker:
+the model's preflight, the database migrations, the API-key checks and the Prometheus directory. Its
+messages go to gunicorn's error log.
+
+The master imports nothing heavy, here or in its hooks: each worker patches the standard library with
+gevent after the fork, and modules the master had imported (``ssl`` users among them) would stay
+unpatched in every worker. Flask, torch and the rest are imported by the worker, once it is patched.
+
 A ``-b HOST:PORT`` on the command line overrides ``bind`` here.
 """
 
 import sys
-import warnings
 
-from llm_api import model_spec
 from llm_api.config import ConfigError, Settings
-from llm_api.local_model.errors import ModelLoadError
-from llm_api.local_model.loader import preflight
-from llm_api.storage import StorageError, key_counts, prepare_database
 
 # Exit status of a worker whose app cannot load: gunicorn's master then stops instead of respawning it.
 APP_LOAD_ERROR = 4
+# Exit status of a start-up that is refused: invalid settings, a model that cannot be served, a database
+# that cannot be opened, LLM_API_REQUIRE_KEYS without a key.
+START_REFUSED = 2
 
 try:
     _settings = Settings.from_env()
-    if _settings.local_model is not None:  # every engine may be an upstream: then no model is loaded here
-        preflight(model_spec(_settings))
-    prepare_database(_settings.resolved_database_url)  # migrations run once here, not in every worker
-    _keys = key_counts(_settings.resolved_database_url)
-    if _settings.require_keys and _keys.active == 0:
-        print("llm_api: LLM_API_REQUIRE_KEYS is on but no active API key exists: create one with "
-              "`flask --app wsgi keys create --name NAME`", file=sys.stderr)
-        raise SystemExit(2)
-    if _keys.created == 0:
-        print("llm_api: warning: no API key exists, so every route is open; create one with "
-              "`flask --app wsgi keys create --name NAME`", file=sys.stderr)
-except ConfigError as _error:  # one clear line, then stop before any worker starts
+except ConfigError as _error:  # one clear line, then stop: gunicorn cannot be set up without the settings
     print(f"llm_api: invalid configuration: {_error}", file=sys.stderr)
-    raise SystemExit(2) from None
-except ModelLoadError as _error:
-    print(f"llm_api: cannot serve the model: {_error}", file=sys.stderr)
-    raise SystemExit(2) from None
-except StorageError as _error:
-    print(f"llm_api: cannot open the database: {_error}", file=sys.stderr)
-    raise SystemExit(2) from None
-
-
-def _prepare_metrics_dir():
-    """Give the workers one directory for their Prometheus values, before any of them forks.
-
-    Each worker writes its values to files in PROMETHEUS_MULTIPROC_DIR, and /metrics on any worker adds
-    up the files of all of them. A given directory is emptied of earlier runs' ``*.db`` files; without
-    one, a fresh temporary directory is made and removed when the master exits. Once per master: a
-    reload (HUP) reads this file again but keeps the values of the workers still finishing.
-    """
-    import atexit
-    import glob
-    import os
-    import shutil
-    import tempfile
-
-    master = str(os.getpid())
-    if os.environ.get("_LLM_API_METRICS_MASTER") == master:
-        return
-    os.environ["_LLM_API_METRICS_MASTER"] = master
-    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    if path and path != os.environ.get("_LLM_API_METRICS_TMPDIR"):  # the operator's directory
-        os.makedirs(path, exist_ok=True)
-        for stale in glob.glob(os.path.join(path, "*.db")):
-            os.remove(stale)
-        return
-    # None given, or the temporary one of a master that re-executed this one (USR2): a fresh one.
-    path = tempfile.mkdtemp(prefix="llm_api-metrics-")
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.environ["_LLM_API_METRICS_TMPDIR"] = path
-
-    def remove_in_master():  # workers inherit atexit handlers; only the master removes the directory
-        if str(os.getpid()) == master:
-            shutil.rmtree(path, ignore_errors=True)
-
-    atexit.register(remove_in_master)
-
-
-_prepare_metrics_dir()
-
-# gevent's thread patching inspects every live object, which trips a torch deprecation warning.
-warnings.filterwarnings("ignore", message=r".*torch\.distributed\.reduce_op.*")
+    raise SystemExit(START_REFUSED) from None
 
 # --- server socket ---
 bind = [_settings.bind]
@@ -101,8 +50,80 @@ accesslog = None
 errorlog = "-"
 loglevel = _settings.log_level
 
+# --- control socket (gunicorn 25.1+): off. Its default place is ~/.gunicorn/ (or $XDG_RUNTIME_DIR), outside
+# the service's folders, and two instances on one machine would share it. Nothing here uses `gunicornc`. ---
+control_socket_disable = True
+
 
 # --- hooks ---
+def on_starting(server):
+    """Once per master, before it binds or forks a worker (not again on HUP): check the model, migrate the
+    database, check the API keys, prepare the Prometheus directory. A refusal is one line on gunicorn's
+    log, then exit status 2."""
+    from llm_api import model_spec
+    from llm_api.local_model.errors import ModelLoadError
+    from llm_api.local_model.spec import preflight
+    from llm_api.storage import StorageError, key_counts, prepare_database
+
+    def refuse(message):
+        server.log.error("llm_api: %s", message)
+        if server.pidfile is not None:
+            server.pidfile.unlink()
+        raise SystemExit(START_REFUSED)
+
+    try:
+        if _settings.local_model is not None:  # every engine may be an upstream: then no model is loaded here
+            preflight(model_spec(_settings))
+    except ModelLoadError as error:
+        refuse(f"cannot serve the model: {error}")
+    try:
+        prepare_database(_settings.resolved_database_url)  # here once, not in every worker
+        keys = key_counts(_settings.resolved_database_url)
+    except StorageError as error:
+        refuse(f"cannot open the database: {error}")
+    if _settings.require_keys and keys.active == 0:
+        refuse("LLM_API_REQUIRE_KEYS is on but no active API key exists: create one with "
+               "`flask --app wsgi keys create --name NAME`")
+    if keys.created == 0:
+        server.log.warning("llm_api: warning: no API key exists, so every route is open; create one with "
+                           "`flask --app wsgi keys create --name NAME`")
+    _prepare_metrics_dir()
+    server.log.info("llm_api: start-up checks passed (model %s, database at the newest revision, "
+                    "%d active API key(s))", _settings.local_model or "none: upstream engines only", keys.active)
+
+
+def _prepare_metrics_dir():
+    """Give the workers one directory for their Prometheus values, before any of them forks.
+
+    Each worker writes its values to files in PROMETHEUS_MULTIPROC_DIR, and /metrics on any worker adds
+    up the files of all of them. A given directory is emptied of earlier runs' ``*.db`` files; without
+    one, a fresh temporary directory is made and removed when the master exits. Once per master (from
+    ``on_starting``): a reload (HUP) keeps the values of the workers still finishing.
+    """
+    import atexit
+    import glob
+    import os
+    import shutil
+    import tempfile
+
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if path and path != os.environ.get("_LLM_API_METRICS_TMPDIR"):  # the operator's directory
+        os.makedirs(path, exist_ok=True)
+        for stale in glob.glob(os.path.join(path, "*.db")):
+            os.remove(stale)
+        return
+    # None given, or the temporary one of a master that re-executed this one (USR2): a fresh one.
+    path = tempfile.mkdtemp(prefix="llm_api-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.environ["_LLM_API_METRICS_TMPDIR"] = path
+    master = os.getpid()
+
+    def remove_in_master():  # workers inherit atexit handlers; only the master removes the directory
+        if os.getpid() == master:
+            shutil.rmtree(path, ignore_errors=True)
+
+    atexit.register(remove_in_master)
+
+
 def post_worker_init(worker):
     """Start loading the model on the engine thread as soon as the worker is patched and running."""
     import os

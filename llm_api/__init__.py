@@ -1,19 +1,22 @@
-"""llm_api: a local chat model behind a production Web API (Flask + gevent + gunicorn)."""
+"""llm_api: a local chat model behind a production Web API (Flask + gevent + gunicorn).
+
+Importing this package imports nothing else: gunicorn's master imports it (the worker class
+``llm_api.worker``, the hooks in gunicorn.conf.py) before it forks the workers, and a worker patches
+the standard library with gevent only after the fork. Flask, torch, transformers, redis and what they
+pull in (``ssl`` users among them) are imported by :func:`create_app`, in the worker, once it is patched.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from flask import Flask
-from flask.json.provider import DefaultJSONProvider
-from flask_cors import CORS
+if TYPE_CHECKING:
+    from flask import Flask
 
-from .config import Settings
-from .errors import register_error_handlers
-from .generation.protocol import Engine
-from .local_model.loader import ModelSpec
-from .logging_setup import configure_logging
-from .state import EXTENSION_KEY, Services
+    from .config import Settings
+    from .generation.protocol import Engine
+    from .local_model.spec import ModelSpec
 
 # What a cross-origin page may send, and read back (the rate-limit and request-id headers included).
 CORS_ALLOW_HEADERS = ["Authorization", "Content-Type", "Last-Event-ID", "X-Request-ID"]
@@ -24,8 +27,13 @@ CORS_EXPOSE_HEADERS = [
 
 
 def create_app(settings: Settings | None = None, *, engine: Engine | None = None) -> Flask:
-    """Build the app. The engine is created here but starts (loads the model) only when
-    :func:`start_engine` runs — from gunicorn's ``post_worker_init`` hook, or on the first request."""
+    """Build the app. The engines are created here but start (the local model loads, upstream discovery
+    begins) only when :func:`start_engine` runs: from gunicorn's ``post_worker_init`` hook, or elsewhere
+    (``flask run``, tests) on the first request."""
+    from flask import Flask
+    from flask.json.provider import DefaultJSONProvider
+    from flask_cors import CORS
+
     from blueprints import admin, auth, chat, conversations, health, openai, page  # they import llm_api
     from blueprints.metrics import bp as metrics_bp
 
@@ -34,6 +42,9 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     from .auth.tokens import StreamTokens
     from .caller import add_rate_limit_headers
     from .cli import keys_command
+    from .config import Settings
+    from .errors import register_error_handlers
+    from .logging_setup import configure_logging
     from .metrics import install as install_metrics
     from .quota.admission import Quotas
     from .quota.backend import QuotaBackend
@@ -44,6 +55,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     from .services.live import LiveStreams
     from .services.output_guard import OutputGuard
     from .shutdown import refuse_while_draining
+    from .state import EXTENSION_KEY, Services
     from .storage import SqlKeyStore, open_store
 
     settings = settings or Settings.from_env()
@@ -70,13 +82,22 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     stream_tokens = StreamTokens(settings.secret_key or key_store.shared_secret("stream_tokens"),
                                  settings.stream_token_seconds)
     quotas = Quotas(QuotaBackend(settings.redis_url), lease_seconds=settings.request_timeout or 3600.0)
-    app.extensions[EXTENSION_KEY] = Services(settings, router, chat_service, ConversationService(store), store, live,
-                                             keys, stream_tokens, quotas)
+    state = Services(settings, router, chat_service, ConversationService(store), store, live, keys, stream_tokens,
+                     quotas)
+    app.extensions[EXTENSION_KEY] = state
 
     if settings.cors_origins:
         CORS(app, origins=list(settings.cors_origins), allow_headers=CORS_ALLOW_HEADERS,
              expose_headers=CORS_EXPOSE_HEADERS, max_age=600)
     register_error_handlers(app)
+
+    @app.before_request
+    def start_engine_outside_gunicorn() -> None:
+        """Outside gunicorn nothing else starts the engines, so the first request does, whatever it asks
+        for. After that, one flag test per request (under gunicorn, ``post_worker_init`` has set it)."""
+        if not state.engine_started:
+            start_engine(app)
+
     app.before_request(refuse_while_draining)  # a draining worker answers 503 shutting_down before any other check
     app.before_request(check_access)
     app.after_request(add_rate_limit_headers)
@@ -90,19 +111,31 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     app.register_blueprint(auth.bp)
     app.register_blueprint(admin.bp)
     app.register_blueprint(page.bp)
-    app.before_request(router.start)
+
     return app
 
 
 def model_spec(settings: Settings) -> ModelSpec:
     """The local model's spec (LLM_API_MODEL, or the local engine of LLM_API_ENGINES)."""
+    from .local_model.spec import ModelSpec
+
     return ModelSpec(settings.local_model or settings.model, settings.device, settings.dtype,
                      settings.trust_remote_code, settings.resolved_cache_dir)
 
 
 def start_engine(app: Flask, on_load_failure: Callable[[str], None] | None = None) -> None:
-    app.extensions[EXTENSION_KEY].engine.start(on_load_failure)
+    """Start the app's engines: the local model begins loading, upstream discovery its timer. Once per app;
+    a later call returns at once."""
+    from .state import EXTENSION_KEY
+
+    state = app.extensions[EXTENSION_KEY]
+    if state.engine_started:
+        return
+    state.engine_started = True
+    state.engine.start(on_load_failure)
 
 
 def stop_engine(app: Flask) -> None:
+    from .state import EXTENSION_KEY
+
     app.extensions[EXTENSION_KEY].engine.stop()

@@ -36,6 +36,7 @@ class Services:
     quotas: Quotas
     started_at: int = field(default_factory=lambda: int(time.time()))
     draining: bool = False  # set when the worker begins a graceful shutdown (llm_api/shutdown.py)
+    engine_started: bool = False  # llm_api.start_engine has run (gunicorn's post_worker_init, or a first request)
 
     def begin_drain(self) -> None:
         """Refuse new work from now on (503 ``shutting_down``); a bare flag, safe in a signal handler."""

@@ -23,18 +23,21 @@ stored, then exits as gunicorn's worker does.
 
 Signal handlers only set flags and spawn a greenlet: the waiting, logging and
 storing happen on the event loop, never inside the handler.
+
+gunicorn's master imports this module to find the worker class, so it imports
+gevent and gunicorn only: whatever the master imports before the fork, the
+worker inherits before it patches (see :mod:`llm_api`).
 """
 
 from __future__ import annotations
 
 import socket
+import warnings
 from typing import Any
 
 import gevent
 from gunicorn.workers.base import Worker
 from gunicorn.workers.ggevent import GeventWorker
-
-from .state import EXTENSION_KEY
 
 # Connection states, for closing idle keep-alive connections at the end of a drain.
 _NEW, _BUSY, _IDLE = "new", "busy", "idle"
@@ -48,6 +51,12 @@ class DrainingGeventWorker(GeventWorker):
         self.draining = False
         self._quitting = False
         self._connections: dict[Any, str] = {}
+
+    def patch(self) -> None:
+        # gevent's thread patching inspects every live object, which trips a torch deprecation warning
+        # where torch is already imported (the master's preflight of a ChatGLM3 folder imports it).
+        warnings.filterwarnings("ignore", message=r".*torch\.distributed\.reduce_op.*")
+        super().patch()
 
     # ---- signals (run inside the signal handler: flags and a spawn only) ---------------------------
     def handle_exit(self, sig: int, frame: Any) -> None:
@@ -100,7 +109,11 @@ class DrainingGeventWorker(GeventWorker):
     def _services(self) -> Any:
         """The application's :class:`llm_api.state.Services`, or None before it is loaded."""
         extensions = getattr(getattr(self, "wsgi", None), "extensions", None)
-        return extensions.get(EXTENSION_KEY) if isinstance(extensions, dict) else None
+        if not isinstance(extensions, dict):
+            return None
+        from .state import EXTENSION_KEY  # the loaded app has imported it: a lookup, not an import
+
+        return extensions.get(EXTENSION_KEY)
 
     # ---- connections -------------------------------------------------------------------------------
     def handle(self, listener: Any, client: Any, addr: Any) -> None:

@@ -85,8 +85,7 @@ def start_server(tmp_dir: Path, env_overrides: dict[str, str] | None = None,
     log_path = tmp_dir / f"gunicorn-{port}.log"
     log_file = open(log_path, "w")
     process = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "-b", f"127.0.0.1:{port}",
-         "--no-control-socket", "wsgi:app"],
+        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "-b", f"127.0.0.1:{port}", "wsgi:app"],
         cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
@@ -97,7 +96,7 @@ def start_server(tmp_dir: Path, env_overrides: dict[str, str] | None = None,
         try:
             if requests.get(f"{url}/readyz", timeout=2).status_code == 200:
                 return LiveServer(url, process, log_path)
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # not listening yet, or still importing the app
             pass
         time.sleep(0.3)
     process.terminate()

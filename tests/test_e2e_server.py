@@ -226,7 +226,7 @@ def test_readyz_is_503_until_the_model_is_loaded(tmp_path):
     port = free_port()
     env = {"LLM_API_CACHE_DIR": str(CACHE_DIR), "PATH": "/usr/bin:/bin", "LLM_API_DATA_DIR": str(tmp_path)}
     process = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "-b",
-                                f"127.0.0.1:{port}", "--no-control-socket", "wsgi:app"], cwd=ROOT, env=env,
+                                f"127.0.0.1:{port}", "wsgi:app"], cwd=ROOT, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     seen = []
     try:
@@ -235,7 +235,7 @@ def test_readyz_is_503_until_the_model_is_loaded(tmp_path):
             try:
                 ready = requests.get(f"http://127.0.0.1:{port}/readyz", timeout=2)
                 health = requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # not listening yet, or importing the app
                 time.sleep(0.05)
                 continue
             seen.append((ready.status_code, health.status_code))

@@ -1,6 +1,7 @@
 """End to end: an llm_api server whose engine is an upstream llm_api server (both real gunicorn servers):
-answers passed through token by token, cancellation carried upstream, and an upstream that dies mid-stream,
-the static degraded answer, the breaker opening, and recovery once the upstream is back."""
+the upstream's models read once at start (not per request), answers passed through token by token,
+cancellation carried upstream, and an upstream that dies mid-stream, the static degraded answer, the breaker
+opening, and recovery once the upstream is back."""
 
 from __future__ import annotations
 
@@ -63,6 +64,27 @@ def kill(server: LiveServer) -> None:
         os.kill(int(child), signal.SIGKILL)
     server.process.send_signal(signal.SIGKILL)
     server.process.wait(10)
+
+
+def models_asked(server: LiveServer) -> int:
+    """``GET /v1/models`` requests that ``server`` answered (its request log)."""
+    return server.log().count("method=GET path=/v1/models ")
+
+
+def test_the_upstream_is_asked_for_its_models_when_the_front_starts_and_not_per_request(upstream, front):
+    deadline = time.monotonic() + 30
+    while models_asked(upstream) < 1 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert models_asked(upstream) == 1  # the front's worker, as it started
+    for i in range(50):
+        if i % 10 == 0:
+            response = requests.post(f"{front.url}/chat/new/message", timeout=120,
+                                     data=json.dumps({"prompt": "Hi", "max_tokens": 4, "temperature": 0}))
+            assert response.json()["engine"] == "remote"
+        else:
+            response = requests.get(front.url + ("/healthz", "/readyz", "/v1/models")[i % 3], timeout=10)
+        assert response.status_code == 200, response.text
+    assert models_asked(upstream) == 1
 
 
 def test_answers_pass_through_token_by_token(upstream, front):

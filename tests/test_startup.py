@@ -1,23 +1,46 @@
-"""Start-up failures are loud: one clear line, a non-zero exit, never a server stuck at 503."""
+"""Start-up failures are loud: one clear line, a non-zero exit, never a server stuck at 503. The start-up work
+runs once in gunicorn's master (not again on a reload), and a normal start logs no warning."""
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 
 import pytest
+import requests
 
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT, free_port, start_server, stop_server
+
+# gunicorn's error log: "[2025-01-01 12:00:00 +0000] [1234] [ERROR] message".
+GUNICORN_LINE = re.compile(r"^\[[^\]]+\] \[\d+\] \[(?P<level>[A-Z]+)\] (?P<message>.*)$")
+STARTED = "llm_api: start-up checks passed"
+OPEN = "llm_api: warning: no API key exists, so every route is open"
 
 
 def gunicorn(env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
+    home = tempfile.mkdtemp(prefix="llm-api-home-")
     return subprocess.run(
-        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "-b", f"127.0.0.1:{free_port()}",
-         "--no-control-socket", "wsgi:app"],
-        cwd=ROOT, env={"PATH": "/usr/bin:/bin", "LLM_API_DATA_DIR": tempfile.mkdtemp(prefix="llm-api-data-"), **env},
+        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "-b", f"127.0.0.1:{free_port()}", "wsgi:app"],
+        cwd=ROOT, env={"PATH": "/usr/bin:/bin", "HOME": home,
+                       "LLM_API_DATA_DIR": tempfile.mkdtemp(prefix="llm-api-data-"), **env},
         capture_output=True, text=True, timeout=timeout)
+
+
+def refusal(result: subprocess.CompletedProcess) -> str:
+    """The one line a refused start-up logs (an ERROR of gunicorn's log, without its time and pid); nothing else
+    of llm_api's, and no traceback."""
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.splitlines() if "llm_api: " in line]
+    assert len(lines) == 1, result.stderr
+    match = GUNICORN_LINE.match(lines[0])
+    assert match is not None and match["level"] == "ERROR", lines[0]
+    return match["message"]
 
 
 @pytest.fixture
@@ -29,7 +52,7 @@ def chatglm_folder(tmp_path):
 def test_a_chatglm_folder_the_converter_cannot_serve_says_what_is_missing(chatglm_folder):
     result = gunicorn({"LLM_API_MODEL": str(chatglm_folder)})
     assert result.returncode == 2
-    assert result.stderr.strip() == (
+    assert refusal(result) == (
         f"llm_api: cannot serve the model: {chatglm_folder} has no tokenizer.model; "
         "set LLM_API_TRUST_REMOTE_CODE=1 to run its own code")
 
@@ -39,8 +62,8 @@ def test_chatglm_remote_code_on_a_transformers_it_cannot_run_names_the_versions_
 
     result = gunicorn({"LLM_API_MODEL": str(chatglm_folder), "LLM_API_TRUST_REMOTE_CODE": "1"})
     assert result.returncode == 2
-    line = result.stderr.strip()
-    assert "\n" not in line
+    line = refusal(result)
+    assert line.startswith("llm_api: cannot serve the model: ChatGLM3's remote code does not run")
     assert f"does not run on transformers {transformers.__version__}" in line
     assert "4.40.x and 4.41.x" in line
 
@@ -64,6 +87,70 @@ def test_an_unsupported_database_url_is_one_configuration_line():
 def test_an_unreachable_database_stops_start_up_with_one_line():
     result = gunicorn({"LLM_API_DATABASE_URL": f"postgresql://nobody@127.0.0.1:{free_port()}/chat"})
     assert result.returncode == 2
-    line = result.stderr.strip()
-    assert line.startswith("llm_api: cannot open the database: ") and "\n" not in line
+    line = refusal(result)
+    assert line.startswith("llm_api: cannot open the database: ")
     assert "127.0.0.1" in line
+
+
+def healthz_requests(url: str) -> float:
+    """``llm_api_requests_total`` of ``GET /healthz`` answered 200, summed over the workers."""
+    metrics = requests.get(f"{url}/metrics", timeout=10).text
+    pattern = r'^llm_api_requests_total\{(?=[^}]*route="/healthz")(?=[^}]*status="200")[^}]*\} (\S+)$'
+    return sum(float(value) for value in re.findall(pattern, metrics, re.MULTILINE))
+
+
+@pytest.mark.e2e
+def test_a_reload_does_not_run_the_start_up_work_again(tmp_path):
+    server = start_server(tmp_path)
+    try:
+        for _ in range(3):
+            assert requests.get(f"{server.url}/healthz", timeout=10).status_code == 200
+        before = server.log()
+        assert before.count(STARTED) == 1 and before.count(OPEN) == 1  # once, from the master
+        assert healthz_requests(server.url) >= 3
+
+        server.process.send_signal(signal.SIGHUP)  # the master reads gunicorn.conf.py again, new workers start
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if server.log().count(" ready on ") == 2 and "Hang up: Master" in server.log():
+                try:
+                    if requests.get(f"{server.url}/readyz", timeout=5).status_code == 200:
+                        break
+                except (requests.ConnectionError, requests.Timeout):
+                    pass
+            time.sleep(0.3)
+        else:
+            raise AssertionError(f"no ready worker after the reload:\n{server.log()[-3000:]}")
+        after = server.log()
+        assert after.count("Booting worker") == before.count("Booting worker") + 1
+        # No preflight, migration, key check or new Prometheus directory on a reload: their log lines are not
+        # repeated, and the counters of the worker that left are still added up.
+        assert after.count(STARTED) == 1 and after.count(OPEN) == 1
+        assert healthz_requests(server.url) >= 3
+    finally:
+        stop_server(server)
+
+
+@pytest.mark.e2e
+def test_a_normal_start_logs_no_warning_and_leaves_home_alone(tmp_path):
+    from llm_api.auth.keys import issue_key
+    from llm_api.storage import SqlKeyStore, open_store
+
+    store = open_store(f"sqlite:///{tmp_path / 'data' / 'llm_api.sqlite3'}", 1)
+    _, key = issue_key(SqlKeyStore(store.engine), "ops")  # a key exists: the service is not open
+    store.engine.dispose()
+    home, runtime = tmp_path / "home", tmp_path / "runtime"
+    home.mkdir()
+    runtime.mkdir()
+    server = start_server(tmp_path, {"HOME": str(home), "XDG_RUNTIME_DIR": str(runtime)})  # else the defaults
+    try:
+        response = requests.post(f"{server.url}/chat/new/message", timeout=120,
+                                 headers={"Authorization": f"Bearer {key}"},
+                                 data=json.dumps({"prompt": "Say hello.", "max_tokens": 8, "temperature": 0}))
+        assert response.status_code == 200, response.text
+    finally:
+        stop_server(server)
+    log = server.log()
+    assert "llm_api: start-up checks passed" in log and "1 active API key(s)" in log
+    assert [line for line in log.splitlines() if "warn" in line.lower()] == []  # gevent's MonkeyPatchWarning too
+    assert not (home / ".gunicorn").exists() and os.listdir(runtime) == []  # no gunicorn control socket

@@ -25,10 +25,11 @@ from ..generation.types import GenerationRequest, SamplingDefaults, SamplingPara
 from .batch import Prefill, RunningBatch, supports_batched_cache
 from .errors import ModelLoadError
 from .generate_runner import run_with_generate
-from .loader import LoadedModel, ModelSpec, load_model
+from .loader import LoadedModel, load_model
 from .prompts import Message
 from .sampling import choose_tokens
 from .sequence import SequenceState
+from .spec import ModelSpec
 
 log = logging.getLogger(__name__)
 

