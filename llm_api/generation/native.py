@@ -7,6 +7,7 @@ These helpers always reach the original primitives.
 
 from __future__ import annotations
 
+import _thread
 from collections.abc import Callable
 
 from gevent import monkey
@@ -20,9 +21,10 @@ def start_native_thread(target: Callable[[], None]) -> None:
     _start_new_thread(target, ())
 
 
-def native_lock():  # noqa: ANN201 - returns the interpreter's lock type
+def native_lock() -> _thread.LockType:
     """A lock that blocks the OS thread, never yields to gevent."""
-    return _allocate_lock()
+    lock: _thread.LockType = _allocate_lock()
+    return lock
 
 
 class NativeSignal:
@@ -40,4 +42,4 @@ class NativeSignal:
 
     def wait(self, timeout: float) -> bool:
         """Block this OS thread until set (then clear it) or until ``timeout`` seconds pass."""
-        return self._lock.acquire(timeout=timeout)
+        return bool(self._lock.acquire(timeout=timeout))

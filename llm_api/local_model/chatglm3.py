@@ -55,7 +55,7 @@ class ChatGLM3Tokenizer:
 
     def encode(self, text: str) -> list[int]:
         """Plain SentencePiece ids (with its dummy-prefix "▁"), as the reference encodes each segment."""
-        return self.sp.encode(text)
+        return list(self.sp.encode(text))
 
     def __call__(self, text: str) -> dict[str, list[int]]:
         """Raw text (``/v1/completions``): ``[gMASK] sop`` + text, as the reference tokenizer prefixes it."""
@@ -150,7 +150,8 @@ def _read_shard(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
 
 def read_source_config(folder: Path) -> dict[str, Any]:
     try:
-        return json.loads((folder / "config.json").read_text())
+        config: dict[str, Any] = json.loads((folder / "config.json").read_text())
+        return config
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"cannot read {folder / 'config.json'}: {exc}") from None
 

