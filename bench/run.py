@@ -2,6 +2,7 @@
 side by side in ONE run so that ratios are fair on a noisy machine.
 
 Usage:  python -m bench.run [--tokens 128] [--peers ours,lesson,naive,llama-server,llama-cpp-python]
+                            [--baseline PATH]   (the same sweep on another checkout of this code, e.g. before a change)
 Prints every figure and writes them all to bench/results/<timestamp>.json (and latest.json).
 """
 
@@ -149,12 +150,13 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, name: str, command: list[str], env: dict[str, str], ready_path: str = "/healthz") -> None:
+    def __init__(self, name: str, command: list[str], env: dict[str, str], ready_path: str = "/healthz",
+                 cwd: Path = ROOT) -> None:
         self.name, self.port = name, free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         command = [part.replace("{port}", str(self.port)) for part in command]
         self.log = open(CACHE / f"{name}.log", "w")
-        self.process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **env}, stdout=self.log,
+        self.process = subprocess.Popen(command, cwd=cwd, env={**os.environ, **env}, stdout=self.log,
                                         stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
@@ -183,14 +185,15 @@ class Server:
         self.log.close()
 
 
-def ours(env: dict[str, str] | None = None) -> Server:
-    """Our server on a fresh SQLite database, so that every run starts from the same empty store."""
+def ours(env: dict[str, str] | None = None, root: Path = ROOT, name: str = "llm_api") -> Server:
+    """Our server on a fresh SQLite database, so that every run starts from the same empty store; ``root``:
+    the checkout whose code it runs."""
     data_dir = tempfile.mkdtemp(prefix="llm-api-bench-", dir=CACHE)
-    return Server("llm_api", [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "-b", "127.0.0.1:{port}",
+    return Server(name, [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "-b", "127.0.0.1:{port}",
                               "--no-control-socket", "wsgi:app"],
                   {"LLM_API_CACHE_DIR": str(MODEL_CACHE), "LLM_API_DATA_DIR": data_dir, "LLM_API_LOG_LEVEL": "warning",
                    **(env or {})},
-                  ready_path="/readyz")
+                  ready_path="/readyz", cwd=root)
 
 
 def converted_model_dir() -> str:
@@ -375,6 +378,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5, help="single-stream repetitions")
     parser.add_argument("--idle", type=int, default=1000, help="idle SSE connections (0 to skip)")
     parser.add_argument("--rss-requests", type=int, default=1000, help="requests for the RSS check (0 to skip)")
+    parser.add_argument("--baseline", default="", help="a checkout of this code to sweep too, in the same run "
+                        "(e.g. `git worktree add /tmp/before HEAD~1`); the report gives ours over it per level")
     args = parser.parse_args()
     CACHE.mkdir(parents=True, exist_ok=True)
     levels = [int(x) for x in args.levels.split(",")]
@@ -392,6 +397,17 @@ def main() -> None:
             report["rss_mb"] = rss_after_requests(server, (10, args.rss_requests))
     finally:
         server.stop()
+    if args.baseline:
+        print(f"baseline ({args.baseline}):", flush=True)
+        base = ours({"LLM_API_MAX_BATCH": str(max(levels)), "LLM_API_MAX_QUEUE": "2000"}, root=Path(args.baseline),
+                    name="llm_api-baseline")
+        try:
+            rows = [load(base.url, n, args.tokens, EXACT_LENGTH["ours"], probe=True) for n in levels]
+        finally:
+            base.stop()
+        for row, mine in zip(rows, report["sweep"], strict=True):
+            row["ours_over_baseline"] = round(mine["aggregate_tps"] / row["aggregate_tps"], 2)
+        report["baseline"] = {"path": args.baseline, "levels": rows}
     if args.idle:
         report["idle"] = idle_connections(args.idle)
 

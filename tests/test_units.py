@@ -11,7 +11,7 @@ from llm_api.config import EMBEDDED_MODEL, ConfigError, Settings
 from llm_api.generation.types import SamplingParams
 from llm_api.local_model.decode import IncrementalDetokenizer
 from llm_api.local_model.prompts import CHATGLM3_SPECIAL_TOKENS, ChatGLM3Format
-from llm_api.local_model.sampling import Sampler, _top_p_filter
+from llm_api.local_model.sampling import Sampler, _top_p_filter, choose_tokens, sample_rows
 from llm_api.local_model.stops import StopMatcher
 from llm_api.streaming import sse_event
 from tests.conftest import ROOT
@@ -165,6 +165,52 @@ def test_seeded_sampler_repeats_and_greedy_is_argmax():
     assert [run_a.choose(logits) for _ in range(20)] == [run_b.choose(logits) for _ in range(20)]
     assert len(set(first)) == 1
     assert Sampler(SamplingParams(max_tokens=1, temperature=0)).choose(logits) == int(logits.argmax())
+
+
+def test_one_pass_sampling_gives_each_row_what_it_would_get_alone():
+    import torch
+
+    logits = torch.randn(6, 300, generator=torch.Generator().manual_seed(2)) * 4
+    params = [SamplingParams(max_tokens=5, temperature=0), SamplingParams(max_tokens=5, temperature=0.7, seed=1),
+              SamplingParams(max_tokens=5, temperature=1.3, top_p=0.5, seed=2),
+              SamplingParams(max_tokens=5, temperature=0),
+              SamplingParams(max_tokens=5, temperature=0.9, top_p=0.05, seed=3),
+              SamplingParams(max_tokens=5, temperature=1.0, top_p=0.999, seed=4)]
+    batched = [Sampler(p) for p in params]
+    alone = [Sampler(p) for p in params]
+    for _ in range(10):
+        together = choose_tokens(logits, batched)
+        assert together == [choose_tokens(logits[i:i + 1], [alone[i]])[0] for i in range(len(params))]
+        assert together[0] == int(logits[0].argmax()) and together[3] == int(logits[3].argmax())
+        assert together[4] == int(logits[4].argmax())  # a nucleus this small holds only the top token
+
+
+def test_sampling_follows_the_distribution_and_its_nucleus():
+    import torch
+
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05], [0.5, 0.3, 0.15, 0.05]])
+    generator = torch.Generator().manual_seed(5)
+    counts = torch.zeros(2, 4)
+    for _ in range(4000):
+        draws = torch.rand(2, generator=generator, dtype=torch.float64)
+        tokens = sample_rows(probs, torch.tensor([1.0, 0.7]), draws)
+        counts[0, tokens[0]] += 1
+        counts[1, tokens[1]] += 1
+    shares = counts / 4000
+    assert torch.allclose(shares[0], probs[0], atol=0.03)
+    assert torch.allclose(shares[1], torch.tensor([0.625, 0.375, 0, 0]), atol=0.03)
+    assert sample_rows(probs[:1], torch.tensor([1.0]), torch.tensor([1 - 2**-53], dtype=torch.float64)).item() == 3
+
+
+def test_a_row_that_cannot_be_sampled_fails_alone():
+    import torch
+
+    logits = torch.randn(3, 50, generator=torch.Generator().manual_seed(3))
+    logits[1] = float("nan")
+    params = SamplingParams(max_tokens=5, temperature=0.8, seed=9)
+    tokens = choose_tokens(logits, [Sampler(params), Sampler(params), Sampler(params)])
+    assert isinstance(tokens[1], ValueError)
+    assert isinstance(tokens[0], int) and isinstance(tokens[2], int)
 
 
 # ---- SSE framing ------------------------------------------------------------------------------------

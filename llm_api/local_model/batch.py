@@ -9,22 +9,24 @@ then merged in; finished rows are dropped and all-padding columns trimmed.
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import Any, cast
 
 import torch
 from transformers.cache_utils import DynamicCache
 
 try:  # per-layer cache objects arrived in transformers 4.54; older releases cannot join the batch
     from transformers.cache_utils import DynamicLayer
+    _HAS_LAYERS = True
 except ImportError:  # pragma: no cover - only with an old transformers (ChatGLM3 remote code)
-    DynamicLayer = None
+    _HAS_LAYERS = False
 
+from .prefix_cache import KV, PrefixCache
 from .sequence import SequenceState
 
 
 def supports_batched_cache(model: Any) -> bool:
     """True when the model's cache is made of plain full-attention layers we can splice."""
-    if DynamicLayer is None:
+    if not _HAS_LAYERS:
         return False
     try:
         cache = DynamicCache(config=model.config)
@@ -36,10 +38,11 @@ def supports_batched_cache(model: Any) -> bool:
 class Prefill:
     """A new sequence whose prompt is being run, possibly in chunks, into its own cache."""
 
-    def __init__(self, seq: SequenceState, cache: DynamicCache) -> None:
+    def __init__(self, seq: SequenceState, cache: DynamicCache, reused: int = 0) -> None:
         self.seq = seq
         self.cache = cache
-        self.done = 0  # prompt tokens already in the cache
+        self.done = reused  # prompt tokens already in the cache
+        self.reused = reused  # of which taken from the prefix cache
 
     @property
     def remaining(self) -> int:
@@ -47,7 +50,8 @@ class Prefill:
 
 
 class RunningBatch:
-    def __init__(self, model: Any, device: torch.device, vocab_limit: int, pad_head_rows: bool = False) -> None:
+    def __init__(self, model: Any, device: torch.device, vocab_limit: int, pad_head_rows: bool = False,
+                 prefixes: PrefixCache | None = None) -> None:
         self._model = model
         self._device = device
         self._vocab_limit = vocab_limit
@@ -58,12 +62,28 @@ class RunningBatch:
         self.rows: list[SequenceState] = []
         self._cache: DynamicCache | None = None
         self._mask: torch.Tensor | None = None  # [rows, columns] 1 = real token
+        self.prefixes = prefixes if prefixes is not None else PrefixCache(0)
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def start_prefill(self, seq: SequenceState) -> Prefill:
-        return Prefill(seq, DynamicCache(config=self._model.config))
+        """A cache for a new sequence, seeded with the longest cached prefix of its prompt."""
+        cache = DynamicCache(config=self._model.config)
+        found = self.prefixes.lookup(seq.request.prompt_ids) if self.prefixes.enabled else None
+        if found is None:
+            return Prefill(seq, cache)
+        length, kv = found
+        for layer, (keys, values) in zip(_layers(cache), kv, strict=True):
+            layer.lazy_initialization(keys, values)
+            layer.keys, layer.values = keys, values  # views: the next update concatenates into new tensors
+        return Prefill(seq, cache, reused=length)
+
+    def abandon_prefill(self, prefill: Prefill) -> None:
+        """A prefill that ends before joining (cancelled): keep what it computed for the next try."""
+        if prefill.done > prefill.reused:
+            kv = [(k.clone(), v.clone()) for k, v in map(_kv, _layers(prefill.cache))]
+            self.prefixes.store(prefill.seq.request.prompt_ids[:prefill.done], kv)
 
     @torch.inference_mode()
     def prefill_chunk(self, prefill: Prefill, max_tokens: int) -> torch.Tensor | None:
@@ -105,15 +125,22 @@ class RunningBatch:
     def _padded_head_logits(self, inputs: dict[str, Any]) -> torch.Tensor:
         """Decoder body as usual, then the output projection on 4 rows: fp32 GEMM with 2–3 rows is
         slower than with 4 on MKL (a 49152-row head took 22/33 ms at 2/3 rows, 17 ms at 4)."""
+        assert self._split_head is not None
         body, head = self._split_head
         hidden = body(**inputs).last_hidden_state[:, -1, :]
         padded = torch.cat([hidden, hidden.new_zeros((_PADDED_HEAD_ROWS - hidden.shape[0], hidden.shape[1]))])
-        return head(padded)[: hidden.shape[0]]
+        logits: torch.Tensor = head(padded)[: hidden.shape[0]]
+        return logits
 
     def retire(self, finished: list[SequenceState]) -> None:
-        """Drop finished rows and the columns that are padding in every remaining row."""
+        """Drop finished rows (leaving their KV state to the prefix cache) and the columns that are padding
+        in every remaining row."""
         if not finished:
             return
+        if self.prefixes.enabled:
+            for seq in finished:
+                if seq in self.rows and seq.finish_reason != "error":
+                    self.prefixes.store(*self._row_state(self.rows.index(seq)))
         keep = [i for i, row in enumerate(self.rows) if row not in finished]
         self.rows = [self.rows[i] for i in keep]
         if not keep:
@@ -124,9 +151,21 @@ class RunningBatch:
         mask = self._mask.index_select(0, index)
         first_real = int(mask.any(dim=0).int().argmax())
         self._mask = mask[:, first_real:]
-        for layer in self._cache.layers:
-            layer.keys = layer.keys.index_select(0, index)[:, :, first_real:]
-            layer.values = layer.values.index_select(0, index)[:, :, first_real:]
+        for layer in _layers(self._cache):
+            keys, values = _kv(layer)
+            layer.keys = keys.index_select(0, index)[:, :, first_real:]
+            layer.values = values.index_select(0, index)[:, :, first_real:]
+
+    def _row_state(self, index: int) -> tuple[list[int], KV]:
+        """Row ``index``'s token ids fed so far and a copy of their keys and values (the rightmost columns:
+        rows are left-padded)."""
+        assert self._cache is not None
+        seq = self.rows[index]
+        fed = seq.position  # prompt + generated tokens but the last, which the model has not seen yet
+        ids = [*seq.request.prompt_ids, *seq.generated][:fed]
+        kv = [(k[index:index + 1, :, k.shape[2] - fed:].clone(), v[index:index + 1, :, v.shape[2] - fed:].clone())
+              for k, v in map(_kv, _layers(self._cache))]
+        return ids, kv
 
     def clear(self) -> None:
         self.rows, self._cache, self._mask = [], None, None
@@ -139,10 +178,10 @@ class RunningBatch:
         assert self._mask is not None
         width = max(self._mask.shape[1], length)
         self._mask = torch.cat([_pad_left(self._mask, width), _pad_left(mask, width)], dim=0)
-        for mine, theirs in zip(self._cache.layers, cache.layers, strict=True):
-            mine.keys = torch.cat([_pad_left(mine.keys, width, dim=2), _pad_left(theirs.keys, width, dim=2)])
-            mine.values = torch.cat([_pad_left(mine.values, width, dim=2),
-                                     _pad_left(theirs.values, width, dim=2)])
+        for mine, theirs in zip(_layers(self._cache), _layers(cache), strict=True):
+            (my_keys, my_values), (their_keys, their_values) = _kv(mine), _kv(theirs)
+            mine.keys = torch.cat([_pad_left(my_keys, width, dim=2), _pad_left(their_keys, width, dim=2)])
+            mine.values = torch.cat([_pad_left(my_values, width, dim=2), _pad_left(their_values, width, dim=2)])
         self.rows.append(seq)
 
     def _limit(self, logits: torch.Tensor) -> torch.Tensor:
@@ -168,6 +207,17 @@ def _plain_head(model: Any) -> tuple[Any, Any] | None:
     if body is None or not isinstance(head, torch.nn.Linear):
         return None
     return body, head
+
+
+def _layers(cache: DynamicCache) -> list[DynamicLayer]:
+    """The cache's layers, which :func:`supports_batched_cache` checked are all plain ``DynamicLayer``."""
+    return cast(list[DynamicLayer], cache.layers)
+
+
+def _kv(layer: DynamicLayer) -> tuple[torch.Tensor, torch.Tensor]:
+    keys, values = layer.keys, layer.values
+    assert keys is not None and values is not None, "a cache layer used before its first update"
+    return keys, values
 
 
 def _pad_left(tensor: torch.Tensor, width: int, dim: int = 1) -> torch.Tensor:

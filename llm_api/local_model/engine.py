@@ -26,6 +26,7 @@ from .batch import Prefill, RunningBatch, supports_batched_cache
 from .errors import ModelLoadError
 from .generate_runner import run_with_generate
 from .loader import LoadedModel, load_model
+from .prefix_cache import PrefixCache
 from .prompts import Message
 from .sampling import choose_tokens
 from .sequence import SequenceState
@@ -43,6 +44,7 @@ class EngineOptions:
     prefill_chunk: int = 64  # prompt tokens per step while other sequences decode
     batching: bool = True
     torch_threads: int = 0  # 0: one per core
+    prefix_cache_tokens: int = 8192  # KV state of recent sequences kept for prefix reuse; 0: off
 
 
 class LocalEngine:
@@ -65,10 +67,12 @@ class LocalEngine:
         self._stopped = NativeSignal()
         self._model: LoadedModel | None = None
         self._prefills: list[Prefill] = []  # engine thread only: prompts being run into their caches
+        self._prefixes = PrefixCache(self.options.prefix_cache_tokens)  # engine thread only
         self.load_error: str | None = None
         self.ready = False
         self.batched = False
-        self.stats: dict[str, int] = {"steps": 0, "tokens": 0, "requests": 0, "cancelled": 0, "running": 0, "errors": 0}
+        self.stats: dict[str, int] = {"steps": 0, "tokens": 0, "requests": 0, "cancelled": 0, "running": 0, "errors": 0,
+                                      "prefix_hits": 0, "prefix_tokens_reused": 0}
 
     # ---- caller side (greenlets) -------------------------------------------------
 
@@ -169,7 +173,8 @@ class LocalEngine:
         model = self._model
         assert model is not None
         pad_head = model.device.type == "cpu" and model.dtype == torch.float32
-        batch = RunningBatch(model.model, model.device, model.vocab_limit, pad_head_rows=pad_head)
+        batch = RunningBatch(model.model, model.device, model.vocab_limit, pad_head_rows=pad_head,
+                             prefixes=self._prefixes)
         while not self._stopping:
             try:
                 if self.batched:
@@ -242,11 +247,15 @@ class LocalEngine:
         """One scheduling round: admit, run one prefill chunk, run one decode step for the batch."""
         room = self.options.max_batch - len(batch) - len(self._prefills)
         self._prefills.extend(batch.start_prefill(seq) for seq in self._take_waiting(room))
+        self.stats["prefix_hits"] = batch.prefixes.hits
+        self.stats["prefix_tokens_reused"] = batch.prefixes.reused_tokens
         if not self._prefills and not batch.rows:
             self._wake.wait(_IDLE_WAIT_SECONDS)
             return
         cancelled = [p for p in self._prefills if p.seq.check_cancelled()]
         self._prefills = [p for p in self._prefills if p not in cancelled]
+        for prefill in cancelled:
+            batch.abandon_prefill(prefill)
         if self._prefills:
             # Alone, a prompt runs whole; while others decode, it runs in chunks between their steps.
             prefill = self._prefills[0]

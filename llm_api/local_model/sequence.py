@@ -25,6 +25,7 @@ class SequenceState:
         self._stops = StopMatcher(self.request.params.stop)
         self._first_token_at: float | None = None
         self.finished = False
+        self.finish_reason: str | None = None
 
     @property
     def last_token(self) -> int:
@@ -58,6 +59,7 @@ class SequenceState:
         if self.finished:
             return
         self.finished = True
+        self.finish_reason = reason
         if reason != "error" and not self._stops.stopped:
             self._send(self._stops.feed(self._detok.flush()))
             if not self._stops.stopped:

@@ -41,4 +41,5 @@ def _local_engine(settings: Settings, source: str) -> Engine:
     spec = ModelSpec(source, settings.device, settings.dtype, settings.trust_remote_code, settings.resolved_cache_dir)
     return LocalEngine(spec, EngineOptions(max_batch=settings.max_batch, max_queue=settings.max_queue,
                                       prefill_chunk=settings.prefill_chunk, batching=settings.batching,
-                                      torch_threads=settings.torch_threads))
+                                      torch_threads=settings.torch_threads,
+                                      prefix_cache_tokens=settings.prefix_cache_tokens))
