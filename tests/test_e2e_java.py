@@ -9,7 +9,7 @@ import pytest
 import requests
 
 from tests.browser import require
-from tests.conftest import ROOT
+from tests.servers import ROOT
 
 pytestmark = pytest.mark.e2e
 

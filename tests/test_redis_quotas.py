@@ -16,9 +16,8 @@ import pytest
 import redis
 
 from llm_api import create_app
-from tests.conftest import free_port
-from tests.test_http_auth import bearer, new_key
-from tests.test_http_chat import assert_error, post
+from tests.http import assert_error, bearer, new_key, post
+from tests.servers import free_port
 
 
 class RedisServer:

@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import tempfile
 
 import pytest
 
-from tests.conftest import ROOT, free_port
+from tests.servers import ROOT, free_port, gunicorn_command
 
 
 def gunicorn(env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "-b", f"127.0.0.1:{free_port()}",
-         "--no-control-socket", "wsgi:app"],
-        cwd=ROOT, env={"PATH": "/usr/bin:/bin", "LLM_API_DATA_DIR": tempfile.mkdtemp(prefix="llm-api-data-"), **env},
+        gunicorn_command(free_port()), cwd=ROOT,
+        env={"PATH": "/usr/bin:/bin", "LLM_API_DATA_DIR": tempfile.mkdtemp(prefix="llm-api-data-"), **env},
         capture_output=True, text=True, timeout=timeout)
 
 

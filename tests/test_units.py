@@ -14,7 +14,7 @@ from llm_api.local_model.prompts import CHATGLM3_SPECIAL_TOKENS, ChatGLM3Format
 from llm_api.local_model.sampling import Sampler, _top_p_filter
 from llm_api.local_model.stops import StopMatcher
 from llm_api.streaming import sse_event
-from tests.conftest import ROOT
+from tests.servers import ROOT
 
 # ---- settings ---------------------------------------------------------------------------------------
 
