@@ -1,11 +1,22 @@
 """Shared fixtures: apps on a fake engine, the embedded model in-process, and a real gunicorn server.
 
-The helpers they and the tests use live in modules of their own: ``tests.http`` (requests and error checks),
+The suite runs in a home of its own: before anything else is imported, HOME and the XDG folders point at a
+fresh temporary folder for the whole session, and gunicorn and flask subprocesses inherit it. No test sees the
+user's database (or the API keys in it) or cache, and a test that leaves files where the app keeps them by
+default fails (see ``tests/isolation.py``).
+
+The helpers the fixtures and tests use live in modules of their own: ``tests.http`` (requests and error checks),
 ``tests.sse`` (reading event streams), ``tests.servers`` (gunicorn servers, ports, paths), ``tests.metrics``,
 ``tests.fakes`` and ``tests.fault_engine`` (scripted engines), ``tests.databases`` and ``tests.browser``.
 """
 
 from __future__ import annotations
+
+import os
+
+from tests.isolation import clear_default_locations, fresh_home, written_by_the_app
+
+os.environ.update(fresh_home())  # first: the app and its libraries may read these when they are imported
 
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +27,34 @@ from llm_api import create_app
 from llm_api.config import Settings
 from tests.fakes import FakeEngine
 from tests.servers import CACHE_DIR, LiveServer, start_server, stop_server
+
+
+def fail_if_the_app_wrote_to_the_home(who: str) -> None:
+    written = written_by_the_app()
+    if not written:
+        return
+    home = Path(os.environ["HOME"])
+    names = "\n".join(f"  ~/{path.relative_to(home)}" for path in written)
+    clear_default_locations()  # so that the next test is not blamed too
+    pytest.fail(f"{who} wrote where the app keeps its files by default, outside its temporary folders:\n{names}\n"
+                "On a user's machine that is their own database, keys and cache. Give the app a folder of the "
+                "test's own: a database_url under tmp_path (the settings fixture has one), or LLM_API_DATA_DIR / "
+                "LLM_API_CACHE_DIR for a server.", pytrace=False)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_home() -> Iterator[Path]:
+    """The session's temporary HOME; once every other fixture is torn down, the app must have left nothing there
+    (a session- or module-scoped server may write after the last test)."""
+    yield Path(os.environ["HOME"])
+    fail_if_the_app_wrote_to_the_home("The session's fixtures")
+
+
+@pytest.fixture(autouse=True)
+def nothing_written_to_the_home(request) -> Iterator[None]:
+    """Fails the test after which the app's files appear in the session's HOME."""
+    yield
+    fail_if_the_app_wrote_to_the_home(f"{request.node.nodeid} (the test or a fixture it uses)")
 
 
 @pytest.fixture

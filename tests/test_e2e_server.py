@@ -13,6 +13,7 @@ import pytest
 import requests
 
 from tests.http import non_streamed, raw_request, read_until, stored, stream_events
+from tests.isolation import home_env
 from tests.servers import CACHE_DIR, FRANCE, ROOT, free_port, gunicorn_command, start_server, stop_server
 from tests.sse import lesson_text
 
@@ -162,7 +163,8 @@ def test_queue_full_gets_503_and_a_waiting_stream_gets_heartbeats_and_can_leave(
 def test_readyz_is_503_until_the_model_is_loaded(tmp_path):
     """Watch a fresh worker start: /healthz answers at once, /readyz says model_not_ready, then ready."""
     port = free_port()
-    env = {"LLM_API_CACHE_DIR": str(CACHE_DIR), "PATH": "/usr/bin:/bin", "LLM_API_DATA_DIR": str(tmp_path)}
+    env = {"PATH": "/usr/bin:/bin", **home_env(), "LLM_API_CACHE_DIR": str(CACHE_DIR),
+           "LLM_API_DATA_DIR": str(tmp_path)}
     process = subprocess.Popen(gunicorn_command(port), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     seen = []

@@ -356,11 +356,13 @@ def test_chat_page_is_served(client):
     assert 'new EventSource("chat/stream?' in page and 'id="stop"' in page
 
 
-def test_cors_headers_follow_the_setting(fake_engine):
+def test_cors_headers_follow_the_setting(fake_engine, tmp_path):
     from llm_api import create_app
     from llm_api.config import Settings
 
-    app = create_app(Settings.from_env({"LLM_API_CORS_ORIGINS": "https://app.example"}), engine=fake_engine)
+    settings = Settings.from_env({"LLM_API_CORS_ORIGINS": "https://app.example"},
+                                 database_url=f"sqlite:///{tmp_path / 'llm_api.sqlite3'}")
+    app = create_app(settings, engine=fake_engine)
     client = app.test_client()
     preflight = client.options("/v1/chat/completions", headers={
         "Origin": "https://app.example", "Access-Control-Request-Method": "POST",
@@ -404,7 +406,7 @@ def test_openai_shaped_body_must_be_coherent(client, body):
 
 
 @pytest.mark.parametrize("log_prompts", [False, True])
-def test_each_exchange_is_logged_on_one_line(fake_engine, log_prompts):
+def test_each_exchange_is_logged_on_one_line(fake_engine, log_prompts, tmp_path):
     import logging
 
     from llm_api import create_app
@@ -418,7 +420,8 @@ def test_each_exchange_is_logged_on_one_line(fake_engine, log_prompts):
         def emit(self, record):
             self.lines.append(record.getMessage())
 
-    app = create_app(Settings.from_env({}, log_prompts=log_prompts), engine=fake_engine)
+    settings = Settings.from_env({}, log_prompts=log_prompts, database_url=f"sqlite:///{tmp_path / 'llm_api.sqlite3'}")
+    app = create_app(settings, engine=fake_engine)
     logger, collect = logging.getLogger("llm_api.exchange"), Collect()
     logger.addHandler(collect)
     try:

@@ -4,27 +4,35 @@ from __future__ import annotations
 
 import json
 import subprocess
-import tempfile
 
 import pytest
 
+from tests.isolation import home_env
 from tests.servers import ROOT, free_port, gunicorn_command
 
 
-def gunicorn(env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        gunicorn_command(free_port()), cwd=ROOT,
-        env={"PATH": "/usr/bin:/bin", "LLM_API_DATA_DIR": tempfile.mkdtemp(prefix="llm-api-data-"), **env},
-        capture_output=True, text=True, timeout=timeout)
+@pytest.fixture
+def gunicorn(tmp_path):
+    """Runs gunicorn to its end with ``env`` and nothing else of ours (but the test home), its data folder in
+    the test's own."""
+    def run(env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            gunicorn_command(free_port()), cwd=ROOT,
+            env={"PATH": "/usr/bin:/bin", **home_env(), "LLM_API_DATA_DIR": str(tmp_path / "data"), **env},
+            capture_output=True, text=True, timeout=timeout)
+
+    return run
 
 
 @pytest.fixture
 def chatglm_folder(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "chatglm", "num_layers": 2}))
-    return tmp_path
+    folder = tmp_path / "chatglm"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "chatglm", "num_layers": 2}))
+    return folder
 
 
-def test_a_chatglm_folder_the_converter_cannot_serve_says_what_is_missing(chatglm_folder):
+def test_a_chatglm_folder_the_converter_cannot_serve_says_what_is_missing(gunicorn, chatglm_folder):
     result = gunicorn({"LLM_API_MODEL": str(chatglm_folder)})
     assert result.returncode == 2
     assert result.stderr.strip() == (
@@ -32,7 +40,8 @@ def test_a_chatglm_folder_the_converter_cannot_serve_says_what_is_missing(chatgl
         "set LLM_API_TRUST_REMOTE_CODE=1 to run its own code")
 
 
-def test_chatglm_remote_code_on_a_transformers_it_cannot_run_names_the_versions_that_work(chatglm_folder):
+def test_chatglm_remote_code_on_a_transformers_it_cannot_run_names_the_versions_that_work(gunicorn,
+                                                                                       chatglm_folder):
     import transformers
 
     result = gunicorn({"LLM_API_MODEL": str(chatglm_folder), "LLM_API_TRUST_REMOTE_CODE": "1"})
@@ -43,15 +52,17 @@ def test_chatglm_remote_code_on_a_transformers_it_cannot_run_names_the_versions_
     assert "4.40.x and 4.41.x" in line
 
 
-def test_a_model_that_fails_to_load_stops_the_server(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))  # no weights, no tokenizer
-    result = gunicorn({"LLM_API_MODEL": str(tmp_path)})
+def test_a_model_that_fails_to_load_stops_the_server(gunicorn, tmp_path):
+    folder = tmp_path / "llama"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "llama"}))  # no weights, no tokenizer
+    result = gunicorn({"LLM_API_MODEL": str(folder)})
     assert result.returncode != 0
-    assert f"cannot serve the model: cannot load {tmp_path}" in result.stdout + result.stderr
+    assert f"cannot serve the model: cannot load {folder}" in result.stdout + result.stderr
     assert "App failed to load" in result.stdout + result.stderr
 
 
-def test_an_unsupported_database_url_is_one_configuration_line():
+def test_an_unsupported_database_url_is_one_configuration_line(gunicorn):
     result = gunicorn({"LLM_API_DATABASE_URL": "mysql://root@localhost/chat"})
     assert result.returncode == 2
     assert result.stderr.strip() == (
@@ -59,7 +70,7 @@ def test_an_unsupported_database_url_is_one_configuration_line():
         "postgresql://USER:PASSWORD@HOST:PORT/DB (got 'mysql://root@localhost/chat')")
 
 
-def test_an_unreachable_database_stops_start_up_with_one_line():
+def test_an_unreachable_database_stops_start_up_with_one_line(gunicorn):
     result = gunicorn({"LLM_API_DATABASE_URL": f"postgresql://nobody@127.0.0.1:{free_port()}/chat"})
     assert result.returncode == 2
     line = result.stderr.strip()
