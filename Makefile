@@ -1,10 +1,11 @@
-# Quick start:  make serve   (install + run the service on the embedded model)
-#               make test    (install + run the whole test suite)
+# Quick start:  make serve      (install + run the service on the embedded model)
+#               make test       (install + run the whole test suite; what CI runs)
+#               make test-fast  (install + ruff + the unit and HTTP tests, about a minute: day-to-day work)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install install-test serve test lint bench bench-peers clean clean-cache
+.PHONY: install install-test serve test test-fast lint bench bench-peers clean clean-cache
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +28,11 @@ serve: install
 
 test: lint
 	$(BIN)/python -m pytest
+
+# Without the tests that load the embedded model (-m model) or start real servers (-m e2e).
+test-fast: install-test
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -m "not e2e and not model"
 
 bench: install-test
 	$(BIN)/pip install -r bench/requirements.txt

@@ -1,24 +1,60 @@
-"""Shared fixtures: apps on a fake engine, the embedded model in-process, and a real gunicorn server."""
+"""Shared fixtures: apps on a fake engine, the embedded model in-process, and a real gunicorn server.
+
+The suite runs in a home of its own: before anything else is imported, HOME and the XDG folders point at a
+fresh temporary folder for the whole session, and gunicorn and flask subprocesses inherit it. No test sees the
+user's database (or the API keys in it) or cache, and a test that leaves files where the app keeps them by
+default fails (see ``tests/isolation.py``).
+
+The helpers the fixtures and tests use live in modules of their own: ``tests.http`` (requests and error checks),
+``tests.sse`` (reading event streams), ``tests.servers`` (gunicorn servers, ports, paths), ``tests.metrics``,
+``tests.fakes`` and ``tests.fault_engine`` (scripted engines), ``tests.databases`` and ``tests.browser``.
+"""
 
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
-import time
+
+from tests.isolation import clear_default_locations, fresh_home, written_by_the_app
+
+os.environ.update(fresh_home())  # first: the app and its libraries may read these when they are imported
+
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import requests
 
 from llm_api import create_app
 from llm_api.config import Settings
 from tests.fakes import FakeEngine
+from tests.servers import CACHE_DIR, LiveServer, start_server, stop_server
 
-ROOT = Path(__file__).resolve().parent.parent
-CACHE_DIR = Path(os.environ.get("LLM_API_TEST_CACHE_DIR", ROOT / ".cache" / "test-models"))
+
+def fail_if_the_app_wrote_to_the_home(who: str) -> None:
+    written = written_by_the_app()
+    if not written:
+        return
+    home = Path(os.environ["HOME"])
+    names = "\n".join(f"  ~/{path.relative_to(home)}" for path in written)
+    clear_default_locations()  # so that the next test is not blamed too
+    pytest.fail(f"{who} wrote where the app keeps its files by default, outside its temporary folders:\n{names}\n"
+                "On a user's machine that is their own database, keys and cache. Give the app a folder of the "
+                "test's own: a database_url under tmp_path (the settings fixture has one), or LLM_API_DATA_DIR / "
+                "LLM_API_CACHE_DIR for a server.", pytrace=False)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_home() -> Iterator[Path]:
+    """The session's temporary HOME; once every other fixture is torn down, the app must have left nothing there
+    (a session- or module-scoped server may write after the last test)."""
+    yield Path(os.environ["HOME"])
+    fail_if_the_app_wrote_to_the_home("The session's fixtures")
+
+
+@pytest.fixture(autouse=True)
+def nothing_written_to_the_home(request) -> Iterator[None]:
+    """Fails the test after which the app's files appear in the session's HOME."""
+    yield
+    fail_if_the_app_wrote_to_the_home(f"{request.node.nodeid} (the test or a fixture it uses)")
 
 
 @pytest.fixture
@@ -42,6 +78,7 @@ def app(fake_engine: FakeEngine, settings: Settings):
 
 @pytest.fixture
 def client(app):
+    """The Flask test client of ``app``."""
     return app.test_client()
 
 
@@ -58,62 +95,9 @@ def real_engine():
     engine.stop()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class LiveServer:
-    def __init__(self, url: str, process: subprocess.Popen, log_path: Path) -> None:
-        self.url = url
-        self.process = process
-        self.log_path = log_path
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-
-def start_server(tmp_dir: Path, env_overrides: dict[str, str] | None = None,
-                 timeout: float = 300, port: int | None = None) -> LiveServer:
-    """``gunicorn -k gevent`` (from gunicorn.conf.py) on ``port`` (default: a free one), waited on until
-    /readyz says ready."""
-    port = port or free_port()
-    env = dict(os.environ, LLM_API_CACHE_DIR=str(CACHE_DIR), LLM_API_HEARTBEAT_SECONDS="1", PYTHONUNBUFFERED="1",
-               LLM_API_DATA_DIR=str(tmp_dir / "data"), LLM_API_DISCONNECT_GRACE_SECONDS="2")
-    env.update(env_overrides or {})
-    log_path = tmp_dir / f"gunicorn-{port}.log"
-    log_file = open(log_path, "w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "-b", f"127.0.0.1:{port}", "wsgi:app"],
-        cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"gunicorn exited with {process.returncode}:\n{log_path.read_text()}")
-        try:
-            if requests.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return LiveServer(url, process, log_path)
-        except (requests.ConnectionError, requests.Timeout):  # not listening yet, or still importing the app
-            pass
-        time.sleep(0.3)
-    process.terminate()
-    raise RuntimeError(f"gunicorn not ready after {timeout}s:\n{log_path.read_text()}")
-
-
-def stop_server(server: LiveServer) -> None:
-    server.process.terminate()
-    try:
-        server.process.wait(30)
-    except subprocess.TimeoutExpired:
-        server.process.kill()
-        raise AssertionError(f"gunicorn did not stop within 30 s of SIGTERM:\n{server.log()[-3000:]}") from None
-
-
 @pytest.fixture(scope="session")
 def live_server(tmp_path_factory) -> Iterator[LiveServer]:
+    """A real gunicorn server on the embedded model, shared by the whole session."""
     server = start_server(tmp_path_factory.mktemp("server"))
     yield server
     stop_server(server)

@@ -110,3 +110,7 @@ def wait_until(predicate, timeout: float = 5.0, interval: float = 0.01):
     while not (value := predicate()) and gevent.get_hub().loop.now() < deadline:
         gevent.sleep(interval)
     return value
+
+
+# The smallest OpenAI chat completion body for the fake engine's model.
+CHAT = {"model": FakeEngine.model_name, "messages": [{"role": "user", "content": "hi"}]}

@@ -9,7 +9,7 @@ import time
 import pytest
 import requests
 
-from tests.browser import chromium_driver
+from tests.browser import chromium_driver, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -33,16 +33,6 @@ def ask(browser, url: str, prompt: str, max_tokens: int, temperature: float) -> 
 def answer_state(browser) -> tuple[str, str, str]:
     return tuple(browser.execute_script(
         "const a = document.getElementById('answer'); return [a.dataset.state, a.textContent, a.dataset.messageId];"))
-
-
-def wait_for(predicate, timeout: float = 90):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError("timed out")
 
 
 def test_page_renders_the_same_answer_as_the_api(browser, live_server, tmp_path):

@@ -9,8 +9,9 @@ import pytest
 import requests
 
 from tests.chatglm3_tiny import build_tiny_chatglm3
-from tests.conftest import start_server, stop_server
-from tests.test_e2e_server import raw_request, read_until, stored, stream_events, text_of
+from tests.http import non_streamed, raw_request, read_until, stored, stream_events
+from tests.servers import start_server, stop_server
+from tests.sse import lesson_text
 
 pytestmark = pytest.mark.e2e
 
@@ -24,11 +25,8 @@ def glm_server(tmp_path_factory):
     stop_server(server)
 
 
-def ask(url: str, prompt: str, **fields) -> dict:
-    response = requests.post(f"{url}/chat/new/message", timeout=60,
-                             data=json.dumps({"prompt": prompt, "temperature": 0, "max_tokens": 20, **fields}))
-    assert response.status_code == 200, response.text
-    return response.json()
+def ask(url: str, prompt: str) -> dict:
+    return non_streamed(url, {"prompt": prompt, "temperature": 0, "max_tokens": 20})
 
 
 def test_streamed_and_non_streamed_answers_agree(glm_server):
@@ -36,8 +34,8 @@ def test_streamed_and_non_streamed_answers_agree(glm_server):
     answer = ask(glm_server.url, "你好")
     assert answer["usage"]["completion_tokens"] >= 1
     events = stream_events(glm_server.url, {"prompt": "你好", "temperature": 0, "max_tokens": 20})
-    assert text_of(events) == answer["response"]
-    assert events[-1][1]["event"] == "finish"
+    assert lesson_text(events) == answer["response"]
+    assert events[-1]["event"] == "finish"
 
 
 def test_four_concurrent_streams_through_the_batched_loop(glm_server):
@@ -46,7 +44,7 @@ def test_four_concurrent_streams_through_the_batched_loop(glm_server):
     with ThreadPoolExecutor(4) as pool:
         results = list(pool.map(lambda p: stream_events(glm_server.url, {"prompt": p, "temperature": 0,
                                                                           "max_tokens": 20}), prompts))
-    assert [text_of(r) for r in results] == expected
+    assert [lesson_text(r) for r in results] == expected
     assert requests.get(f"{glm_server.url}/readyz").json()["batched"] is True
 
 

@@ -8,34 +8,16 @@ import time
 import uuid
 from urllib.parse import urlencode
 
-import psutil
 import pytest
 import requests
 
 from llm_api.storage import open_store
-from tests.conftest import start_server
 from tests.databases import BACKENDS, database_url
-from tests.test_e2e_server import FRANCE, non_streamed, stored
-from tests.test_http_chat import parse_sse
+from tests.http import non_streamed, stored
+from tests.servers import FRANCE, kill_server, start_server
+from tests.sse import lesson_text, read_sse
 
 pytestmark = pytest.mark.e2e
-
-
-def sse_events(response: requests.Response, count: int | None = None) -> list[dict]:
-    """Data-carrying events of a streamed response: the first ``count``, or all of them."""
-    events, buffer = [], ""
-    for chunk in response.iter_content(chunk_size=None, decode_unicode=True):
-        buffer += chunk
-        while "\n\n" in buffer:
-            block, buffer = buffer.split("\n\n", 1)
-            events += [e for e in parse_sse(block + "\n\n") if e["data"] is not None]
-        if count is not None and len(events) >= count:
-            return events[:count]
-    return events
-
-
-def text_of(events: list[dict]) -> str:
-    return "".join(json.loads(e["data"])["text"] for e in events if e["event"] is None)
 
 
 def test_a_stored_conversation_continues_exactly_like_sending_the_whole_history(live_server):
@@ -61,18 +43,18 @@ def test_a_real_reconnect_mid_answer_resumes_exactly_where_it_left_off(live_serv
     expected = non_streamed(live_server.url, {"prompt": prompt, "temperature": 0, "max_tokens": 48})
     query = urlencode({"prompt": prompt, "temperature": 0, "max_tokens": 48})
     with requests.get(f"{live_server.url}/chat/stream?{query}", stream=True, timeout=60) as response:
-        first = sse_events(response, 5)
+        first = read_sse(response, 5)
     # The connection is gone; reconnect as EventSource does, with the last id it saw.
     with requests.get(f"{live_server.url}/chat/stream?{query}", headers={"Last-Event-ID": first[-1]["id"]},
                       stream=True, timeout=60) as response:
-        rest = sse_events(response)
+        rest = read_sse(response)
     events = first + rest
     message_id = first[0]["id"].split(":")[0]
     assert [e["id"] for e in events] == [f"{message_id}:{n}" for n in range(1, len(events) + 1)]  # no gap, no dup
     assert len(rest) > 2, "the reconnect must land mid-answer"
     assert events[-1]["event"] == "finish"
     assert json.loads(events[-1]["data"])["finish_reason"] == expected["finish_reason"]
-    assert text_of(events) == expected["response"]
+    assert lesson_text(events) == expected["response"]
     exchanges = requests.get(f"{live_server.url}/chat/get/messages?limit=500", timeout=10).json()["messages"]
     assert len([e for e in exchanges if e["prompt"] == prompt]) == 2  # the reference and ONE streamed generation
 
@@ -80,18 +62,10 @@ def test_a_real_reconnect_mid_answer_resumes_exactly_where_it_left_off(live_serv
 def test_an_event_stream_nobody_reconnects_to_is_cancelled_and_stored_with_its_text(live_server):
     query = urlencode({"prompt": "Write a very long story about a dragon.", "temperature": 0, "max_tokens": 400})
     with requests.get(f"{live_server.url}/chat/stream?{query}", stream=True, timeout=60) as response:
-        seen = sse_events(response, 4)
+        seen = read_sse(response, 4)
     record = stored(live_server.url, seen[0]["id"].split(":")[0], timeout=30)
     assert record["finish_reason"] == "cancelled"
-    assert record["response"].startswith(text_of(seen)) and record["usage"]["completion_tokens"] < 400
-
-
-def kill_server(process: psutil.Popen) -> None:
-    """SIGKILL the master and its worker: nothing gets to clean up."""
-    family = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
-    for member in family:
-        member.kill()
-    psutil.wait_procs(family, timeout=10)
+    assert record["response"].startswith(lesson_text(seen)) and record["usage"]["completion_tokens"] < 400
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -104,11 +78,11 @@ def test_a_server_killed_mid_stream_leaves_the_users_turn_stored(tmp_path, backe
             prompt = f"Tell me a long story about a lighthouse. ({uuid.uuid4().hex[:6]})"
             body = json.dumps({"prompt": prompt, "max_tokens": 300, "stream": True})
             with requests.post(f"{server.url}/chat/new/message", data=body, stream=True, timeout=60) as response:
-                assert len(sse_events(response, 3)) == 3
-                kill_server(server.process)
+                assert len(read_sse(response, 3)) == 3
+                kill_server(server)
         finally:
             if server.process.poll() is None:
-                kill_server(server.process)
+                kill_server(server)
         store = open_store(db_url, migrate=False)
         try:
             conversations = store.list_conversations("", 10, None).items

@@ -14,10 +14,10 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from tests.conftest import LiveServer, start_server, stop_server
-from tests.test_e2e_metrics import scrape, value
-from tests.test_e2e_server import FRANCE, non_streamed, stored, stream_events, text_of
-from tests.test_http_chat import parse_sse
+from tests.http import non_streamed, stored, stream_events
+from tests.metrics import scrape, value
+from tests.servers import FRANCE, LiveServer, start_server, stop_server
+from tests.sse import lesson_text, openai_chunks, parse_sse
 
 pytestmark = pytest.mark.e2e
 
@@ -37,21 +37,13 @@ def guarded_server(tmp_path_factory) -> Iterator[LiveServer]:
     stop_server(server)
 
 
-def openai_stream(url: str, body: dict) -> list[dict]:
-    response = requests.post(f"{url}/v1/chat/completions", json={**body, "stream": True}, timeout=120)
-    assert response.status_code == 200, response.text
-    data = [e["data"] for e in parse_sse(response.text) if e["data"]]
-    assert data[-1] == "[DONE]"
-    return [json.loads(d) for d in data[:-1]]
-
-
 def test_the_lesson_answer_stops_right_before_the_filtered_word(guarded_server):
     url = guarded_server.url
     events = stream_events(url, FRANCE)
-    tokens = [e for _, e in events if e["event"] is None]
-    assert text_of(events) == FILTERED_FRANCE and len(tokens) >= 2  # streamed, 12 characters late
-    assert events[-1][1]["event"] == "finish"
-    finish = json.loads(events[-1][1]["data"])
+    tokens = [e for e in events if e["event"] is None]
+    assert lesson_text(events) == FILTERED_FRANCE and len(tokens) >= 2  # streamed, 12 characters late
+    assert events[-1]["event"] == "finish"
+    finish = json.loads(events[-1]["data"])
     assert finish["finish_reason"] == "content_filter"
     record = stored(url, finish["message_id"])
     assert (record["response"], record["finish_reason"]) == (FILTERED_FRANCE, "content_filter")
@@ -69,7 +61,9 @@ def test_the_word_list_stops_an_openai_answer(guarded_server):
     response = requests.post(f"{url}/v1/chat/completions", json=body, timeout=120)
     choice = response.json()["choices"][0]
     assert (choice["message"]["content"], choice["finish_reason"]) == ("The capital of Germany is ", "content_filter")
-    chunks = openai_stream(url, body)
+    streamed = requests.post(f"{url}/v1/chat/completions", json={**body, "stream": True}, timeout=120)
+    assert streamed.status_code == 200, streamed.text
+    chunks = openai_chunks(parse_sse(streamed.text))
     text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
     assert text == "The capital of Germany is "
     assert chunks[-1]["choices"][0]["finish_reason"] == "content_filter"
@@ -80,9 +74,9 @@ def test_the_word_list_stops_an_openai_answer(guarded_server):
 def test_a_looping_answer_ends_with_repetition(guarded_server):
     url = guarded_server.url
     events = stream_events(url, SING)
-    finish = json.loads(events[-1][1]["data"])
-    assert events[-1][1]["event"] == "finish" and finish["finish_reason"] == "repetition"
-    text = text_of(events)
+    finish = json.loads(events[-1]["data"])
+    assert events[-1]["event"] == "finish" and finish["finish_reason"] == "repetition"
+    text = lesson_text(events)
     assert text.endswith(" la" * 14) and text.count("la") < 20
     assert finish["usage"]["completion_tokens"] < 40  # of max_tokens 300
     record = stored(url, finish["message_id"])

@@ -16,10 +16,8 @@ import openai
 import pytest
 import requests
 
-from tests.browser import chromium_driver
-from tests.conftest import ROOT, LiveServer, free_port, start_server, stop_server
-from tests.test_e2e_browser import wait_for
-from tests.test_startup import refusal
+from tests.browser import chromium_driver, wait_for
+from tests.servers import ROOT, LiveServer, free_port, gunicorn_command, refusal, start_server, stop_server
 
 pytestmark = pytest.mark.e2e
 
@@ -82,8 +80,7 @@ def guarded(tmp_path_factory) -> Iterator[tuple[LiveServer, dict[str, str], Page
 
 def test_required_keys_refuse_to_start_without_one(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "-b", f"127.0.0.1:{free_port()}", "wsgi:app"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        gunicorn_command(free_port()), cwd=ROOT, capture_output=True, text=True, timeout=120,
         env={**os.environ, "LLM_API_DATA_DIR": str(tmp_path), "LLM_API_REQUIRE_KEYS": "1"})
     assert result.returncode == 2
     assert refusal(result) == (

@@ -9,7 +9,7 @@ import pytest
 import requests
 
 from tests.browser import require
-from tests.conftest import ROOT
+from tests.servers import ROOT
 
 pytestmark = pytest.mark.e2e
 
@@ -18,7 +18,7 @@ SOURCE = ROOT / "examples" / "java" / "plain" / "ChatStreamPlain.java"
 
 
 @pytest.fixture(scope="module")
-def java_client(tmp_path_factory):
+def java_classes(tmp_path_factory):
     require("javac", "java", "/usr/share/java/okhttp.jar", "/usr/share/java/okio.jar")
     classes = tmp_path_factory.mktemp("java")
     subprocess.run(["javac", "-encoding", "UTF-8", "-d", str(classes), "-cp", JARS, str(SOURCE)], check=True,
@@ -33,16 +33,16 @@ def run_java(classes, *args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("question", ["What is the capital of France?", "Write the word café three times."])
-def test_java_client_prints_the_same_text_as_the_non_streamed_answer(java_client, live_server, question):
+def test_java_client_prints_the_same_text_as_the_non_streamed_answer(java_classes, live_server, question):
     expected = requests.post(f"{live_server.url}/chat/new/message", timeout=120, data=json.dumps(
         {"prompt": question, "temperature": 0, "max_tokens": 40})).json()
-    result = run_java(java_client, live_server.url, question, "0", "40")
+    result = run_java(java_classes, live_server.url, question, "0", "40")
     assert result.returncode == 0, result.stderr
     assert result.stdout == expected["response"]
     assert result.stderr.startswith("[finish ") and f'"finish_reason":"{expected["finish_reason"]}"' in result.stderr
 
 
-def test_java_client_reports_an_http_error(java_client, live_server):
-    result = run_java(java_client, live_server.url, "hello", "7")  # temperature out of range → 422
+def test_java_client_reports_an_http_error(java_classes, live_server):
+    result = run_java(java_classes, live_server.url, "hello", "7")  # temperature out of range → 422
     assert result.returncode == 1
     assert "HTTP 422" in result.stderr and "temperature" in result.stderr

@@ -6,21 +6,10 @@ import time
 
 import pytest
 import requests
-from prometheus_client.parser import text_string_to_metric_families
+
+from tests.metrics import scrape, value
 
 pytestmark = pytest.mark.e2e
-
-
-def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    response = requests.get(f"{url}/metrics", timeout=10)
-    assert response.status_code == 200
-    assert response.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
-    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
-            for family in text_string_to_metric_families(response.text) for sample in family.samples}
-
-
-def value(samples, name: str, **labels: str) -> float:
-    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
 def test_a_chat_request_shows_in_metrics_and_in_the_request_log(live_server):

@@ -5,75 +5,19 @@ from __future__ import annotations
 import json
 import socket
 import statistics
+import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
-from urllib.parse import urlparse
 
 import pytest
 import requests
 
-from tests.conftest import start_server, stop_server
-from tests.test_http_chat import parse_sse
+from tests.http import non_streamed, raw_request, read_until, stored, stream_events
+from tests.isolation import home_env
+from tests.servers import CACHE_DIR, FRANCE, ROOT, free_port, gunicorn_command, start_server, stop_server
+from tests.sse import lesson_text
 
 pytestmark = pytest.mark.e2e
-
-FRANCE = {"prompt": "What is the capital of France?", "temperature": 0, "max_tokens": 40}
-
-
-def stream_events(url: str, body: dict) -> list[tuple[float, dict]]:
-    """POST a streamed request and return (arrival time, event) pairs, comments skipped."""
-    started = time.monotonic()
-    out = []
-    with requests.post(f"{url}/chat/new/message", data=json.dumps({**body, "stream": True}),
-                       stream=True, timeout=120) as response:
-        assert response.status_code == 200
-        assert response.headers["Content-Type"].startswith("text/event-stream")
-        buffer = ""
-        for chunk in response.iter_content(chunk_size=None, decode_unicode=True):
-            buffer += chunk
-            while "\n\n" in buffer:
-                block, buffer = buffer.split("\n\n", 1)
-                for event in parse_sse(block + "\n\n"):
-                    if event["data"] is not None:
-                        out.append((time.monotonic() - started, event))
-    return out
-
-
-def text_of(events: list[tuple[float, dict]]) -> str:
-    return "".join(json.loads(e["data"])["text"] for _, e in events if e["event"] is None)
-
-
-def non_streamed(url: str, body: dict) -> dict:
-    response = requests.post(f"{url}/chat/new/message", data=json.dumps(body), timeout=120)
-    assert response.status_code == 200, response.text
-    return response.json()
-
-
-def stored(url: str, message_id: str, timeout: float = 10) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for message in requests.get(f"{url}/chat/get/messages?limit=500", timeout=10).json()["messages"]:
-            if message["message_id"] == message_id:
-                return message
-        time.sleep(0.1)
-    raise AssertionError(f"message {message_id} was not stored")
-
-
-def raw_request(url: str, head: str, body: bytes = b"") -> socket.socket:
-    parsed = urlparse(url)
-    sock = socket.create_connection((parsed.hostname, parsed.port), timeout=30)
-    sock.sendall(head.replace("\n", "\r\n").encode() + b"\r\n" + body)
-    return sock
-
-
-def read_until(sock: socket.socket, predicate, limit: float = 60) -> str:
-    data, deadline = b"", time.monotonic() + limit
-    while not predicate(data.decode(errors="replace")) and time.monotonic() < deadline:
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    return data.decode(errors="replace")
 
 
 def test_lesson_client_works_unchanged(live_server):
@@ -91,13 +35,13 @@ def test_greedy_answer_streamed_and_not(live_server):
     answer = non_streamed(live_server.url, FRANCE)
     assert "Paris" in answer["response"]
     events = stream_events(live_server.url, FRANCE)
-    tokens = [(t, e) for t, e in events if e["event"] is None]
+    tokens = [e for e in events if e["event"] is None]
     assert len(tokens) >= 5
-    first, last = tokens[0][0], tokens[-1][0]
+    first, last = tokens[0]["at"], tokens[-1]["at"]
     assert last - first > 0.1 and first < last / 2  # spread over time, not one burst at the end
-    assert text_of(events) == answer["response"]
-    assert events[-1][1]["event"] == "finish"
-    finish = json.loads(events[-1][1]["data"])
+    assert lesson_text(events) == answer["response"]
+    assert events[-1]["event"] == "finish"
+    finish = json.loads(events[-1]["data"])
     assert finish["finish_reason"] == "stop" and finish["usage"]["completion_tokens"] >= len(tokens)
 
 
@@ -120,9 +64,9 @@ def test_four_concurrent_streams_with_different_parameters_and_a_fast_healthz(li
             time.sleep(0.05)
         results = [f.result() for f in futures]
     for spec, want, events in zip(specs, expected, results, strict=True):
-        assert text_of(events) == want["response"], spec
-        assert json.loads(events[-1][1]["data"])["finish_reason"] == want["finish_reason"]
-    assert json.loads(results[3][-1][1]["data"])["usage"]["completion_tokens"] == 6
+        assert lesson_text(events) == want["response"], spec
+        assert json.loads(events[-1]["data"])["finish_reason"] == want["finish_reason"]
+    assert json.loads(results[3][-1]["data"])["usage"]["completion_tokens"] == 6
     assert len(probes) >= 5
     assert statistics.median(probes) < 0.05 and sorted(probes)[int(len(probes) * 0.9)] < 0.05, probes
 
@@ -218,16 +162,11 @@ def test_queue_full_gets_503_and_a_waiting_stream_gets_heartbeats_and_can_leave(
 
 def test_readyz_is_503_until_the_model_is_loaded(tmp_path):
     """Watch a fresh worker start: /healthz answers at once, /readyz says model_not_ready, then ready."""
-    import subprocess
-    import sys
-
-    from tests.conftest import CACHE_DIR, ROOT, free_port
-
     port = free_port()
-    env = {"LLM_API_CACHE_DIR": str(CACHE_DIR), "PATH": "/usr/bin:/bin", "LLM_API_DATA_DIR": str(tmp_path)}
-    process = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "-b",
-                                f"127.0.0.1:{port}", "wsgi:app"], cwd=ROOT, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {"PATH": "/usr/bin:/bin", **home_env(), "LLM_API_CACHE_DIR": str(CACHE_DIR),
+           "LLM_API_DATA_DIR": str(tmp_path)}
+    process = subprocess.Popen(gunicorn_command(port), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
     seen = []
     try:
         deadline = time.monotonic() + 120

@@ -17,8 +17,8 @@ import pytest
 import requests
 
 from llm_api.storage import open_store
-from tests.conftest import start_server
-from tests.test_http_chat import parse_sse
+from tests.servers import start_server
+from tests.sse import iter_sse, lesson_text, openai_payloads, text_chunks
 
 pytestmark = pytest.mark.e2e
 
@@ -39,25 +39,14 @@ class StreamReader:
         try:
             with requests.post(self.url, data=json.dumps(self.body), stream=True, timeout=60) as response:
                 assert response.status_code == 200, response.text
-                buffer = ""
-                for chunk in response.iter_content(chunk_size=None, decode_unicode=True):
-                    buffer += chunk
-                    while "\n\n" in buffer:
-                        block, buffer = buffer.split("\n\n", 1)
-                        self.events += [e for e in parse_sse(block + "\n\n") if e["data"] is not None]
+                for event in iter_sse(text_chunks(response)):
+                    if event["data"] is not None:
+                        self.events.append(event)
                     if len(self.events) >= self.ready_after:
                         self.started.set()
             return self.events
         finally:
             self.started.set()
-
-
-def lesson_text(events: list[dict]) -> str:
-    return "".join(json.loads(e["data"])["text"] for e in events if e["event"] is None)
-
-
-def openai_payloads(events: list[dict]) -> list:
-    return [e["data"] if e["data"] == "[DONE]" else json.loads(e["data"]) for e in events]
 
 
 def test_sigterm_drains_the_worker_and_no_message_is_lost(tmp_path):

@@ -6,21 +6,18 @@ opening, and recovery once the upstream is back."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import time
-from pathlib import Path
 
 import pytest
 import requests
 
-from tests.conftest import LiveServer, free_port, start_server, stop_server
-from tests.test_e2e_server import non_streamed, stream_events, text_of
+from tests.http import non_streamed, stream_events
+from tests.servers import FRANCE, LiveServer, free_port, kill_server, start_server, stop_server
+from tests.sse import lesson_text
 
 pytestmark = pytest.mark.e2e
 
 DEGRADED = "The assistant is busy right now; please try again in a minute."
-FRANCE = {"prompt": "What is the capital of France?", "temperature": 0, "max_tokens": 40}
 LONG = {"model": "m", "messages": [{"role": "user", "content": "Tell me a long story about a fox."}],
         "temperature": 0, "max_tokens": 1500, "ignore_eos": True, "stream": True}
 
@@ -49,21 +46,11 @@ def front(tmp_path_factory, upstream, upstream_port):
 
 
 def data_texts(events) -> list[str]:
-    return [json.loads(e["data"])["text"] for _, e in events if e["event"] is None]
+    return [json.loads(e["data"])["text"] for e in events if e["event"] is None]
 
 
 def newest_stored(url: str) -> dict:
     return requests.get(f"{url}/chat/get/messages?limit=1", timeout=10).json()["messages"][-1]
-
-
-def kill(server: LiveServer) -> None:
-    """SIGKILL the gunicorn worker(s) and master at once: an upstream that dies, with no goodbye."""
-    pid = server.process.pid
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    for child in children:
-        os.kill(int(child), signal.SIGKILL)
-    server.process.send_signal(signal.SIGKILL)
-    server.process.wait(10)
 
 
 def models_asked(server: LiveServer) -> int:
@@ -99,9 +86,9 @@ def test_answers_pass_through_token_by_token(upstream, front):
 
     upstream_events, front_events = stream_events(upstream.url, FRANCE), stream_events(front.url, FRANCE)
     assert data_texts(front_events) == data_texts(upstream_events)  # the same pieces, one event each
-    assert text_of(front_events) == direct["response"]
-    finish = json.loads(front_events[-1][1]["data"])
-    assert front_events[-1][1]["event"] == "finish" and finish["engine"] == "remote" and not finish["degraded"]
+    assert lesson_text(front_events) == direct["response"]
+    finish = json.loads(front_events[-1]["data"])
+    assert front_events[-1]["event"] == "finish" and finish["engine"] == "remote" and not finish["degraded"]
 
     body = {"model": "m", "messages": [{"role": "user", "content": "What is the capital of France?"}],
             "temperature": 0, "max_tokens": 40}
@@ -142,7 +129,7 @@ def test_an_upstream_that_dies_mid_stream_then_fallback_breaker_and_recovery(ups
             if line.startswith("data: ") and '"text"' in line:
                 seen += 1
                 if seen == 5:
-                    kill(upstream)
+                    kill_server(upstream)  # an upstream that dies, with no goodbye
             if line.startswith("event: "):
                 event = line
                 break
@@ -159,7 +146,7 @@ def test_an_upstream_that_dies_mid_stream_then_fallback_breaker_and_recovery(ups
     assert 'llm_api_circuit_state{engine="remote"} 2.0' in metrics  # two failures: open
     assert 'llm_api_degraded_answers_total{engine="static"} 1.0' in metrics
     events = stream_events(front.url, FRANCE)  # rejected fast while open: the static answer, streamed
-    assert text_of(events) == DEGRADED and json.loads(events[-1][1]["data"])["engine"] == "static"
+    assert lesson_text(events) == DEGRADED and json.loads(events[-1]["data"])["engine"] == "static"
 
     restarted = start_server(tmp_path_factory.mktemp("upstream-again"), port=upstream_port)
     try:

@@ -10,7 +10,7 @@ from llm_api.generation.types import Finished, SamplingParams, TextDelta
 from llm_api.local_model.decode import IncrementalDetokenizer
 from llm_api.local_model.engine import EngineOptions, LocalEngine
 from llm_api.local_model.loader import ModelSpec
-from tests.conftest import CACHE_DIR
+from tests.servers import CACHE_DIR
 
 pytestmark = pytest.mark.model
 

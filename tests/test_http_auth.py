@@ -10,18 +10,10 @@ import sqlalchemy as sa
 from flask import Blueprint
 
 from llm_api import create_app
-from llm_api.auth.keys import issue_key
 from llm_api.route_policy import DEFAULT_POLICY, RoutePolicy, declare, policy_of
 from llm_api.state import EXTENSION_KEY
-from tests.test_http_chat import assert_error, parse_sse, post
-
-
-def new_key(app, name: str = "team-a", scopes: tuple[str, ...] = ("chat",), **limits) -> str:
-    return issue_key(app.extensions[EXTENSION_KEY].keys.store, name, scopes, **limits)[1]
-
-
-def bearer(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
+from tests.http import assert_error, bearer, new_key, post
+from tests.sse import parse_sse, read_sse
 
 
 @pytest.fixture
@@ -273,10 +265,7 @@ def test_only_the_streams_key_can_stop_it_and_a_stream_token_may(app, client, ke
     fake_engine.delay = 0.05
     token = mint(client, key)
     response = client.get(f"/chat/stream?prompt=hi&token={token}")
-    chunks, received = response.iter_encoded(), ""
-    while "data:" not in received:
-        received += next(chunks).decode()
-    message_id = [e for e in parse_sse(received) if e["id"]][0]["id"].split(":")[0]
+    message_id = read_sse(response, 1)[0]["id"].split(":")[0]
     assert_error(client.delete(f"/chat/stream/{message_id}", headers=bearer(other)), 404, "stream_not_found")
     assert client.delete(f"/chat/stream/{message_id}?token={token}").status_code == 204
     assert fake_engine.handles[-1].cancelled

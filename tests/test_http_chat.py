@@ -10,35 +10,12 @@ import pytest
 
 from llm_api.generation.errors import NotReadyError
 from tests.fakes import wait_until
-
-
-def parse_sse(body: str) -> list[dict]:
-    """Split an SSE body into events ({"event", "id", "data", "comment"}), as EventSource readers do."""
-    events = []
-    for block in body.split("\n\n"):
-        if not block:
-            continue
-        event: dict = {"event": None, "id": None, "data": [], "comment": []}
-        for line in block.split("\n"):
-            field, _, value = line.partition(":")
-            value = value[1:] if value.startswith(" ") else value
-            if field == "":
-                event["comment"].append(value)
-            elif field == "data":
-                event["data"].append(value)
-            else:
-                event[field] = value
-        event["data"] = "\n".join(event["data"]) if event["data"] else None
-        events.append(event)
-    return events
-
-
-def post(client, body, **kwargs):
-    return client.post("/chat/new/message/", data=json.dumps(body), **kwargs)
+from tests.http import assert_error, post
+from tests.sse import parse_sse, read_sse
 
 
 def test_lesson_client_call_without_json_content_type(client, fake_engine):
-    response = post(client, {"prompt": "hello", "max_tokens": 1000 // 100})
+    response = post(client, {"prompt": "hello", "max_tokens": 1000 // 100}, path="/chat/new/message/")
     assert response.status_code == 200
     assert response.content_type == "application/json"
     body = response.get_json()
@@ -147,19 +124,10 @@ def test_non_streamed_generation_failure_is_500_envelope(client, fake_engine):
     assert response.get_json()["error"]["code"] == "generation_failed"
 
 
-def open_stream_and_read(client, events: int = 2):
-    """Start a streamed answer and read until ``events`` data events have arrived; returns the response."""
-    response = post(client, {"prompt": "hi", "stream": True})
-    chunks = response.iter_encoded()
-    received = ""
-    while received.count("data:") < events:
-        received += next(chunks).decode()
-    return response
-
-
 def test_client_closing_a_stream_cancels_and_stores_it(client, fake_engine):
     fake_engine.delay = 0.02
-    response = open_stream_and_read(client)
+    response = post(client, {"prompt": "hi", "stream": True})
+    read_sse(response, 2)
     response.close()  # what the WSGI server does when the client has gone
     handle = fake_engine.handles[-1]
     # The grace for a reconnect is 0 in these settings: the cancel follows at once, off the request.
@@ -184,15 +152,6 @@ def test_messages_are_listed_newest_last_with_pagination(client):
 
 
 # ---- errors: one envelope, the right status, never a 500 for bad input ------------------------------
-
-
-def assert_error(response, status: int, code: str) -> dict:
-    assert response.status_code == status, response.get_data(as_text=True)
-    assert response.content_type == "application/json"
-    error = response.get_json()["error"]
-    assert error["code"] == code and error["message"]
-    assert isinstance(error["details"], dict)
-    return error
 
 
 @pytest.mark.parametrize("raw", ["{", "not json", "", "   ", '{"prompt": "a",}', b"\xff\xfe"])
@@ -325,17 +284,9 @@ def test_reconnect_after_the_last_event_is_204_without_a_second_generation(clien
     assert len(fake_engine.submitted) == 1
 
 
-def read_events(response, count: int) -> list[dict]:
-    """The first ``count`` events of a streamed test response (the response stays open)."""
-    chunks, body = response.iter_encoded(), ""
-    while len(events := [e for e in parse_sse(body) if e["data"]]) < count:
-        body += next(chunks).decode()
-    return events[:count]
-
-
 def reconnected(client, response, after: int) -> tuple[list[dict], list[dict]]:
     """Read ``after`` events, drop the connection, reconnect with Last-Event-ID: both parts."""
-    first = read_events(response, after)
+    first = read_sse(response, after)
     response.close()
     rest = [e for e in parse_sse(client.get("/chat/stream", headers={"Last-Event-ID": first[-1]["id"]})
                                  .get_data(as_text=True)) if e["data"]]
@@ -405,11 +356,13 @@ def test_chat_page_is_served(client):
     assert 'new EventSource("chat/stream?' in page and 'id="stop"' in page
 
 
-def test_cors_headers_follow_the_setting(fake_engine):
+def test_cors_headers_follow_the_setting(fake_engine, tmp_path):
     from llm_api import create_app
     from llm_api.config import Settings
 
-    app = create_app(Settings.from_env({"LLM_API_CORS_ORIGINS": "https://app.example"}), engine=fake_engine)
+    settings = Settings.from_env({"LLM_API_CORS_ORIGINS": "https://app.example"},
+                                 database_url=f"sqlite:///{tmp_path / 'llm_api.sqlite3'}")
+    app = create_app(settings, engine=fake_engine)
     client = app.test_client()
     preflight = client.options("/v1/chat/completions", headers={
         "Origin": "https://app.example", "Access-Control-Request-Method": "POST",
@@ -453,7 +406,7 @@ def test_openai_shaped_body_must_be_coherent(client, body):
 
 
 @pytest.mark.parametrize("log_prompts", [False, True])
-def test_each_exchange_is_logged_on_one_line(fake_engine, log_prompts):
+def test_each_exchange_is_logged_on_one_line(fake_engine, log_prompts, tmp_path):
     import logging
 
     from llm_api import create_app
@@ -467,7 +420,8 @@ def test_each_exchange_is_logged_on_one_line(fake_engine, log_prompts):
         def emit(self, record):
             self.lines.append(record.getMessage())
 
-    app = create_app(Settings.from_env({}, log_prompts=log_prompts), engine=fake_engine)
+    settings = Settings.from_env({}, log_prompts=log_prompts, database_url=f"sqlite:///{tmp_path / 'llm_api.sqlite3'}")
+    app = create_app(settings, engine=fake_engine)
     logger, collect = logging.getLogger("llm_api.exchange"), Collect()
     logger.addHandler(collect)
     try:
@@ -488,10 +442,7 @@ def test_delete_stops_a_streaming_answer_at_once_without_waiting_for_the_grace(a
     fake_engine.delay = 0.05
     fake_engine.reply = " ".join(f"w{n}" for n in range(40))
     response = client.get("/chat/stream?prompt=hi&max_tokens=40")
-    chunks, received = response.iter_encoded(), ""
-    while received.count("data:") < 2:
-        received += next(chunks).decode()
-    message_id = [e for e in parse_sse(received) if e["id"]][0]["id"].split(":")[0]
+    message_id = read_sse(response, 2)[0]["id"].split(":")[0]
     response.close()  # the page closes its EventSource...
     assert client.delete(f"/chat/stream/{message_id}").status_code == 204  # ...and asks the server to stop
     assert wait_until(lambda: fake_engine.handles[0].cancelled, timeout=2)

@@ -9,7 +9,8 @@ import pytest
 import sqlalchemy as sa
 
 from tests.fakes import wait_until
-from tests.test_http_chat import assert_error, parse_sse, post
+from tests.http import assert_error, post
+from tests.sse import parse_sse, read_sse
 
 
 def store_of(app):
@@ -197,9 +198,7 @@ def test_a_broken_store_is_503_not_500(app, client):
 def test_a_stream_whose_client_left_is_stored_as_cancelled(client, fake_engine):
     fake_engine.delay = 0.02
     response = client.get("/chat/stream?prompt=hi")
-    chunks, body = response.iter_encoded(), ""
-    while body.count("data:") < 2:
-        body += next(chunks).decode()
+    read_sse(response, 2)
     response.close()
     stored = wait_until(lambda: client.get("/chat/get/messages").get_json()["messages"])
     assert stored[-1]["finish_reason"] == "cancelled"

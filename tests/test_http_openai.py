@@ -2,26 +2,19 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
-from tests.test_http_chat import parse_sse
-
-CHAT = {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}]}
-
-
-def post(client, path, body):
-    return client.post(path, data=json.dumps(body), content_type="application/json")
+from tests.fakes import CHAT
+from tests.http import openai_error, post_json
+from tests.sse import openai_payloads, parse_sse
 
 
 def data_lines(response) -> list:
-    events = parse_sse(response.get_data(as_text=True))
-    return [e["data"] if e["data"] == "[DONE]" else json.loads(e["data"]) for e in events if e["data"]]
+    return openai_payloads(parse_sse(response.get_data(as_text=True)))
 
 
 def test_chat_completion_object(client, fake_engine):
-    body = post(client, "/v1/chat/completions", CHAT).get_json()
+    body = post_json(client, "/v1/chat/completions", CHAT).get_json()
     assert body["object"] == "chat.completion" and body["id"].startswith("chatcmpl-")
     assert body["model"] == fake_engine.model_name and isinstance(body["created"], int)
     choice = body["choices"][0]
@@ -36,8 +29,9 @@ def test_messages_roles_and_text_parts_reach_the_engine(client, fake_engine):
                 {"role": "user", "content": [{"type": "text", "text": "one "}, {"type": "text", "text": "two"}]},
                 {"role": "assistant", "content": "three", "name": "bot"},
                 {"role": "user", "content": "four"}]
-    post(client, "/v1/chat/completions", {**CHAT, "messages": messages, "max_completion_tokens": 3, "max_tokens": 9,
-                                          "temperature": 0.2, "top_p": 0.5, "seed": 3, "stop": "x", "user": "u1"})
+    post_json(client, "/v1/chat/completions", {**CHAT, "messages": messages, "max_completion_tokens": 3,
+                                               "max_tokens": 9, "temperature": 0.2, "top_p": 0.5, "seed": 3,
+                                               "stop": "x", "user": "u1"})
     expected = fake_engine.encode_chat([{"role": "system", "content": "Be brief."},
                                         {"role": "user", "content": "one two"},
                                         {"role": "assistant", "content": "three"}, {"role": "user", "content": "four"}])
@@ -50,13 +44,13 @@ def test_messages_roles_and_text_parts_reach_the_engine(client, fake_engine):
 def test_nulls_mean_defaults(client, fake_engine):
     body = {**CHAT, "temperature": None, "top_p": None, "n": None, "stop": None, "stream": None, "seed": None,
             "max_tokens": None, "stream_options": None, "frequency_penalty": None, "logprobs": None, "tools": None}
-    assert post(client, "/v1/chat/completions", body).status_code == 200
+    assert post_json(client, "/v1/chat/completions", body).status_code == 200
     params = fake_engine.submitted[-1].params
     assert (params.temperature, params.top_p, params.stop, params.seed) == (1.0, 1.0, (), None)
 
 
 def test_chat_stream_chunks(client, fake_engine):
-    response = post(client, "/v1/chat/completions", {**CHAT, "stream": True})
+    response = post_json(client, "/v1/chat/completions", {**CHAT, "stream": True})
     assert response.mimetype == "text/event-stream"
     chunks = data_lines(response)
     assert chunks[-1] == "[DONE]"
@@ -71,8 +65,8 @@ def test_chat_stream_chunks(client, fake_engine):
 
 
 def test_chat_stream_include_usage(client, fake_engine):
-    chunks = data_lines(post(client, "/v1/chat/completions",
-                             {**CHAT, "stream": True, "stream_options": {"include_usage": True}}))[:-1]
+    chunks = data_lines(post_json(client, "/v1/chat/completions",
+                                  {**CHAT, "stream": True, "stream_options": {"include_usage": True}}))[:-1]
     assert all(c["usage"] is None for c in chunks[:-1])
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 5
     assert chunks[-2]["choices"][0]["finish_reason"] == "stop"
@@ -80,7 +74,7 @@ def test_chat_stream_include_usage(client, fake_engine):
 
 def test_error_after_stream_began_is_one_error_line_then_done(client, fake_engine):
     fake_engine.fail_after = 2
-    lines = data_lines(post(client, "/v1/chat/completions", {**CHAT, "stream": True}))
+    lines = data_lines(post_json(client, "/v1/chat/completions", {**CHAT, "stream": True}))
     assert lines[-1] == "[DONE]"
     error = lines[-2]["error"]
     assert error["code"] == "generation_failed" and error["type"] == "server_error" and error["message"]
@@ -88,12 +82,12 @@ def test_error_after_stream_began_is_one_error_line_then_done(client, fake_engin
 
 
 def test_text_completion_and_stream_with_echo(client, fake_engine):
-    body = post(client, "/v1/completions", {"model": "m", "prompt": "Once upon", "max_tokens": 3}).get_json()
+    body = post_json(client, "/v1/completions", {"model": "m", "prompt": "Once upon", "max_tokens": 3}).get_json()
     assert body["object"] == "text_completion" and body["id"].startswith("cmpl-")
     assert body["choices"][0]["text"] == "Hello from the" and body["choices"][0]["finish_reason"] == "length"
     assert fake_engine.submitted[-1].prompt_ids == fake_engine.encode_text("Once upon")  # no chat template
-    chunks = data_lines(post(client, "/v1/completions", {"model": "m", "prompt": ["Once upon"], "echo": True,
-                                                         "stream": True}))
+    chunks = data_lines(post_json(client, "/v1/completions", {"model": "m", "prompt": ["Once upon"], "echo": True,
+                                                              "stream": True}))
     assert chunks[-1] == "[DONE]"
     texts = [c["choices"][0]["text"] for c in chunks[:-1]]
     assert "".join(texts) == "Once upon" + fake_engine.reply[: len("Hello from the fake model.")]
@@ -107,15 +101,6 @@ def test_models_list(client, fake_engine):
     assert body["data"][0]["context_length"] == fake_engine.context_length
 
 
-def openai_error(response, status: int, param: str | None, code: str) -> dict:
-    assert response.status_code == status, response.get_data(as_text=True)
-    error = response.get_json()["error"]
-    assert set(error) == {"message", "type", "param", "code"}
-    assert (error["param"], error["code"]) == (param, code)
-    assert error["type"] == ("invalid_request_error" if status < 500 else "server_error")
-    return error
-
-
 @pytest.mark.parametrize("extra, param", [
     ({"n": 2}, "n"), ({"tools": [{"type": "function"}]}, "tools"), ({"logprobs": True}, "logprobs"),
     ({"frequency_penalty": 0.5}, "frequency_penalty"), ({"response_format": {"type": "json_object"}},
@@ -126,20 +111,21 @@ def openai_error(response, status: int, param: str | None, code: str) -> dict:
     ({"stream_options": {"include_usage": "yes"}}, "stream_options"), ({"bogus": 1}, "bogus"),
 ])
 def test_unsupported_or_invalid_fields_are_422_naming_them(client, extra, param):
-    error = openai_error(post(client, "/v1/chat/completions", {**CHAT, **extra}), 422, param, "validation_error")
+    error = openai_error(post_json(client, "/v1/chat/completions", {**CHAT, **extra}), 422, param, "validation_error")
     assert param in error["message"]
 
 
 def test_missing_model_is_422(client):
-    openai_error(post(client, "/v1/chat/completions", {"messages": CHAT["messages"]}), 422, "model", "validation_error")
+    openai_error(post_json(client, "/v1/chat/completions", {"messages": CHAT["messages"]}), 422, "model",
+                 "validation_error")
 
 
 def test_openai_errors_keep_the_services_status_codes(client, fake_engine):
     openai_error(client.post("/v1/chat/completions", data="{"), 400, None, "invalid_json")
-    openai_error(post(client, "/v1/chat/completions", {**CHAT, "max_tokens": 500}), 400, None,
+    openai_error(post_json(client, "/v1/chat/completions", {**CHAT, "max_tokens": 500}), 400, None,
                  "context_length_exceeded")
     fake_engine.queue_full = True
-    response = post(client, "/v1/chat/completions", CHAT)
+    response = post_json(client, "/v1/chat/completions", CHAT)
     openai_error(response, 503, None, "queue_full")
     assert response.headers["Retry-After"]
     openai_error(client.get("/v1/nope"), 404, None, "not_found")
@@ -147,9 +133,9 @@ def test_openai_errors_keep_the_services_status_codes(client, fake_engine):
 
 
 def test_ignore_eos_extension_reaches_the_engine(client, fake_engine):
-    post(client, "/v1/chat/completions", {**CHAT, "ignore_eos": True, "max_tokens": 7})
+    post_json(client, "/v1/chat/completions", {**CHAT, "ignore_eos": True, "max_tokens": 7})
     assert fake_engine.submitted[-1].params.ignore_eos is True
-    post(client, "/v1/chat/completions", CHAT)
+    post_json(client, "/v1/chat/completions", CHAT)
     assert fake_engine.submitted[-1].params.ignore_eos is False
 
 

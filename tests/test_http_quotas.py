@@ -8,8 +8,8 @@ import gevent
 
 from llm_api import create_app
 from tests.fakes import FakeEngine, wait_until
-from tests.test_http_auth import bearer, new_key
-from tests.test_http_chat import assert_error, parse_sse, post
+from tests.http import assert_error, bearer, new_key, post
+from tests.sse import parse_sse
 
 
 def test_requests_per_minute_are_counted_and_the_next_one_is_429(app, client):

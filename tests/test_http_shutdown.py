@@ -14,10 +14,9 @@ import pytest
 from llm_api.services.chat import ChatRequest, ChatUnavailable
 from llm_api.shutdown import INTERRUPTED_MESSAGE, DrainPlan, drain, drain_plan, interrupt_running
 from llm_api.worker import DrainingGeventWorker
-from tests.fakes import wait_until
-from tests.test_http_chat import assert_error, parse_sse, post, read_events
-from tests.test_http_openai import CHAT, openai_error
-from tests.test_http_openai import post as post_v1
+from tests.fakes import CHAT, wait_until
+from tests.http import assert_error, openai_error, post, post_json
+from tests.sse import lesson_text, openai_payloads, parse_sse, read_sse
 
 LONG_REPLY = " ".join(f"w{n}" for n in range(40))
 
@@ -30,10 +29,6 @@ def stored_answer(app, message_id: str):
     message = state_of(app).store.get_message(message_id, "")
     assert message is not None, f"message {message_id} was not stored"
     return message
-
-
-def texts(events: list[dict]) -> str:
-    return "".join(json.loads(e["data"])["text"] for e in events if e["data"] and e["event"] is None)
 
 
 def rest_of(response) -> str:
@@ -72,9 +67,9 @@ def test_while_draining_other_routes_are_503_too(app, client, fake_engine):
 
 def test_while_draining_the_openai_api_answers_503_in_openais_shape(app, client, fake_engine):
     state_of(app).begin_drain()
-    for response in (post_v1(client, "/v1/chat/completions", CHAT),
-                     post_v1(client, "/v1/chat/completions", {**CHAT, "stream": True}),
-                     post_v1(client, "/v1/completions", {"model": "fake-model", "prompt": "hi"}),
+    for response in (post_json(client, "/v1/chat/completions", CHAT),
+                     post_json(client, "/v1/chat/completions", {**CHAT, "stream": True}),
+                     post_json(client, "/v1/completions", {"model": "fake-model", "prompt": "hi"}),
                      client.get("/v1/models")):
         openai_error(response, 503, None, "shutting_down")
         assert response.headers["Retry-After"] == "1"
@@ -84,12 +79,12 @@ def test_while_draining_the_openai_api_answers_503_in_openais_shape(app, client,
 def test_while_draining_a_reconnect_to_a_stream_of_this_worker_is_still_served(app, client, fake_engine):
     state_of(app).live.grace_seconds = 5.0  # the EventSource stream keeps generating while its client is away
     fake_engine.delay = 0.02
-    first = read_events(client.get("/chat/stream?prompt=hi"), 2)
+    first = read_sse(client.get("/chat/stream?prompt=hi"), 2)
     state_of(app).begin_drain()
     body = client.get("/chat/stream", headers={"Last-Event-ID": first[-1]["id"]}).get_data(as_text=True)
     rest = [e for e in parse_sse(body) if e["data"]]
     assert rest[-1]["event"] == "finish" and json.loads(rest[-1]["data"])["finish_reason"] == "stop"
-    assert texts(first + rest) == fake_engine.reply
+    assert lesson_text(first + rest) == fake_engine.reply
     assert len(fake_engine.submitted) == 1
 
 
@@ -108,7 +103,7 @@ def test_an_interrupted_lesson_stream_ends_with_a_shutting_down_error_and_is_sto
                                                                                               fake_engine):
     fake_engine.reply, fake_engine.delay = LONG_REPLY, 0.02
     response = post(client, {"prompt": "hi", "stream": True})
-    first = read_events(response, 3)
+    first = read_sse(response, 3)
     assert interrupt_running(state_of(app), flush_seconds=5) == 1
     events = first + [e for e in parse_sse(rest_of(response)) if e["data"]]
     message_id = json.loads(events[0]["data"])["message_id"]
@@ -119,21 +114,21 @@ def test_an_interrupted_lesson_stream_ends_with_a_shutting_down_error_and_is_sto
     stored = stored_answer(app, message_id)
     assert error["details"] == {"message_id": message_id, "conversation_id": stored.conversation_id}
     assert stored.finish_reason == "cancelled"
-    assert stored.content == texts(events) and stored.content and LONG_REPLY.startswith(stored.content)
+    assert stored.content == lesson_text(events) and stored.content and LONG_REPLY.startswith(stored.content)
     assert stored.content != LONG_REPLY
     assert state_of(app).chat.running == 0
 
 
 def test_an_interrupted_openai_stream_sends_one_error_then_done(app, client, fake_engine):
     fake_engine.reply, fake_engine.delay = LONG_REPLY, 0.02
-    response = post_v1(client, "/v1/chat/completions", {**CHAT, "stream": True})
+    response = post_json(client, "/v1/chat/completions", {**CHAT, "stream": True})
     chunks, body = response.iter_encoded(), ""
     while body.count("data:") < 4:
         body += next(chunks).decode()
     # This response is read by the test alone (no pump greenlet): interrupt without waiting for the store.
     assert state_of(app).chat.interrupt_all("shutting_down", INTERRUPTED_MESSAGE) == 1
     body += "".join(chunk.decode() for chunk in chunks)
-    lines = [e["data"] if e["data"] == "[DONE]" else json.loads(e["data"]) for e in parse_sse(body) if e["data"]]
+    lines = openai_payloads(parse_sse(body))
     assert lines[-1] == "[DONE]"
     assert lines[-2] == {"error": {"message": INTERRUPTED_MESSAGE, "type": "server_error", "param": None,
                                    "code": "shutting_down"}}
@@ -146,7 +141,7 @@ def test_an_interrupted_openai_stream_sends_one_error_then_done(app, client, fak
 @pytest.mark.parametrize("path, body", [("/chat/new/message", {"prompt": "hi"}), ("/v1/chat/completions", CHAT)])
 def test_an_interrupted_non_streamed_answer_is_503_and_its_text_is_stored(app, client, fake_engine, path, body):
     fake_engine.reply, fake_engine.delay = LONG_REPLY, 0.02
-    pending = gevent.spawn(post_v1, client, path, body)
+    pending = gevent.spawn(post_json, client, path, body)
     assert wait_until(lambda: fake_engine.handles and state_of(app).chat.running)
     gevent.sleep(0.1)  # a few pieces
     interrupt_running(state_of(app), flush_seconds=5)
@@ -164,7 +159,7 @@ def test_an_interrupted_non_streamed_answer_is_503_and_its_text_is_stored(app, c
 
 def test_an_answer_that_ends_by_itself_before_the_cancel_is_seen_keeps_its_finish(app, client, fake_engine):
     response = post(client, {"prompt": "hi", "stream": True})  # delay 0: the whole answer is already queued
-    first = read_events(response, 1)
+    first = read_sse(response, 1)
     interrupt_running(state_of(app), flush_seconds=5)
     events = first + [e for e in parse_sse(rest_of(response)) if e["data"]]
     assert events[-1]["event"] == "finish" and json.loads(events[-1]["data"])["finish_reason"] == "stop"
@@ -182,10 +177,10 @@ def test_drain_plan_keeps_a_margin_before_the_graceful_timeout():
 def test_drain_lets_a_short_answer_finish_and_interrupts_a_long_one(app, client, fake_engine):
     fake_engine.delay = 0.02
     short = post(client, {"prompt": "hi", "stream": True, "max_tokens": 3})
-    short_first = read_events(short, 1)
+    short_first = read_sse(short, 1)
     fake_engine.reply = LONG_REPLY
     long = post(client, {"prompt": "hi", "stream": True})
-    long_first = read_events(long, 1)
+    long_first = read_sse(long, 1)
     assert drain(state_of(app), DrainPlan(wait_seconds=0.3, flush_seconds=5)) == 1
     assert state_of(app).draining
     short_events = short_first + [e for e in parse_sse(rest_of(short)) if e["data"]]
@@ -221,7 +216,7 @@ def bare_worker(app, graceful_timeout: float) -> DrainingGeventWorker:
 def test_sigterm_drains_then_lets_the_worker_leave(app, client, fake_engine):
     fake_engine.reply, fake_engine.delay = LONG_REPLY, 0.05
     response = post(client, {"prompt": "hi", "stream": True})
-    first = read_events(response, 1)
+    first = read_sse(response, 1)
     worker = bare_worker(app, graceful_timeout=1.5)  # interrupt after 1.0 s
     (idle, idle_peer), (busy, busy_peer) = socket.socketpair(), socket.socketpair()
     worker._connections = {idle: "idle", busy: "busy"}

@@ -7,38 +7,16 @@ import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from llm_api import create_app
 from llm_api.metrics import app_metrics
 from tests.fakes import FakeEngine, wait_until
-from tests.test_http_chat import open_stream_and_read
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def scrape(client) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Every sample of GET /metrics, keyed by (sample name, sorted labels)."""
-    response = client.get("/metrics")
-    assert response.status_code == 200
-    assert response.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
-    return parse(response.get_data(as_text=True))
-
-
-def parse(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
-            for family in text_string_to_metric_families(text) for sample in family.samples}
-
-
-def value(samples, name: str, **labels: str) -> float:
-    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
-
-
-def post(client, body, **kwargs):
-    return client.post("/chat/new/message", data=json.dumps(body), **kwargs)
+from tests.http import post
+from tests.metrics import parse, scrape, value
+from tests.servers import ROOT
+from tests.sse import read_sse
 
 
 def test_requests_are_counted_by_route_template_and_status(client):
@@ -79,7 +57,8 @@ def test_answers_feed_tokens_latencies_and_finish_reasons(client, fake_engine):
 
 def test_open_streams_are_a_gauge_and_a_dropped_one_counts_as_cancelled(client, fake_engine):
     fake_engine.delay = 0.02
-    response = open_stream_and_read(client)
+    response = post(client, {"prompt": "hi", "stream": True})
+    read_sse(response, 2)
     assert value(scrape(client), "llm_api_active_streams") == 1
     response.close()  # the client went away
     assert wait_until(lambda: value(scrape(client), "llm_api_cancellations_total") == 1)

@@ -13,8 +13,9 @@ from llm_api import create_app
 from llm_api.config import ConfigError, Settings
 from llm_api.services.output_guard import CONTENT_FILTER, REPETITION, OutputGuard, read_word_list
 from tests.fakes import FakeEngine, wait_until
-from tests.test_http_chat import parse_sse
-from tests.test_metrics import scrape, value
+from tests.http import post_json
+from tests.metrics import scrape, value
+from tests.sse import lesson_text, openai_chunks, parse_sse
 
 COLOURS = "Red\nOrange\nYellow\nGreen\nBlue\nIndigo\nViolet\n"
 PROSE = (
@@ -259,30 +260,20 @@ def guarded_app(settings, reply: str, **overrides):
     return app, app.test_client(), engine
 
 
-def post(client, path: str, body: dict):
-    return client.post(path, data=json.dumps(body), content_type="application/json")
-
-
 def stored_answer(client) -> dict:
     return client.get("/chat/get/messages").get_json()["messages"][-1]
 
 
 def lesson_events(response) -> tuple[str, dict]:
+    """The text and the finish event's data of a finished lesson stream."""
     events = parse_sse(response.get_data(as_text=True))
-    text = "".join(json.loads(e["data"])["text"] for e in events if e["data"] and e["event"] is None)
     assert events[-1]["event"] == "finish"
-    return text, json.loads(events[-1]["data"])
-
-
-def openai_chunks(response) -> list[dict]:
-    events = [e["data"] for e in parse_sse(response.get_data(as_text=True)) if e["data"]]
-    assert events[-1] == "[DONE]"
-    return [json.loads(e) for e in events[:-1]]
+    return lesson_text(events), json.loads(events[-1]["data"])
 
 
 def test_lesson_answer_stops_before_the_match(settings):
     _, client, engine = guarded_app(settings, ANSWER, output_filter="Paris")
-    body = post(client, "/chat/new/message", {"prompt": "capital?"}).get_json()
+    body = post_json(client, "/chat/new/message", {"prompt": "capital?"}).get_json()
     assert body["response"] == "The capital of France is "
     assert body["finish_reason"] == "content_filter"
     assert body["history"][-1] == {"role": "assistant", "content": "The capital of France is "}
@@ -294,7 +285,7 @@ def test_lesson_answer_stops_before_the_match(settings):
 @pytest.mark.parametrize("mode", ["delta", "cumulative"])
 def test_lesson_stream_stops_before_the_match(settings, mode):
     _, client, engine = guarded_app(settings, ANSWER, output_filter="Paris", output_filter_holdback=6)
-    response = post(client, "/chat/new/message", {"prompt": "capital?", "stream": True, "stream_mode": mode})
+    response = post_json(client, "/chat/new/message", {"prompt": "capital?", "stream": True, "stream_mode": mode})
     events = parse_sse(response.get_data(as_text=True))
     texts = [json.loads(e["data"])["text"] for e in events if e["data"] and e["event"] is None]
     streamed = "".join(texts) if mode == "delta" else texts[-1]
@@ -311,7 +302,7 @@ def test_the_generation_is_cancelled_at_the_match(settings):
     _, client, engine = guarded_app(settings, ANSWER + " More words follow here, many of them.",
                                     output_filter="Paris")
     engine.delay = 0.01  # the fake honours the cancel, as the real engine does
-    text, finish = lesson_events(post(client, "/chat/new/message", {"prompt": "capital?", "stream": True}))
+    text, finish = lesson_events(post_json(client, "/chat/new/message", {"prompt": "capital?", "stream": True}))
     assert text == "The capital of France is " and finish["finish_reason"] == "content_filter"
     handle = engine.handles[-1]
     assert handle.cancel_seen_at_token is not None and handle.cancel_seen_at_token <= 8  # of 15 pieces
@@ -321,15 +312,16 @@ def test_the_generation_is_cancelled_at_the_match(settings):
 def test_openai_chat_and_text_completions_report_content_filter(settings):
     _, client, engine = guarded_app(settings, ANSWER, output_filter="Paris")
     chat = {"model": "m", "messages": [{"role": "user", "content": "capital?"}]}
-    body = post(client, "/v1/chat/completions", chat).get_json()
+    body = post_json(client, "/v1/chat/completions", chat).get_json()
     assert body["choices"][0]["message"]["content"] == "The capital of France is "
     assert body["choices"][0]["finish_reason"] == "content_filter"
-    chunks = openai_chunks(post(client, "/v1/chat/completions", {**chat, "stream": True}))
+    stream = post_json(client, "/v1/chat/completions", {**chat, "stream": True})
+    chunks = openai_chunks(parse_sse(stream.get_data(as_text=True)))
     assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == "The capital of France is "
     assert chunks[-1]["choices"][0] == {"index": 0, "delta": {}, "logprobs": None, "finish_reason": "content_filter"}
     assert engine.handles[-1].cancelled
     text = {"model": "m", "prompt": "The capital of France is", "max_tokens": 40}
-    body = post(client, "/v1/completions", text).get_json()
+    body = post_json(client, "/v1/completions", text).get_json()
     assert body["choices"][0]["text"] == "The capital of France is "
     assert body["choices"][0]["finish_reason"] == "content_filter"
     stored = stored_answer(client)
@@ -340,13 +332,13 @@ def test_word_list_over_http(settings, tmp_path):
     words = tmp_path / "words.txt"
     words.write_text("# places\nparis\n")
     _, client, _ = guarded_app(settings, ANSWER, output_filter_words=str(words))
-    body = post(client, "/chat/new/message", {"prompt": "capital?"}).get_json()
+    body = post_json(client, "/chat/new/message", {"prompt": "capital?"}).get_json()
     assert (body["response"], body["finish_reason"]) == ("The capital of France is ", "content_filter")
 
 
 def test_an_answer_without_a_match_is_whole(settings):
     _, client, _ = guarded_app(settings, ANSWER, output_filter="Berlin", output_filter_holdback=10)
-    text, finish = lesson_events(post(client, "/chat/new/message", {"prompt": "capital?", "stream": True}))
+    text, finish = lesson_events(post_json(client, "/chat/new/message", {"prompt": "capital?", "stream": True}))
     assert text == ANSWER and finish["finish_reason"] == "stop"
     assert stored_answer(client)["response"] == ANSWER
 
@@ -354,13 +346,13 @@ def test_an_answer_without_a_match_is_whole(settings):
 def test_a_looping_answer_ends_with_repetition(settings):
     _, client, engine = guarded_app(settings, LOOP)
     expected = "Singing" + " la" * 14
-    text, finish = lesson_events(post(client, "/chat/new/message", {"prompt": "sing", "stream": True}))
+    text, finish = lesson_events(post_json(client, "/chat/new/message", {"prompt": "sing", "stream": True}))
     assert (text, finish["finish_reason"]) == (expected, "repetition")
     assert engine.handles[-1].cancelled and engine.handles[-1].cancel_reason == "repetition"
     stored = stored_answer(client)
     assert (stored["response"], stored["finish_reason"]) == (expected, "repetition")
     chat = {"model": "m", "messages": [{"role": "user", "content": "sing"}]}
-    body = post(client, "/v1/chat/completions", chat).get_json()
+    body = post_json(client, "/v1/chat/completions", chat).get_json()
     assert body["choices"][0]["message"]["content"] == expected
     assert body["choices"][0]["finish_reason"] == "repetition"
 
@@ -368,12 +360,12 @@ def test_a_looping_answer_ends_with_repetition(settings):
 def test_ignore_eos_requests_are_not_stopped_for_repetition(settings):
     _, client, _ = guarded_app(settings, LOOP)
     chat = {"model": "m", "messages": [{"role": "user", "content": "sing"}], "ignore_eos": True}
-    body = post(client, "/v1/chat/completions", chat).get_json()
+    body = post_json(client, "/v1/chat/completions", chat).get_json()
     assert body["choices"][0]["message"]["content"] == LOOP and body["choices"][0]["finish_reason"] == "stop"
 
 
 def test_default_settings_leave_the_fake_answers_alone(client, fake_engine):
-    body = post(client, "/chat/new/message", {"prompt": "hi"}).get_json()
+    body = post_json(client, "/chat/new/message", {"prompt": "hi"}).get_json()
     assert (body["response"], body["finish_reason"]) == (fake_engine.reply, "stop")
     assert not fake_engine.handles[-1].cancelled
 
@@ -393,7 +385,7 @@ def test_a_stop_is_logged_once_and_counted(settings, log_prompts):
     logger, collect = logging.getLogger("llm_api.guard"), Collect()
     logger.addHandler(collect)
     try:
-        body = post(client, "/chat/new/message", {"prompt": "capital?"}).get_json()
+        body = post_json(client, "/chat/new/message", {"prompt": "capital?"}).get_json()
     finally:
         logger.removeHandler(collect)
     assert len(collect.lines) == 1 and "\n" not in collect.lines[0]
@@ -410,5 +402,5 @@ def test_a_stop_is_logged_once_and_counted(settings, log_prompts):
 
 def test_repetition_is_counted(settings):
     _, client, _ = guarded_app(settings, LOOP)
-    post(client, "/chat/new/message", {"prompt": "sing"})
+    post_json(client, "/chat/new/message", {"prompt": "sing"})
     assert wait_until(lambda: value(scrape(client), "llm_api_output_guard_stops_total", reason="repetition") == 1)

@@ -16,9 +16,8 @@ import pytest
 import redis
 
 from llm_api import create_app
-from tests.conftest import free_port
-from tests.test_http_auth import bearer, new_key
-from tests.test_http_chat import assert_error, post
+from tests.http import assert_error, bearer, new_key, post
+from tests.servers import free_port
 
 
 class RedisServer:
@@ -61,15 +60,15 @@ def redis_server() -> Iterator[RedisServer]:
 
 
 @pytest.fixture
-def workers(fake_engine, settings, redis_server):
+def worker_apps(fake_engine, settings, redis_server):
     """Two apps on one database and one Redis: two workers of one service."""
     shared = settings.__class__(**{**settings.__dict__, "redis_url": redis_server.url})
     return [create_app(shared, engine=fake_engine) for _ in range(2)]
 
 
-def test_limits_hold_across_workers(workers):
-    key = new_key(workers[0], rpm=3, tpm=200)
-    clients = [w.test_client() for w in workers]
+def test_limits_hold_across_workers(worker_apps):
+    key = new_key(worker_apps[0], rpm=3, tpm=200)
+    clients = [w.test_client() for w in worker_apps]
     for n in range(3):
         assert post(clients[n % 2], {"prompt": "hi", "max_tokens": 10}, headers=bearer(key)).status_code == 200
     refused = post(clients[1], {"prompt": "hi", "max_tokens": 10}, headers=bearer(key))
@@ -79,21 +78,21 @@ def test_limits_hold_across_workers(workers):
     assert 200 - 3 * 15 < used < 200  # three answers' real usage, not three 10-token reservations + prompts
 
 
-def test_stream_slots_are_shared_across_workers(workers):
-    key = new_key(workers[0], max_streams=1)
-    quotas = [w.extensions["llm_api"].quotas for w in workers]
-    record = workers[0].extensions["llm_api"].keys.store.list()[0]
+def test_stream_slots_are_shared_across_workers(worker_apps):
+    key = new_key(worker_apps[0], max_streams=1)
+    quotas = [w.extensions["llm_api"].quotas for w in worker_apps]
+    record = worker_apps[0].extensions["llm_api"].keys.store.list()[0]
     held = quotas[0].admit(record, 1)
-    body = assert_error(post(workers[1].test_client(), {"prompt": "hi"}, headers=bearer(key)), 429,
+    body = assert_error(post(worker_apps[1].test_client(), {"prompt": "hi"}, headers=bearer(key)), 429,
                         "rate_limit_exceeded")
     assert body["details"] == {"limit": "streams"}
     held.release(1)
-    assert post(workers[1].test_client(), {"prompt": "hi"}, headers=bearer(key)).status_code == 200
+    assert post(worker_apps[1].test_client(), {"prompt": "hi"}, headers=bearer(key)).status_code == 200
 
 
-def test_without_redis_the_service_keeps_serving_and_counts_again_when_it_returns(workers, redis_server):
-    key = new_key(workers[0], rpm=2)
-    client = workers[0].test_client()
+def test_without_redis_the_service_keeps_serving_and_counts_again_when_it_returns(worker_apps, redis_server):
+    key = new_key(worker_apps[0], rpm=2)
+    client = worker_apps[0].test_client()
     assert post(client, {"prompt": "hi"}, headers=bearer(key)).status_code == 200
 
     redis_server.stop()
@@ -109,9 +108,9 @@ def test_without_redis_the_service_keeps_serving_and_counts_again_when_it_return
     assert_error(post(client, {"prompt": "hi"}, headers=bearer(key)), 429, "rate_limit_exceeded")
 
 
-def test_a_dead_redis_costs_no_waiting(workers, redis_server):
-    key = new_key(workers[0], rpm=100, tpm=10_000, max_streams=5)
-    client = workers[0].test_client()
+def test_a_dead_redis_costs_no_waiting(worker_apps, redis_server):
+    key = new_key(worker_apps[0], rpm=100, tpm=10_000, max_streams=5)
+    client = worker_apps[0].test_client()
     redis_server.stop()
     started = time.monotonic()
     for _ in range(10):

@@ -16,6 +16,7 @@ from flask import g
 from llm_api import create_app
 from llm_api.config import ConfigError, Settings
 from tests.fakes import FakeEngine
+from tests.http import post
 
 HEX_ID = re.compile(r"[0-9a-f]{32}")
 
@@ -41,10 +42,6 @@ def make_app(settings: Settings, engine: FakeEngine | None = None, **overrides):
     app = create_app(Settings.from_env({}, **{**fields, **overrides}), engine=engine or FakeEngine())
     app.config["TESTING"] = True
     return app
-
-
-def post(client, body, **kwargs):
-    return client.post("/chat/new/message", data=json.dumps(body), **kwargs)
 
 
 # ---- request ids ---------------------------------------------------------------------------------------

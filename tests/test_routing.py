@@ -13,7 +13,7 @@ from llm_api.routing import EngineRouter, UpstreamEngine, build_router
 from llm_api.routing.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
 from tests.fakes import FakeEngine
 from tests.fault_engine import FaultyEngine
-from tests.test_http_chat import parse_sse
+from tests.sse import parse_sse
 
 STATIC = "The service is degraded; please retry later."
 

@@ -8,48 +8,40 @@ import os
 import re
 import signal
 import subprocess
-import sys
-import tempfile
 import time
 
 import pytest
 import requests
 
-from tests.conftest import ROOT, free_port, start_server, stop_server
+from tests.isolation import home_env
+from tests.servers import ROOT, free_port, gunicorn_command, refusal, start_server, stop_server
 
-# gunicorn's error log: "[2025-01-01 12:00:00 +0000] [1234] [ERROR] message".
-GUNICORN_LINE = re.compile(r"^\[[^\]]+\] \[\d+\] \[(?P<level>[A-Z]+)\] (?P<message>.*)$")
 STARTED = "llm_api: start-up checks passed"
 OPEN = "llm_api: warning: no API key exists, so every route is open"
 
 
-def gunicorn(env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
-    home = tempfile.mkdtemp(prefix="llm-api-home-")
-    return subprocess.run(
-        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "-b", f"127.0.0.1:{free_port()}", "wsgi:app"],
-        cwd=ROOT, env={"PATH": "/usr/bin:/bin", "HOME": home,
-                       "LLM_API_DATA_DIR": tempfile.mkdtemp(prefix="llm-api-data-"), **env},
-        capture_output=True, text=True, timeout=timeout)
+@pytest.fixture
+def gunicorn(tmp_path):
+    """Runs gunicorn to its end with ``env`` and nothing else of ours (but the test home), its data folder in
+    the test's own."""
+    def run(env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            gunicorn_command(free_port()), cwd=ROOT,
+            env={"PATH": "/usr/bin:/bin", **home_env(), "LLM_API_DATA_DIR": str(tmp_path / "data"), **env},
+            capture_output=True, text=True, timeout=timeout)
 
-
-def refusal(result: subprocess.CompletedProcess) -> str:
-    """The one line a refused start-up logs (an ERROR of gunicorn's log, without its time and pid); nothing else
-    of llm_api's, and no traceback."""
-    assert "Traceback" not in result.stderr, result.stderr
-    lines = [line for line in result.stderr.splitlines() if "llm_api: " in line]
-    assert len(lines) == 1, result.stderr
-    match = GUNICORN_LINE.match(lines[0])
-    assert match is not None and match["level"] == "ERROR", lines[0]
-    return match["message"]
+    return run
 
 
 @pytest.fixture
 def chatglm_folder(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "chatglm", "num_layers": 2}))
-    return tmp_path
+    folder = tmp_path / "chatglm"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "chatglm", "num_layers": 2}))
+    return folder
 
 
-def test_a_chatglm_folder_the_converter_cannot_serve_says_what_is_missing(chatglm_folder):
+def test_a_chatglm_folder_the_converter_cannot_serve_says_what_is_missing(gunicorn, chatglm_folder):
     result = gunicorn({"LLM_API_MODEL": str(chatglm_folder)})
     assert result.returncode == 2
     assert refusal(result) == (
@@ -57,7 +49,8 @@ def test_a_chatglm_folder_the_converter_cannot_serve_says_what_is_missing(chatgl
         "set LLM_API_TRUST_REMOTE_CODE=1 to run its own code")
 
 
-def test_chatglm_remote_code_on_a_transformers_it_cannot_run_names_the_versions_that_work(chatglm_folder):
+def test_chatglm_remote_code_on_a_transformers_it_cannot_run_names_the_versions_that_work(gunicorn,
+                                                                                       chatglm_folder):
     import transformers
 
     result = gunicorn({"LLM_API_MODEL": str(chatglm_folder), "LLM_API_TRUST_REMOTE_CODE": "1"})
@@ -68,15 +61,17 @@ def test_chatglm_remote_code_on_a_transformers_it_cannot_run_names_the_versions_
     assert "4.40.x and 4.41.x" in line
 
 
-def test_a_model_that_fails_to_load_stops_the_server(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))  # no weights, no tokenizer
-    result = gunicorn({"LLM_API_MODEL": str(tmp_path)})
+def test_a_model_that_fails_to_load_stops_the_server(gunicorn, tmp_path):
+    folder = tmp_path / "llama"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "llama"}))  # no weights, no tokenizer
+    result = gunicorn({"LLM_API_MODEL": str(folder)})
     assert result.returncode != 0
-    assert f"cannot serve the model: cannot load {tmp_path}" in result.stdout + result.stderr
+    assert f"cannot serve the model: cannot load {folder}" in result.stdout + result.stderr
     assert "App failed to load" in result.stdout + result.stderr
 
 
-def test_an_unsupported_database_url_is_one_configuration_line():
+def test_an_unsupported_database_url_is_one_configuration_line(gunicorn):
     result = gunicorn({"LLM_API_DATABASE_URL": "mysql://root@localhost/chat"})
     assert result.returncode == 2
     assert result.stderr.strip() == (
@@ -84,7 +79,7 @@ def test_an_unsupported_database_url_is_one_configuration_line():
         "postgresql://USER:PASSWORD@HOST:PORT/DB (got 'mysql://root@localhost/chat')")
 
 
-def test_an_unreachable_database_stops_start_up_with_one_line():
+def test_an_unreachable_database_stops_start_up_with_one_line(gunicorn):
     result = gunicorn({"LLM_API_DATABASE_URL": f"postgresql://nobody@127.0.0.1:{free_port()}/chat"})
     assert result.returncode == 2
     line = refusal(result)

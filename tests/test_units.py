@@ -14,7 +14,8 @@ from llm_api.local_model.prompts import CHATGLM3_SPECIAL_TOKENS, ChatGLM3Format
 from llm_api.local_model.sampling import Sampler, _top_p_filter, choose_tokens, sample_rows
 from llm_api.local_model.stops import StopMatcher
 from llm_api.streaming import sse_event
-from tests.conftest import ROOT
+from tests.isolation import home_env
+from tests.servers import ROOT
 
 # ---- settings ---------------------------------------------------------------------------------------
 
@@ -68,7 +69,7 @@ def test_invalid_settings_name_the_variable(name, value, expected):
 
 
 def test_gunicorn_refuses_to_start_with_one_clear_line():
-    env = {"PATH": "", "LLM_API_DTYPE": "half"}
+    env = {"PATH": "", **home_env(), "LLM_API_DTYPE": "half"}
     result = subprocess.run([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
