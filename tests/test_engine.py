@@ -10,6 +10,7 @@ from llm_api.generation.types import Finished, SamplingParams, TextDelta
 from llm_api.local_model.decode import IncrementalDetokenizer
 from llm_api.local_model.engine import EngineOptions, LocalEngine
 from llm_api.local_model.loader import ModelSpec
+from tests.generation import collect
 from tests.servers import CACHE_DIR
 
 pytestmark = pytest.mark.model
@@ -24,18 +25,8 @@ def run(engine, prompt: str, params: SamplingParams, delay: float = 0.0, cancel_
     """Submit one chat request and collect (text, Finished, number of deltas)."""
     gevent.sleep(delay)
     handle = engine.submit("t", engine.encode_chat([{"role": "user", "content": prompt}]), params)
-    text, deltas = "", 0
-    while True:
-        event = handle.next_event(30)
-        assert event is not None, "no event within 30 s"
-        if isinstance(event, TextDelta):
-            text += event.text
-            deltas += 1
-            if cancel_after is not None and deltas == cancel_after:
-                handle.cancel(cancel_reason)
-        elif isinstance(event, Finished):
-            handle.channel.close()
-            return text, event, deltas, handle
+    text, finished, deltas = collect(handle, 30, cancel_after, cancel_reason)
+    return text, finished, deltas, handle
 
 
 def test_greedy_answer_is_sensible(real_engine):

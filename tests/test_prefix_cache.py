@@ -6,11 +6,12 @@ import gevent
 import pytest
 import torch
 
-from llm_api.generation.types import Finished, SamplingParams, TextDelta
+from llm_api.generation.types import Finished, SamplingParams
 from llm_api.local_model.engine import EngineOptions, LocalEngine
 from llm_api.local_model.loader import ModelSpec
 from llm_api.local_model.prefix_cache import PrefixCache, common_prefix
-from tests.conftest import CACHE_DIR
+from tests.generation import collect
+from tests.servers import CACHE_DIR
 
 # ---- the cache alone ----------------------------------------------------------------------------------
 
@@ -101,19 +102,8 @@ def cached():
 def generate(engine: LocalEngine, ids: list[int], params: SamplingParams = GREEDY, delay: float = 0.0,
              cancel_after: int | None = None) -> tuple[str, Finished]:
     gevent.sleep(delay)
-    handle = engine.submit("p", ids, params)
-    text, deltas = "", 0
-    while True:
-        event = handle.next_event(60)
-        assert event is not None, "no event within 60 s"
-        if isinstance(event, TextDelta):
-            text += event.text
-            deltas += 1
-            if deltas == cancel_after:
-                handle.cancel()
-        elif isinstance(event, Finished):
-            handle.close()
-            return text, event
+    text, finished, _ = collect(engine.submit("p", ids, params), 60, cancel_after)
+    return text, finished
 
 
 def conversation(engine: LocalEngine, questions: list[str]) -> list[tuple[list[int], tuple[int, ...]]]:

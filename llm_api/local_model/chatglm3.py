@@ -22,6 +22,7 @@ from safetensors.torch import save_file
 from .cache import cached_build, content_key
 from .errors import ModelLoadError
 from .prompts import CHATGLM3_SPECIAL_TOKENS
+from .spec import read_config
 
 log = logging.getLogger(__name__)
 
@@ -148,20 +149,12 @@ def _read_shard(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
         yield from torch.load(path, map_location="cpu", weights_only=True, mmap=True).items()
 
 
-def read_source_config(folder: Path) -> dict[str, Any]:
-    try:
-        config: dict[str, Any] = json.loads((folder / "config.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"cannot read {folder / 'config.json'}: {exc}") from None
-    return config
-
-
 def check_recognised(folder: Path) -> None:
     """What can be checked without converting: files present, config recognised."""
     if not (folder / "tokenizer.model").is_file():
         raise ModelLoadError(f"{folder} has no tokenizer.model; set LLM_API_TRUST_REMOTE_CODE=1 to run its own code")
     source_shards(folder)
-    glm_config(read_source_config(folder), {n: i for i, n in enumerate(CHATGLM3_SPECIAL_TOKENS)})
+    glm_config(read_config(folder), {n: i for i, n in enumerate(CHATGLM3_SPECIAL_TOKENS)})
 
 
 def cache_key(folder: Path, cache_dir: Path) -> str:
@@ -175,7 +168,7 @@ def converted_folder(folder: Path, cache_dir: Path) -> Path:
     from transformers import GlmConfig
 
     tokenizer = ChatGLM3Tokenizer(folder / "tokenizer.model")
-    config = glm_config(read_source_config(folder), tokenizer.special_ids)
+    config = glm_config(read_config(folder), tokenizer.special_ids)
 
     def build(scratch: Path) -> None:
         log.info("converting ChatGLM3 checkpoint %s (first start only)", folder)
