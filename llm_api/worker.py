@@ -31,6 +31,7 @@ worker inherits before it patches (see :mod:`llm_api`).
 
 from __future__ import annotations
 
+import os
 import socket
 import warnings
 from typing import Any
@@ -134,10 +135,16 @@ class DrainingGeventWorker(GeventWorker):
                 self._connections[sock] = _IDLE
 
     def _close_idle_connections(self) -> None:
-        """End keep-alive connections waiting for their next request, so the exit does not wait for them."""
+        """End keep-alive connections waiting for their next request, so the exit does not wait for them.
+
+        The connection is shut down through a duplicate of its descriptor: gevent's own ``shutdown`` on the
+        socket object would cancel the waiting reader with "File descriptor was closed in another greenlet",
+        which gunicorn logs as an error with a traceback. Shut down at the OS level, the reader simply sees
+        the end of the stream and the connection closes quietly."""
         for client, state in list(self._connections.items()):
             if state == _IDLE:
                 try:
-                    client.shutdown(socket.SHUT_RDWR)
+                    with socket.socket(fileno=os.dup(client.fileno())) as duplicate:
+                        duplicate.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass

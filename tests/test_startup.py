@@ -138,14 +138,17 @@ def test_a_normal_start_logs_no_warning_and_leaves_home_alone(tmp_path):
     home.mkdir()
     runtime.mkdir()
     server = start_server(tmp_path, {"HOME": str(home), "XDG_RUNTIME_DIR": str(runtime)})  # else the defaults
+    keep_alive = requests.Session()  # its connection stays open, idle, while the server stops
     try:
-        response = requests.post(f"{server.url}/chat/new/message", timeout=120,
-                                 headers={"Authorization": f"Bearer {key}"},
-                                 data=json.dumps({"prompt": "Say hello.", "max_tokens": 8, "temperature": 0}))
+        response = keep_alive.post(f"{server.url}/chat/new/message", timeout=120,
+                                   headers={"Authorization": f"Bearer {key}"},
+                                   data=json.dumps({"prompt": "Say hello.", "max_tokens": 8, "temperature": 0}))
         assert response.status_code == 200, response.text
     finally:
         stop_server(server)
+        keep_alive.close()
     log = server.log()
     assert "llm_api: start-up checks passed" in log and "1 active API key(s)" in log
     assert [line for line in log.splitlines() if "warn" in line.lower()] == []  # gevent's MonkeyPatchWarning too
+    assert "Traceback" not in log and "[ERROR]" not in log, log[-3000:]  # an idle connection closes quietly
     assert not (home / ".gunicorn").exists() and os.listdir(runtime) == []  # no gunicorn control socket
