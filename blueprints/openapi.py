@@ -64,10 +64,34 @@ def _json(schema: Any, description: str = "OK") -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
+def _event(name: str, data: dict[str, Any]) -> dict[str, Any]:
+    """One SSE event as schemathesis and OpenAPI 3.1 read it: its name, id and data (JSON, with its schema)."""
+    return {"type": "object", "required": ["data"], "properties": {
+        "event": {"const": name}, "id": {"type": "string"},
+        "data": {"type": "string", "contentMediaType": "application/json", "contentSchema": data}}}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
 def _sse(description: str, events: dict[str, str]) -> dict[str, Any]:
+    """``text/event-stream``: ``schema`` describes each event (OpenAPI 3.1 has no itemSchema yet)."""
     listed = "; ".join(f"`{name}`: data is {ref}" for name, ref in events.items())
-    return {"schema": {"type": "string", "description": f"{description} Events: {listed}."},
-            "x-sse-events": {name: {"$ref": f"#/components/schemas/{ref}"} for name, ref in events.items()}}
+    return {"schema": {"description": f"{description} Events: {listed}.",
+                       "oneOf": [_event(name, _ref(ref)) for name, ref in events.items()]},
+            "x-sse-events": {name: _ref(ref) for name, ref in events.items()}}
+
+
+def _openai_sse(chunk: str) -> dict[str, Any]:
+    """OpenAI's streams: unnamed ``data:`` events, each a chunk (or an error after the stream began),
+    and ``data: [DONE]`` last."""
+    return {"schema": {"description": f"Server-Sent Events, `data:` only: each a {chunk} (or an OpenAIError "
+                                      "after the stream began), then `data: [DONE]`.",
+                       "oneOf": [_event("message", {"anyOf": [_ref(chunk), _ref("OpenAIError")]}),
+                                 {"type": "object", "required": ["data"],
+                                  "properties": {"event": {"const": "message"}, "data": {"const": "[DONE]"}}}]},
+            "x-sse-events": {"message": _ref(chunk), "error": _ref("OpenAIError")}}
 
 
 CHAT_EVENTS = {"message": "ChatTextEvent", "finish": "ChatFinishEvent", "error": "Error"}
@@ -177,9 +201,7 @@ def build_spec(version: str = "1.0.0") -> dict[str, Any]:
         "responses": {200: {"description": "A chat.completion, or chat.completion.chunk events ending with "
                                            "`data: [DONE]` when `stream` is true.",
                             "content": {"application/json": {"schema": responses.ChatCompletionSchema},
-                                        "text/event-stream": _sse("Server-Sent Events, `data:` only.",
-                                                                  {"message": "ChatCompletionChunk",
-                                                                   "error": "OpenAIError"})}},
+                                        "text/event-stream": _openai_sse("ChatCompletionChunk")}},
                       **_errors(GENERATION_ERRORS, openai_error)}}})
     spec.path("/v1/completions", operations={"post": {
         "tags": ["openai"], "summary": "OpenAI text completions, streamed or not", "security": _security("chat"),
@@ -187,9 +209,7 @@ def build_spec(version: str = "1.0.0") -> dict[str, Any]:
         "responses": {200: {"description": "A text_completion, or text_completion events ending with "
                                            "`data: [DONE]` when `stream` is true.",
                             "content": {"application/json": {"schema": "TextCompletion"},
-                                        "text/event-stream": _sse("Server-Sent Events, `data:` only.",
-                                                                  {"message": "TextCompletion",
-                                                                   "error": "OpenAIError"})}},
+                                        "text/event-stream": _openai_sse("TextCompletion")}},
                       **_errors(GENERATION_ERRORS, openai_error)}}})
     spec.path("/v1/models", operations={"get": {
         "tags": ["openai"], "summary": "The served model", "security": _security("chat"),
