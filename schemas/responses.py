@@ -66,7 +66,7 @@ class ExchangeListSchema(Schema):
 
 class ConversationPageSchema(Schema):
     conversations = fields.List(fields.Nested(ConversationSchema), required=True)
-    next_cursor = fields.Integer(required=True, allow_none=True)
+    next_cursor = fields.String(required=True, allow_none=True, metadata={"description": "pass as ?cursor="})
 
 
 class OwnedConversationSchema(ConversationSchema):
@@ -75,12 +75,12 @@ class OwnedConversationSchema(ConversationSchema):
 
 class AdminConversationPageSchema(Schema):
     conversations = fields.List(fields.Nested(OwnedConversationSchema), required=True)
-    next_cursor = fields.Integer(required=True, allow_none=True)
+    next_cursor = fields.String(required=True, allow_none=True, metadata={"description": "pass as ?cursor="})
 
 
 class ConversationWithMessagesSchema(ConversationSchema):
     messages = fields.List(fields.Nested(StoredMessageSchema), required=True)
-    next_cursor = fields.Integer(allow_none=True)
+    next_cursor = fields.String(allow_none=True, metadata={"description": "pass as ?cursor="})
 
 
 class StreamTokenSchema(Schema):
