@@ -34,7 +34,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     from flask.json.provider import DefaultJSONProvider
     from flask_cors import CORS
 
-    from blueprints import admin, auth, chat, conversations, health, openai, page  # they import llm_api
+    from blueprints import admin, auth, chat, conversations, health, openai, openapi, page  # they import llm_api
     from blueprints.metrics import bp as metrics_bp
 
     from .auth.guard import check_access
@@ -111,6 +111,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     app.register_blueprint(auth.bp)
     app.register_blueprint(admin.bp)
     app.register_blueprint(page.bp)
+    app.register_blueprint(openapi.bp)
 
     return app
 

@@ -184,6 +184,8 @@ class ChatService:
             return len(encoded[len(candidate)]) + reserve <= context
 
         messages, dropped = fit_to_context(messages, fits)
+        if len(messages) not in encoded:  # nothing fitted: the fallback (the newest turn) was never tried
+            encoded[len(messages)] = self._engine.encode_chat(messages)
         return messages, dropped, encoded[len(messages)]
 
     def _max_tokens(self, request: ChatRequest, prompt_ids: list[int]) -> int:

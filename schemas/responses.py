@@ -1,0 +1,184 @@
+"""Response shapes that the views build as plain dicts, described as marshmallow schemas for the
+OpenAPI description (blueprints/openapi.py). The views do not dump through them; tests check that
+real answers conform (schemathesis' response schema conformance)."""
+
+from __future__ import annotations
+
+from marshmallow import Schema, fields
+
+from .chat import ExchangeSchema, UsageSchema
+from .conversations import ConversationSchema, StoredMessageSchema
+
+
+class ErrorObjectSchema(Schema):
+    code = fields.String(required=True, metadata={"description": "Stable, for programs (docs/api.md#errors)."})
+    message = fields.String(required=True, metadata={"description": "For people."})
+    details = fields.Dict(required=True, metadata={"description": "Always an object, often empty; `fields` "
+                                                   "names the offending request fields."})
+
+
+class ErrorSchema(Schema):
+    """The service's one error envelope (every route outside /v1)."""
+
+    error = fields.Nested(ErrorObjectSchema, required=True)
+
+
+class OpenAIErrorObjectSchema(Schema):
+    message = fields.String(required=True)
+    type = fields.String(required=True, metadata={"enum": ["invalid_request_error", "rate_limit_error",
+                                                            "server_error"]})
+    param = fields.String(required=True, allow_none=True)
+    code = fields.String(required=True)
+
+
+class OpenAIErrorSchema(Schema):
+    """OpenAI's error shape, on /v1."""
+
+    error = fields.Nested(OpenAIErrorObjectSchema, required=True)
+
+
+# ---- the chat API's SSE events (data of each event) ---------------------------------------------------
+
+class ChatTextEventSchema(Schema):
+    """An unnamed event: a piece of the answer (``stream_mode=delta``) or the text so far (``cumulative``)."""
+
+    text = fields.String(required=True)
+    message_id = fields.String(required=True)
+
+
+class ChatFinishEventSchema(Schema):
+    """``event: finish``: the last event of a completed answer."""
+
+    message_id = fields.String(required=True)
+    finish_reason = fields.String(required=True)
+    usage = fields.Nested(UsageSchema)
+    conversation_id = fields.String()
+    dropped_turns = fields.Integer()
+    engine = fields.String()
+    degraded = fields.Boolean()
+
+
+# ---- small JSON answers ---------------------------------------------------------------------------------
+
+class ExchangeListSchema(Schema):
+    messages = fields.List(fields.Nested(ExchangeSchema), required=True)
+
+
+class ConversationPageSchema(Schema):
+    conversations = fields.List(fields.Nested(ConversationSchema), required=True)
+    next_cursor = fields.String(required=True, allow_none=True, metadata={"description": "pass as ?cursor="})
+
+
+class OwnedConversationSchema(ConversationSchema):
+    owner = fields.String()
+
+
+class AdminConversationPageSchema(Schema):
+    conversations = fields.List(fields.Nested(OwnedConversationSchema), required=True)
+    next_cursor = fields.String(required=True, allow_none=True, metadata={"description": "pass as ?cursor="})
+
+
+class ConversationWithMessagesSchema(ConversationSchema):
+    messages = fields.List(fields.Nested(StoredMessageSchema), required=True)
+    next_cursor = fields.String(allow_none=True, metadata={"description": "pass as ?cursor="})
+
+
+class StreamTokenSchema(Schema):
+    token = fields.String(required=True)
+    expires_in = fields.Integer(required=True)
+    token_type = fields.String(required=True, metadata={"enum": ["stream"]})
+
+
+class HealthSchema(Schema):
+    status = fields.String(required=True)
+
+
+class ReadinessSchema(Schema):
+    status = fields.String(required=True)
+    model = fields.String()
+    context_length = fields.Integer()
+    batched = fields.Boolean()
+    queued = fields.Integer()
+    stats = fields.Dict()
+
+
+# ---- the OpenAI wire format ------------------------------------------------------------------------------
+
+class AssistantMessageSchema(Schema):
+    role = fields.String(required=True)
+    content = fields.String(required=True, allow_none=True)
+    refusal = fields.String(allow_none=True)
+
+
+class ChatChoiceSchema(Schema):
+    index = fields.Integer(required=True)
+    message = fields.Nested(AssistantMessageSchema, required=True)
+    logprobs = fields.Raw(allow_none=True)
+    finish_reason = fields.String(required=True, allow_none=True)
+
+
+class ChatCompletionSchema(Schema):
+    id = fields.String(required=True)
+    object = fields.String(required=True, metadata={"enum": ["chat.completion"]})
+    created = fields.Integer(required=True)
+    model = fields.String(required=True)
+    system_fingerprint = fields.String(allow_none=True)
+    choices = fields.List(fields.Nested(ChatChoiceSchema), required=True)
+    usage = fields.Nested(UsageSchema, allow_none=True)
+
+
+class ChunkDeltaSchema(Schema):
+    role = fields.String()
+    content = fields.String(allow_none=True)
+
+
+class ChunkChoiceSchema(Schema):
+    index = fields.Integer(required=True)
+    delta = fields.Nested(ChunkDeltaSchema, required=True)
+    logprobs = fields.Raw(allow_none=True)
+    finish_reason = fields.String(required=True, allow_none=True)
+
+
+class ChatCompletionChunkSchema(Schema):
+    """One ``data:`` event of a streamed chat completion; the stream ends with ``data: [DONE]``."""
+
+    id = fields.String(required=True)
+    object = fields.String(required=True, metadata={"enum": ["chat.completion.chunk"]})
+    created = fields.Integer(required=True)
+    model = fields.String(required=True)
+    system_fingerprint = fields.String(allow_none=True)
+    choices = fields.List(fields.Nested(ChunkChoiceSchema), required=True)
+    usage = fields.Nested(UsageSchema, allow_none=True)
+
+
+class TextChoiceSchema(Schema):
+    index = fields.Integer(required=True)
+    text = fields.String(required=True)
+    logprobs = fields.Raw(allow_none=True)
+    finish_reason = fields.String(required=True, allow_none=True)
+
+
+class TextCompletionSchema(Schema):
+    """A text completion, and also one ``data:`` event of a streamed one (then ``data: [DONE]``)."""
+
+    id = fields.String(required=True)
+    object = fields.String(required=True, metadata={"enum": ["text_completion"]})
+    created = fields.Integer(required=True)
+    model = fields.String(required=True)
+    system_fingerprint = fields.String(allow_none=True)
+    choices = fields.List(fields.Nested(TextChoiceSchema), required=True)
+    usage = fields.Nested(UsageSchema, allow_none=True)
+
+
+class ModelSchema(Schema):
+    id = fields.String(required=True)
+    object = fields.String(required=True)
+    created = fields.Integer(required=True)
+    owned_by = fields.String(required=True)
+    context_length = fields.Integer()
+    max_model_len = fields.Integer()
+
+
+class ModelListSchema(Schema):
+    object = fields.String(required=True)
+    data = fields.List(fields.Nested(ModelSchema), required=True)
