@@ -156,6 +156,20 @@ def test_top_p_keeps_the_smallest_set_reaching_p():
     assert torch.allclose(_top_p_filter(probs.clone(), 0.5), torch.tensor([1.0, 0, 0, 0]))
 
 
+@pytest.mark.parametrize("top_p", [1e-300, 3.8566773194809596e-256, 1e-45, 0.0])
+def test_a_vanishing_top_p_keeps_the_most_likely_token(top_p):
+    """top_p must be > 0, but a tiny one underflows to 0 in float32: the nucleus still holds the top token
+    (found by schemathesis as a 500 before)."""
+    import torch
+
+    logits = torch.randn(3, 50_000, generator=torch.Generator().manual_seed(1))
+    probs = torch.softmax(logits, dim=-1)
+    tokens = sample_rows(probs, torch.full((3,), top_p), torch.tensor([0.0, 0.5, 0.999999]))
+    assert tokens.tolist() == probs.argmax(dim=-1).tolist()
+    sampler = Sampler(SamplingParams(max_tokens=1, temperature=0.7, top_p=top_p if top_p > 0 else 1e-300, seed=3))
+    assert choose_tokens(logits[:1], [sampler]) == [int(logits[0].argmax())]
+
+
 def test_seeded_sampler_repeats_and_greedy_is_argmax():
     import torch
 

@@ -91,7 +91,9 @@ def _top_p_filter(sorted_probs: torch.Tensor, top_p: torch.Tensor | float) -> to
     ``top_p`` (per row), and renormalise."""
     limit = top_p[:, None] if isinstance(top_p, torch.Tensor) and top_p.dim() == 1 else top_p
     mass_before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
-    kept = torch.where(mass_before >= limit, torch.zeros_like(sorted_probs), sorted_probs)
+    outside = mass_before >= limit
+    outside[..., 0] = False  # the most likely token is always kept, however small top_p (it may underflow to 0)
+    kept = torch.where(outside, torch.zeros_like(sorted_probs), sorted_probs)
     return kept / kept.sum(dim=-1, keepdim=True)
 
 
