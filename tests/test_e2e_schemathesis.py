@@ -27,6 +27,9 @@ from tests.servers import LiveServer, start_server, stop_server
 pytestmark = pytest.mark.e2e
 
 EXAMPLES = int(os.environ.get("LLM_API_SCHEMATHESIS_EXAMPLES", "8"))
+# CI runs one fixed (derandomized) set of examples, so a landing never depends on luck; a release run sets
+# LLM_API_SCHEMATHESIS_RANDOM=1 (and more examples) to explore new inputs (docs/operations.md).
+DERANDOMIZE = os.environ.get("LLM_API_SCHEMATHESIS_RANDOM", "") != "1"
 TINY = 4
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 
@@ -69,7 +72,7 @@ def test_every_operation_conforms(api_schema, fuzzed_server):
 
         @given(case=operation.as_strategy())
         @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None,
-                  phases=[Phase.explicit, Phase.generate])
+                  phases=[Phase.explicit, Phase.generate], derandomize=DERANDOMIZE)
         def conforms(case) -> None:
             case.call_and_validate(base_url=fuzzed_server.url, checks=CHECKS, timeout=60)
 
