@@ -1,16 +1,48 @@
-"""The bundled chat page (plain HTML + JS, same origin, no build step)."""
+"""The bundled pages (plain HTML + JS, same origin, no build step): the chat page at ``/`` and the
+interactive API docs at ``/docs`` (Swagger UI, vendored in static/swagger-ui, on ``/openapi.json``).
+
+Their files are served by these views, not by a static route: the app's own ``/static`` route shadows
+the blueprint's, and a static route would need a key once keys exist (it declares no policy).
+"""
 
 from __future__ import annotations
 
-from flask import Blueprint, send_from_directory
+from flask import Blueprint, abort, redirect, request, send_from_directory
 
 from blueprints import route
 
 bp = Blueprint("page", __name__, static_folder="static")
 
+# What /docs/<asset> serves: the file under static/ and its type. Nothing else is reachable there.
+DOCS_ASSETS = {
+    "swagger-ui-bundle.js": ("swagger-ui/swagger-ui-bundle.js", "text/javascript"),
+    "swagger-ui.css": ("swagger-ui/swagger-ui.css", "text/css"),
+    "docs.js": ("docs.js", "text/javascript"),
+}
+
+
+def _static(filename: str, mimetype: str | None = None):  # noqa: ANN202
+    assert bp.static_folder is not None
+    response = send_from_directory(bp.static_folder, filename, mimetype=mimetype)
+    response.headers["Cache-Control"] = "no-cache"  # revalidated (ETag, Last-Modified): an upgrade shows at once
+    return response
+
 
 @route(bp, "/", ["GET"], open=True)
 def index():  # noqa: ANN201
-    response = send_from_directory(bp.static_folder, "index.html")
-    response.headers["Cache-Control"] = "no-cache"
-    return response
+    return _static("index.html")
+
+
+@route(bp, "/docs", ["GET"], open=True)
+def docs():  # noqa: ANN201
+    if request.path.endswith("/"):  # /docs/: its relative URLs would resolve under /docs/docs/
+        return redirect("../docs")  # relative, so it holds behind a path prefix too
+    return _static("docs.html")
+
+
+@route(bp, "/docs/<asset>", ["GET"], open=True)
+def docs_asset(asset: str):  # noqa: ANN201
+    if asset not in DOCS_ASSETS:
+        abort(404)
+    filename, mimetype = DOCS_ASSETS[asset]
+    return _static(filename, mimetype)
