@@ -123,12 +123,13 @@ class ExchangeSchema(Schema):
     time = fields.Function(lambda exchange: format_time(exchange.answer.created_at))
     prompt = fields.String(attribute="prompt.content")
     response = fields.String(attribute="answer.content")
-    finish_reason = fields.String(attribute="answer.finish_reason")
-    usage = fields.Nested(UsageSchema, attribute="answer.usage")
-    model = fields.String(attribute="answer.model")
+    # null for an answer the caller sent in `history` (it was not generated here)
+    finish_reason = fields.String(attribute="answer.finish_reason", allow_none=True)
+    usage = fields.Nested(UsageSchema, attribute="answer.usage", allow_none=True)
+    model = fields.String(attribute="answer.model", allow_none=True)
     conversation_id = fields.String(attribute="answer.conversation_id")
     time_to_first_token = fields.Float(attribute="answer.time_to_first_token", allow_none=True)
-    total_time = fields.Float(attribute="answer.total_time")
+    total_time = fields.Float(attribute="answer.total_time", allow_none=True)
 
 
 class ChatStreamQuerySchema(Schema):

@@ -74,3 +74,17 @@ def test_the_description_is_open_even_once_keys_exist(app, client):
 
 def test_build_spec_is_deterministic():
     assert build_spec() == build_spec()
+
+
+def test_an_answer_sent_in_history_is_listed_with_nulls_the_description_allows(client, spec):
+    """Found by a random schemathesis run: an assistant turn the caller sent in `history` is listed by
+    GET /chat/get/messages with no finish_reason, usage, model or timing, so the description must allow null."""
+    history = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]
+    assert client.post("/chat/new/message", json={"prompt": "And now?", "history": history}).status_code == 200
+    sent = next(e for e in client.get("/chat/get/messages").get_json()["messages"] if e["response"] == "Hello.")
+    nullable = {name for name, value in sent.items() if value is None}
+    assert {"finish_reason", "usage", "model", "total_time"} <= nullable
+    properties = spec["components"]["schemas"]["Exchange"]["properties"]
+    for name in nullable:
+        schema = properties[name]
+        assert "null" in (schema.get("type") or []) or {"type": "null"} in schema.get("anyOf", []), (name, schema)
