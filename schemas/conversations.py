@@ -5,13 +5,15 @@ from __future__ import annotations
 from marshmallow import RAISE, Schema, fields, validate
 
 from .chat import UsageSchema
+from .fields import INT64_MAX
 
 
 class _CursorQuerySchema(Schema):
     class Meta:
         unknown = RAISE
 
-    cursor = fields.Integer(load_default=None, strict=False, validate=validate.Range(min=0),
+    # a row id: past the 64-bit range no database can compare it (a 500 from SQLite before)
+    cursor = fields.Integer(load_default=None, strict=False, validate=validate.Range(min=0, max=INT64_MAX),
                             metadata={"description": "the next_cursor of the previous page"})
 
 

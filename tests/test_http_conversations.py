@@ -203,3 +203,12 @@ def test_a_stream_whose_client_left_is_stored_as_cancelled(client, fake_engine):
     stored = wait_until(lambda: client.get("/chat/get/messages").get_json()["messages"])
     assert stored[-1]["finish_reason"] == "cancelled"
     assert stored[-1]["response"] and fake_engine.reply.startswith(stored[-1]["response"])
+
+
+@pytest.mark.parametrize("path", ["/conversations", "/chat/conversations", "/admin/conversations"])
+@pytest.mark.parametrize("cursor", ["9223372036854775808", "9223372036854775809", "1" + "0" * 40])
+def test_a_cursor_past_64_bits_is_a_422_naming_it(client, path, cursor):
+    """Found by a random schemathesis run: SQLite could not bind it (a 500 before)."""
+    response = client.get(f"{path}?cursor={cursor}")
+    assert response.status_code == 422, response.get_data(as_text=True)
+    assert "cursor" in response.get_json()["error"]["details"]["fields"]
