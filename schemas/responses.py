@@ -104,6 +104,16 @@ class ReadinessSchema(Schema):
 
 # ---- the OpenAI wire format ------------------------------------------------------------------------------
 
+class _CompletionObjectSchema(Schema):
+    """What every completion object and streamed chunk carries besides its ``object`` name and choices."""
+
+    id = fields.String(required=True)
+    created = fields.Integer(required=True)
+    model = fields.String(required=True)
+    system_fingerprint = fields.String(allow_none=True)
+    usage = fields.Nested(UsageSchema, allow_none=True)
+
+
 class AssistantMessageSchema(Schema):
     role = fields.String(required=True)
     content = fields.String(required=True, allow_none=True)
@@ -117,14 +127,9 @@ class ChatChoiceSchema(Schema):
     finish_reason = fields.String(required=True, allow_none=True)
 
 
-class ChatCompletionSchema(Schema):
-    id = fields.String(required=True)
+class ChatCompletionSchema(_CompletionObjectSchema):
     object = fields.String(required=True, metadata={"enum": ["chat.completion"]})
-    created = fields.Integer(required=True)
-    model = fields.String(required=True)
-    system_fingerprint = fields.String(allow_none=True)
     choices = fields.List(fields.Nested(ChatChoiceSchema), required=True)
-    usage = fields.Nested(UsageSchema, allow_none=True)
 
 
 class ChunkDeltaSchema(Schema):
@@ -139,16 +144,11 @@ class ChunkChoiceSchema(Schema):
     finish_reason = fields.String(required=True, allow_none=True)
 
 
-class ChatCompletionChunkSchema(Schema):
+class ChatCompletionChunkSchema(_CompletionObjectSchema):
     """One ``data:`` event of a streamed chat completion; the stream ends with ``data: [DONE]``."""
 
-    id = fields.String(required=True)
     object = fields.String(required=True, metadata={"enum": ["chat.completion.chunk"]})
-    created = fields.Integer(required=True)
-    model = fields.String(required=True)
-    system_fingerprint = fields.String(allow_none=True)
     choices = fields.List(fields.Nested(ChunkChoiceSchema), required=True)
-    usage = fields.Nested(UsageSchema, allow_none=True)
 
 
 class TextChoiceSchema(Schema):
@@ -158,16 +158,11 @@ class TextChoiceSchema(Schema):
     finish_reason = fields.String(required=True, allow_none=True)
 
 
-class TextCompletionSchema(Schema):
+class TextCompletionSchema(_CompletionObjectSchema):
     """A text completion, and also one ``data:`` event of a streamed one (then ``data: [DONE]``)."""
 
-    id = fields.String(required=True)
     object = fields.String(required=True, metadata={"enum": ["text_completion"]})
-    created = fields.Integer(required=True)
-    model = fields.String(required=True)
-    system_fingerprint = fields.String(allow_none=True)
     choices = fields.List(fields.Nested(TextChoiceSchema), required=True)
-    usage = fields.Nested(UsageSchema, allow_none=True)
 
 
 class ModelSchema(Schema):
