@@ -120,11 +120,16 @@ class AssistantMessageSchema(Schema):
     refusal = fields.String(allow_none=True)
 
 
-class ChatChoiceSchema(Schema):
+class _ChoiceSchema(Schema):
+    """What every choice carries besides its message, delta or text."""
+
     index = fields.Integer(required=True)
-    message = fields.Nested(AssistantMessageSchema, required=True)
     logprobs = fields.Raw(allow_none=True)
     finish_reason = fields.String(required=True, allow_none=True)
+
+
+class ChatChoiceSchema(_ChoiceSchema):
+    message = fields.Nested(AssistantMessageSchema, required=True)
 
 
 class ChatCompletionSchema(_CompletionObjectSchema):
@@ -137,11 +142,8 @@ class ChunkDeltaSchema(Schema):
     content = fields.String(allow_none=True)
 
 
-class ChunkChoiceSchema(Schema):
-    index = fields.Integer(required=True)
+class ChunkChoiceSchema(_ChoiceSchema):
     delta = fields.Nested(ChunkDeltaSchema, required=True)
-    logprobs = fields.Raw(allow_none=True)
-    finish_reason = fields.String(required=True, allow_none=True)
 
 
 class ChatCompletionChunkSchema(_CompletionObjectSchema):
@@ -151,11 +153,8 @@ class ChatCompletionChunkSchema(_CompletionObjectSchema):
     choices = fields.List(fields.Nested(ChunkChoiceSchema), required=True)
 
 
-class TextChoiceSchema(Schema):
-    index = fields.Integer(required=True)
+class TextChoiceSchema(_ChoiceSchema):
     text = fields.String(required=True)
-    logprobs = fields.Raw(allow_none=True)
-    finish_reason = fields.String(required=True, allow_none=True)
 
 
 class TextCompletionSchema(_CompletionObjectSchema):
