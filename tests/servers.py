@@ -56,18 +56,28 @@ def start_server(tmp_dir: Path, env_overrides: dict[str, str] | None = None,
     log_file = open(log_path, "w")
     process = subprocess.Popen(gunicorn_command(port), cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_ready(url, process, log_path, timeout)
+    except RuntimeError:
+        process.terminate()
+        raise
+    return LiveServer(url, process, log_path)
+
+
+def wait_until_ready(url: str, process: subprocess.Popen, log_path: Path, timeout: float,
+                     interval: float = 0.3) -> None:
+    """Poll ``url``/readyz until it answers 200; raise with the log if ``process`` exits or ``timeout`` passes."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"gunicorn exited with {process.returncode}:\n{log_path.read_text()}")
+            raise RuntimeError(f"{process.args} exited with {process.returncode}:\n{log_path.read_text()}")
         try:
-            if requests.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return LiveServer(url, process, log_path)
+            if requests.get(f"{url}/readyz", timeout=5).status_code == 200:
+                return
         except (requests.ConnectionError, requests.Timeout):  # not listening yet, or still importing the app
             pass
-        time.sleep(0.3)
-    process.terminate()
-    raise RuntimeError(f"gunicorn not ready after {timeout}s:\n{log_path.read_text()}")
+        time.sleep(interval)
+    raise RuntimeError(f"not ready after {timeout:.0f} s:\n{log_path.read_text()}")
 
 
 def stop_server(server: LiveServer) -> None:

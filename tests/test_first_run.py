@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.servers import ROOT, free_port
+from tests.servers import ROOT, free_port, wait_until_ready
 
 pytestmark = pytest.mark.e2e
 
@@ -32,19 +32,6 @@ def _fresh_home(tmp_path: Path) -> dict[str, str]:
     keep = {name: value for name, value in os.environ.items()
             if name in ("PATH", "LANG", "LC_ALL", "TMPDIR") or name.startswith("PIP_")}
     return {**keep, "HOME": str(home)}  # no LLM_API_*, no XDG_*: every default applies
-
-
-def _wait_ready(url: str, process: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT
-    while time.monotonic() < deadline:
-        assert process.poll() is None, f"make serve exited with {process.returncode}:\n{log.read_text()[-4000:]}"
-        try:
-            if requests.get(f"{url}/readyz", timeout=5).status_code == 200:
-                return
-        except (requests.ConnectionError, requests.Timeout):
-            pass
-        time.sleep(1.0)
-    raise AssertionError(f"not ready after {READY_TIMEOUT:.0f} s:\n{log.read_text()[-4000:]}")
 
 
 def test_a_fresh_clone_serves_the_lesson_client_a_short_sensible_answer(tmp_path):
@@ -61,7 +48,7 @@ def test_a_fresh_clone_serves_the_lesson_client_a_short_sensible_answer(tmp_path
                                    start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_ready(url, process, log)
+        wait_until_ready(url, process, log, READY_TIMEOUT, interval=1.0)
         ready_after = time.monotonic() - started
         # The source material's client: a prompt and max_tokens, nothing else.
         asked = time.monotonic()
