@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import socket
+import struct
 import time
 from urllib.parse import urlparse
 
@@ -101,6 +102,12 @@ def raw_request(url: str, head: str, body: bytes = b"") -> socket.socket:
     sock = socket.create_connection((parsed.hostname, parsed.port), timeout=30)
     sock.sendall(head.replace("\n", "\r\n").encode() + b"\r\n" + body)
     return sock
+
+
+def abort(sock: socket.socket) -> None:
+    """Close ``sock`` with a reset, as a killed client does, so the server's next write fails at once."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
 
 
 def read_until(sock: socket.socket, predicate, limit: float = 60) -> str:

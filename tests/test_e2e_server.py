@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from tests.http import non_streamed, raw_request, read_until, stored, stream_events
+from tests.http import abort, non_streamed, raw_request, read_until, stored, stream_events
 from tests.isolation import home_env
 from tests.servers import CACHE_DIR, FRANCE, ROOT, free_port, gunicorn_command, start_server, stop_server
 from tests.sse import lesson_text
@@ -77,7 +77,7 @@ def test_disconnect_stops_generation_within_five_steps(live_server):
     sock = raw_request(live_server.url, f"POST /chat/new/message HTTP/1.1\nHost: test\n"
                                         f"Content-Length: {len(body)}\n", body)
     received = read_until(sock, lambda text: text.count("\ndata: ") >= 6)
-    sock.close()
+    abort(sock)
     payloads = [json.loads(line.split("data: ", 1)[1]) for line in received.split("\n")
                 if line.startswith("data: ") and line.endswith("}")]
     record = stored(live_server.url, payloads[0]["message_id"])
