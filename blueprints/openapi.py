@@ -45,6 +45,7 @@ ERROR_TEXT = {
 }
 GENERATION_ERRORS = (400, 401, 403, 405, 413, 422, 429, 500, 503)
 READ_ERRORS = (401, 403, 405, 422, 500, 503)
+RENAME_ERRORS = (400, 401, 403, 405, 413, 422, 500, 503)
 
 
 def _custom_fields(converter: Any, field: fields.Field, **kwargs: Any) -> dict[str, Any]:
@@ -183,6 +184,13 @@ def build_spec(version: str = "1.0.0") -> dict[str, Any]:
                     "responses": {200: _json(responses.ConversationWithMessagesSchema),
                                   404: _json(error, "No such conversation for this key."),
                                   **_errors(READ_ERRORS, error)}},
+            "patch": {"tags": ["conversations"], "summary": "Rename a conversation",
+                      "security": _security("chat"), "parameters": [conversation_id],
+                      "requestBody": {"required": True, "content": {"application/json": {
+                          "schema": conversations.ConversationRenameSchema}}},
+                      "responses": {200: _json(responses.ConversationSchema, "The conversation, renamed."),
+                                    404: _json(error, "No such conversation for this key."),
+                                    **_errors(RENAME_ERRORS, error)}},
             "delete": {"tags": ["conversations"], "summary": "Delete a conversation and its messages",
                        "security": _security("chat"), "parameters": [conversation_id],
                        "responses": {204: {"description": "Deleted."},
