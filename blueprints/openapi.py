@@ -15,7 +15,7 @@ from flask import Blueprint, current_app, jsonify
 from marshmallow import fields
 
 from blueprints import route
-from blueprints.page import DOCS_ASSETS
+from blueprints.page import DOCS_ASSETS, PAGE_ASSETS
 from llm_api.http_body import MAX_JSON_DEPTH
 from schemas import chat, conversations, openai, responses
 from schemas.fields import StopField
@@ -239,6 +239,13 @@ def build_spec(version: str = "1.0.0") -> dict[str, Any]:
         "tags": ["pages"], "summary": "The chat page", "security": open_route,
         "responses": {200: {"description": "HTML.", "content": {"text/html": {"schema": {"type": "string"}}}},
                       **_errors((405, 500, 503), error)}}})
+    spec.path("/assets/{asset}", operations={"get": {
+        "tags": ["pages"], "summary": "A file of the chat page (its script, its style, marked, DOMPurify)",
+        "security": open_route, "parameters": [{"in": "path", "name": "asset", "required": True, "schema": {
+            "type": "string", "enum": list(PAGE_ASSETS)}}],
+        "responses": {200: {"description": "The file.", "content": {"text/javascript": {"schema": {"type": "string"}},
+                                                                   "text/css": {"schema": {"type": "string"}}}},
+                      404: _json(error, "No such file."), **_errors((405, 500, 503), error)}}})
     spec.path("/docs", operations={"get": {
         "tags": ["pages"], "summary": "Interactive docs of this description (Swagger UI, served by the app)",
         "security": open_route,
