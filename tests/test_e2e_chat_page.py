@@ -108,10 +108,10 @@ def answer(browser) -> dict:
                 note: article.querySelector('.note').textContent};""")
 
 
-def ask(browser, prompt: str) -> dict:
+def ask(browser, prompt: str, timeout: float = 120) -> dict:
     browser.find_element("id", "prompt").send_keys(prompt)
     browser.find_element("id", "send").click()
-    return wait_for(lambda: answer(browser).get("state") not in (None, "streaming") and answer(browser), 120)
+    return wait_for(lambda: answer(browser).get("state") not in (None, "streaming") and answer(browser), timeout)
 
 
 def shown_messages(browser) -> list[tuple[str, str]]:
@@ -152,8 +152,8 @@ def test_an_answer_streams_in_as_the_api_gives_it_with_its_numbers(browser, mode
 
     folder = os.environ.get("LLM_API_DOCS_SCREENSHOTS")
     if folder:  # refreshes the pictures in the docs: one more turn, with Markdown in it
-        settings(browser, 160, 0)
-        ask(browser, "Write a Python function that adds two numbers, with a short explanation.")
+        settings(browser, 100, 0)
+        ask(browser, "Write a Python function that adds two numbers, with a short explanation.", timeout=600)
         browser.execute_script("document.getElementById('messages').scrollTop = 1e6")
         time.sleep(0.5)
         browser.save_screenshot(str(Path(folder) / "chat-desktop.png"))
