@@ -66,7 +66,8 @@ def model_server(tmp_path_factory) -> Iterator[tuple[LiveServer, CuttingProxy, d
 
 @pytest.fixture(scope="module")
 def scripted_server(tmp_path_factory) -> Iterator[LiveServer]:
-    server = start_server(tmp_path_factory.mktemp("scripted"), {"LLM_API_TEST_REPLY": HOSTILE},
+    server = start_server(tmp_path_factory.mktemp("scripted"), {"LLM_API_TEST_REPLY": HOSTILE,
+                                                                "LLM_API_DEGRADED_ANSWER": "Busy now, sorry."},
                           app="tests.scripted_wsgi:app")
     yield server
     stop_server(server)
@@ -287,3 +288,12 @@ def test_html_and_script_in_an_answer_are_shown_inert(browser, scripted_server):
         assert '<img src="x">' in body and "the end." in body
         browser.refresh()  # the stored answer goes through the same renderer
         wait_for(lambda: len(shown_messages(browser)) == 2)
+
+
+def test_a_degraded_answer_is_marked_in_words(browser, scripted_server):
+    open_page(browser, scripted_server.url)
+    browser.find_element("id", "new_chat").click()
+    shown = ask(browser, "UNREACHABLE engine, please answer.")  # the scripted engine fails; the static answer
+    assert shown["state"] == "done" and shown["text"].strip() == "Busy now, sorry."
+    assert shown["note"] == "Degraded answer: the primary engine could not answer, so “static” did."
+    assert shown["meta"].endswith("engine static")

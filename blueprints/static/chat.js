@@ -230,6 +230,8 @@
       }
       await loadConversations();
       if (conversation.id === state.conversationId) setTitle();
+      const renamed = $("conversations").querySelector(`li[data-id="${conversation.id}"] .open`);
+      if (renamed) renamed.focus();
     };
     input.addEventListener("keydown", (event) => {
       if (event.key === "Enter") { event.preventDefault(); finish(true); }
@@ -360,6 +362,7 @@
     const answer = addMessage("assistant", "");
     answer.body.id = "answer";  // the newest answer, for scripts and tests
     answer.body.dataset.state = "streaming";
+    answer.article.setAttribute("aria-busy", "true");  // read out once complete, not token by token
     answer.body.dataset.messageId = "";
     answer.meta.textContent = "waiting for the first token…";
     $("prompt").value = "";
@@ -486,6 +489,12 @@
     try {
       const ready = await fetch("readyz");
       if (!ready.ok) text = describeError(ready.status, await ready.json(), ready.headers);
+      if (!text && s.conversationId) {  // deleted meanwhile, in another tab say: 404
+        const conversation = await fetch(`conversations/${s.conversationId}?limit=1`, {headers: authHeaders()});
+        if (conversation.status === 404) {
+          text = "This conversation no longer exists (it was deleted); start a new one to send the message.";
+        }
+      }
       if (!text && apiKey()) {
         const {headers} = await api("conversations?limit=1");
         text = limitReached(headers);
@@ -531,6 +540,7 @@
     clearTimeout(s.stopTimer);
     renderMarkdown(s.answer.body, s.text);
     s.answer.body.dataset.state = outcome;
+    s.answer.article.removeAttribute("aria-busy");
     delete s.answer.body.dataset.connection;
     if (!final) return;
     if (state.stream === s) { state.stream = null; setBusy(false); }
@@ -570,12 +580,18 @@
     $("composer").addEventListener("submit", (event) => { event.preventDefault(); send(); });
     $("stop").addEventListener("click", stop);
     $("prompt").addEventListener("keydown", (event) => {
-      if (event.key !== "Enter" || event.isComposing || event.shiftKey || event.altKey) return;
+      if (event.key !== "Enter" || event.isComposing || event.keyCode === 229 || event.shiftKey || event.altKey) return;
       event.preventDefault();  // Enter (or Ctrl/Cmd+Enter) sends; Shift+Enter is a new line
       send();
     });
     document.addEventListener("keydown", (event) => {
-      if (event.key === "Escape" && state.stream) stop();
+      if (event.key !== "Escape") return;
+      if ($("sidebar").dataset.open === "true") closeSidebar();
+      else if (state.stream) stop();
+    });
+    document.addEventListener("click", (event) => {  // on a phone, a tap beside the open list closes it
+      if ($("sidebar").dataset.open === "true" && !$("sidebar").contains(event.target) &&
+          !$("toggle_sidebar").contains(event.target)) closeSidebar();
     });
     $("new_chat").addEventListener("click", () => navigate(null));
     $("more_conversations").addEventListener("click", () => loadConversations({more: true}));
