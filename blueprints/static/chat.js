@@ -554,7 +554,11 @@
     s.stopping = true;
     $("stop").disabled = true;
     s.answer.meta.textContent = "stopping…";
-    if (!s.source) { end(s, "stopped"); return; }  // the stream token was still on its way
+    if (!s.source) {  // the stream token was still on its way: nothing was sent
+      s.user.note.textContent = "Not sent.";
+      end(s, "stopped");
+      return;
+    }
     if (s.messageId) requestStop(s);
   }
 
