@@ -603,6 +603,7 @@
       const open = $("sidebar").dataset.open !== "true";
       $("sidebar").dataset.open = String(open);
       $("toggle_sidebar").setAttribute("aria-expanded", String(open));
+      if (open) $("new_chat").focus();  // the keyboard goes where the list opened
     });
     for (const id of ["max_tokens", "temperature"]) {
       $(id).addEventListener("change", () => STORE.set(id, $(id).value));
