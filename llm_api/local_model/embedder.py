@@ -201,8 +201,8 @@ class LocalEmbeddingEngine:
                                "token_type_ids" in tokenizer.model_input_names, 0.0)
         self._embed([with_special])  # warm-up
         self._loaded.load_seconds = time.monotonic() - started
-        log.info("embedding model %s ready on %s in %.1fs (%d dimensions, %d tokens per input)", self.spec.name,
-                 device, self._loaded.load_seconds, dimensions, window)
+        log.info("embedding model %s ready on %s in %.1fs (%d dimensions, %d tokens per input, %d torch threads)",
+                 self.spec.name, device, self._loaded.load_seconds, dimensions, window, torch.get_num_threads())
         self.ready = True
 
     def _take(self) -> EmbeddingHandle:
