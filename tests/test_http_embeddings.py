@@ -174,3 +174,36 @@ def test_embeddings_appear_in_the_metrics_and_the_log(app, client, caplog):
     assert 'llm_api_embedding_inputs_total{model="fake-embedder"} 2.0' in text
     assert 'llm_api_embedding_tokens_total{model="fake-embedder"} 7.0' in text
     assert 'llm_api_embedding_requests_total{model="fake-embedder"} 1.0' in text
+
+
+def test_the_embedding_models_setting(tmp_path):
+    from llm_api.config import ConfigError, EmbeddingTarget, Settings
+
+    assert Settings.from_env({}).embedding_models == (EmbeddingTarget("all-MiniLM-L6-v2", "embedded"),)
+    assert Settings.from_env({"LLM_API_EMBEDDING_MODELS": ""}).embedding_models == ()
+    two = Settings.from_env({"LLM_API_EMBEDDING_MODELS": f"a=EMBEDDED, b:v1={tmp_path}"}).embedding_models
+    assert two == (EmbeddingTarget("a", "embedded"), EmbeddingTarget("b:v1", str(tmp_path)))
+    for raw in ("a", "a=", "=embedded", "a b=embedded", "a=embedded,a=embedded", f"a={tmp_path / 'missing'}"):
+        with pytest.raises(ConfigError, match="LLM_API_EMBEDDING_MODELS"):
+            Settings.from_env({"LLM_API_EMBEDDING_MODELS": raw})
+    assert Settings.from_env({}).chat_model_aliases == ("chatglm3-6b",)
+    assert Settings.from_env({"LLM_API_CHAT_MODEL_ALIASES": " x, y "}).chat_model_aliases == ("x", "y")
+    with pytest.raises(ConfigError, match="LLM_API_CHAT_MODEL_ALIASES"):
+        Settings.from_env({"LLM_API_CHAT_MODEL_ALIASES": "a b"})
+
+
+def test_the_start_up_check_of_an_embedding_folder(tmp_path):
+    from llm_api.local_model.embedding_spec import EmbeddingSpec, preflight_embedding
+    from llm_api.local_model.errors import ModelLoadError
+
+    preflight_embedding(EmbeddingSpec("minilm", "embedded"))  # the package is installed
+    with pytest.raises(ModelLoadError, match="neither a config.json nor a modules.json"):
+        preflight_embedding(EmbeddingSpec("empty", str(tmp_path)))
+
+
+def test_an_alias_selects_the_chat_model_and_can_be_turned_off(settings, fake_engine):
+    aliased = create_app(dataclasses.replace(settings, chat_model_aliases=("gpt-4o",)), engine=fake_engine,
+                         embedders={}).test_client()
+    assert post_json(aliased, "/v1/chat/completions", {"model": "gpt-4o", **CHAT}).status_code == 200
+    openai_error(post_json(aliased, "/v1/chat/completions", {"model": "chatglm3-6b", **CHAT}), 404, "model",
+                 "model_not_found")
