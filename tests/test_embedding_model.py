@@ -87,3 +87,22 @@ def test_inputs_come_back_in_their_order(embedder):
     together = embed(embedder, texts)
     for index, text in enumerate(texts):
         assert float(together[index] @ embed(embedder, [text])[0]) >= 0.9999
+
+
+def test_a_plain_hugging_face_folder_is_served_too(embedder, tmp_path):
+    """A folder without sentence-transformers' files (no modules.json): mean pooling over the transformer,
+    as sentence-transformers does by default; without the normalisation step, so compare directions."""
+    import shutil
+
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "vocab.txt",
+                 "special_tokens_map.json"):
+        shutil.copy(embedded_embedding_folder() / name, tmp_path / name)
+    plain = LocalEmbeddingEngine(EmbeddingSpec("plain", str(tmp_path), "cpu"))
+    plain.start()
+    try:
+        assert plain.wait_ready(300), plain.load_error
+        ours, theirs = embed(plain, SENTENCES[:3]), embed(embedder, SENTENCES[:3])
+        cosine = (ours * theirs).sum(1) / np.linalg.norm(ours, axis=1)
+        assert cosine.min() >= 0.9999, cosine
+    finally:
+        plain.stop()

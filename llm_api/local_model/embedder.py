@@ -195,7 +195,7 @@ class LocalEmbeddingEngine:
         bare = tokenizer("a", add_special_tokens=False)["input_ids"]
         at = next(i for i in range(len(with_special) - len(bare) + 1) if with_special[i:i + len(bare)] == bare)
         dimensions = model.get_embedding_dimension() or len(model.encode(["a"])[0])  # None: not stated by the folder
-        window = int(model.max_seq_length or tokenizer.model_max_length)
+        window = int(min(model.max_seq_length or tokenizer.model_max_length, _positions(model) or 10**9))
         self._loaded = _Loaded(model, tokenizer, window, int(dimensions), len(tokenizer), list(with_special[:at]),
                                list(with_special[at + len(bare):]), int(tokenizer.pad_token_id or 0),
                                "token_type_ids" in tokenizer.model_input_names, 0.0)
@@ -262,3 +262,11 @@ class LocalEmbeddingEngine:
             out[chosen] = vectors.float().cpu().numpy()
             self.stats["passes"] += 1
         return out
+
+
+def _positions(model: Any) -> int | None:
+    """The transformer's position limit, for a folder that states no sequence length (None when unknown)."""
+    transformer = model[0] if len(model) else None
+    config = getattr(getattr(transformer, "auto_model", None), "config", None)
+    value = getattr(config, "max_position_embeddings", None)
+    return int(value) if isinstance(value, int) else None
