@@ -15,10 +15,12 @@ from tests.http import non_streamed, stream_events
 from tests.servers import FRANCE, LiveServer, free_port, kill_server, start_server, stop_server
 from tests.sse import lesson_text
 
+MODEL = "SmolLM2-135M-Instruct"  # the name `model` must say
+
 pytestmark = pytest.mark.e2e
 
 DEGRADED = "The assistant is busy right now; please try again in a minute."
-LONG = {"model": "m", "messages": [{"role": "user", "content": "Tell me a long story about a fox."}],
+LONG = {"model": MODEL, "messages": [{"role": "user", "content": "Tell me a long story about a fox."}],
         "temperature": 0, "max_tokens": 1500, "ignore_eos": True, "stream": True}
 
 
@@ -90,7 +92,7 @@ def test_answers_pass_through_token_by_token(upstream, front):
     finish = json.loads(front_events[-1]["data"])
     assert front_events[-1]["event"] == "finish" and finish["engine"] == "remote" and not finish["degraded"]
 
-    body = {"model": "m", "messages": [{"role": "user", "content": "What is the capital of France?"}],
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "What is the capital of France?"}],
             "temperature": 0, "max_tokens": 40}
     via_front = requests.post(f"{front.url}/v1/chat/completions", json=body, timeout=120).json()
     assert via_front["choices"][0]["message"]["content"] == direct["response"]

@@ -114,7 +114,7 @@ def test_many_requests_ask_the_upstream_for_its_models_only_at_start(stub, tmp_p
         assert client.get("/healthz").status_code == 200  # outside gunicorn, the first request starts the engines
         assert wait_until(lambda: stub.models_calls == 1)
         assert wait_until(lambda: client.get("/v1/models").get_json()["data"][0]["id"] == MODEL)
-        chat = {"model": "m", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8}
+        chat = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8}
         asked = 0
         for i in range(50):
             kind = i % 5
