@@ -198,13 +198,11 @@ class LiveStreams:
         self.shared = shared
         self._on_lost = on_lost  # stores an answer whose owner died (the chat service)
         self._streams: dict[str, LiveStream] = {}
-        self._sweeper: gevent.Greenlet | None = None
+        self._sweeper = gevent.spawn(self._sweep) if shared is not None else None
 
     def start(self, stream: ChatStream, events: Iterable[str], *, wait_for_reconnect: bool) -> LiveStream:
         """Follow ``stream``. With ``wait_for_reconnect`` it keeps generating for ``grace_seconds`` while no
         client is attached; without, it is cancelled as soon as its last client goes."""
-        if self.shared is not None and self._sweeper is None:
-            self._sweeper = gevent.spawn(self._sweep)
         live = LiveStream(stream, events, self, self.grace_seconds if wait_for_reconnect else 0.0)
         self._streams[live.message_id] = live
         return live
