@@ -9,7 +9,8 @@ Debian's package); nginx (Debian's ``nginx-light``) is started as in the end-to-
 - **Resume latency**: a ``GET /chat/stream`` answer is read for 3 events from instance A, then the
   connection is dropped and the client reconnects with ``Last-Event-ID`` at once, alternately to A (the
   events come from the worker's memory) and to B (from Redis). Measured: from the drop to the first
-  resumed event, p50 and p99.
+  resumed event, p50 and p99. The answer is then stopped (``DELETE``, through the instance that resumed
+  it) so that every trial starts on an idle engine.
 - **Throughput**: ``--streams`` concurrent OpenAI streams of ``--tokens`` tokens each (``ignore_eos``)
   through nginx with one instance in its ``upstream``, then with both, ``--rounds`` times alternately.
 """
@@ -57,8 +58,12 @@ def resume_once(start_url: str, resume_url: str, n: int, tokens: int) -> float:
                       timeout=120) as again:
         event = first_data_event(again)
         latency = time.perf_counter() - dropped
-        assert event["id"].split(":")[0] == seen[-1]["id"].split(":")[0]
-        for _ in iter_sse(text_chunks(again)):  # read to the end: the next trial starts on an idle engine
+        message_id = event["id"].split(":")[0]
+        assert message_id == seen[-1]["id"].split(":")[0]
+        # Stop it (through the instance that resumed it) and read to the end: the next trial starts on an idle
+        # engine.
+        assert requests.delete(f"{resume_url}/chat/stream/{message_id}", timeout=30).status_code in (204, 404)
+        for _ in iter_sse(text_chunks(again)):
             pass
     return latency
 

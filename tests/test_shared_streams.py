@@ -9,7 +9,10 @@ under real gunicorn servers in ``test_e2e_shared_streams.py``.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -131,3 +134,34 @@ def test_an_answer_kept_alive_only_by_the_shared_state_is_still_cancelled_after_
     chat = first.extensions["llm_api"].chat
     stored = wait_until(lambda: chat.find_message(message_id), timeout=10)
     assert stored is not None and stored.finish_reason == "cancelled"
+
+
+COOPERATION_CHECK = """
+from gevent import monkey; monkey.patch_all()
+import sys, time, gevent
+from llm_api.services.shared_streams import SharedStreams
+shared = SharedStreams(sys.argv[1], resume_seconds=5, heartbeat_seconds=1.0)
+shared.publish("a" * 32, {"owner": "", "conversation_id": "b" * 32})
+info = shared.lookup("a" * 32, "")
+ticks = []
+def follow():
+    return next(iter(shared.follow(info, 0)))  # nothing published: a heartbeat after one blocking read
+def ticker():
+    for _ in range(10):
+        ticks.append(time.monotonic()); gevent.sleep(0.05)
+start = time.monotonic()
+follower = gevent.spawn(follow)
+gevent.joinall([follower, gevent.spawn(ticker)])
+print(sum(1 for t in ticks if t - start < 0.9), round(time.monotonic() - start, 2), follower.value)
+"""
+
+
+def test_a_follower_waiting_on_redis_lets_other_greenlets_run(redis_server):
+    """Under gevent's patching (as in the gunicorn worker), the blocking read of a follower on another worker
+    must not stall the event loop, and it returns after one heartbeat so that a gone client is noticed."""
+    result = subprocess.run([sys.executable, "-c", COOPERATION_CHECK, redis_server.url], capture_output=True,
+                            text=True, timeout=60, cwd=Path(__file__).resolve().parent.parent)
+    assert result.returncode == 0, result.stderr
+    ticks_during_read, elapsed, item = result.stdout.split()
+    assert int(ticks_during_read) == 10  # every tick ran while the read blocked
+    assert float(elapsed) >= 1.0 and item == "None"  # the read waited one heartbeat, then a heartbeat is due
