@@ -6,11 +6,12 @@ Usage:  python -m bench.shared_streams [--trials 40] [--streams 8] [--tokens 64]
 Two gunicorn instances (one worker each) share one SQLite file and one Redis (``redis-server`` from
 Debian's package); nginx (Debian's ``nginx-light``) is started as in the end-to-end test.
 
-- **Resume latency**: a ``GET /chat/stream`` answer is read for 3 events from instance A, then the
-  connection is dropped and the client reconnects with ``Last-Event-ID`` at once, alternately to A (the
-  events come from the worker's memory) and to B (from Redis). Measured: from the drop to the first
-  resumed event, p50 and p99. The answer is then stopped (``DELETE``, through the instance that resumed
-  it) so that every trial starts on an idle engine.
+- **Resume latency**: a ``GET /chat/stream`` answer is read for 2 events from instance A, then the
+  connection is dropped and the client reconnects at once with the first event's id as ``Last-Event-ID``
+  (as if event 2 had been generated while it was away), alternately to A (the events come from
+  the worker's memory) and to B (from Redis). Measured: from the drop to the first resumed event
+  (event 2, checked to be the same), p50 and p99. The answer is then stopped (``DELETE``, through the
+  instance that resumed it) so that every trial starts on an idle engine.
 - **Throughput**: ``--streams`` concurrent OpenAI streams of ``--tokens`` tokens each (``ignore_eos``)
   through nginx with one instance in its ``upstream``, then with both, ``--rounds`` times alternately.
 """
@@ -50,16 +51,18 @@ def resume_once(start_url: str, resume_url: str, n: int, tokens: int) -> float:
     for event in iter_sse(text_chunks(response)):
         if event["data"]:
             seen.append(event)
-            if len(seen) == 3:
+            if len(seen) == 2:
                 break
     response.close()
     dropped = time.perf_counter()
-    with requests.get(f"{resume_url}/chat/stream", headers={"Last-Event-ID": seen[-1]["id"]}, stream=True,
+    # The client missed event 2, as a client misses what was generated while it was away: the first
+    # resumed event exists already, so the time measured is the resumption's, not the next token's.
+    with requests.get(f"{resume_url}/chat/stream", headers={"Last-Event-ID": seen[0]["id"]}, stream=True,
                       timeout=120) as again:
         event = first_data_event(again)
         latency = time.perf_counter() - dropped
         message_id = event["id"].split(":")[0]
-        assert message_id == seen[-1]["id"].split(":")[0]
+        assert event["id"] == seen[1]["id"] and event["data"] == seen[1]["data"]
         # Stop it (through the instance that resumed it) and read to the end: the next trial starts on an idle
         # engine.
         assert requests.delete(f"{resume_url}/chat/stream/{message_id}", timeout=30).status_code in (204, 404)
@@ -77,6 +80,7 @@ def summary(values: list[float]) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trials", type=int, default=40, help="resumptions per side (same / other instance)")
+    parser.add_argument("--resume-tokens", type=int, default=16, help="max_tokens of each resumed answer")
     parser.add_argument("--streams", type=int, default=8)
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=2)
@@ -96,7 +100,9 @@ def main() -> None:
         a, b = servers
         same, other = [], []
         for n in range(args.trials * 2):
-            (same if n % 2 == 0 else other).append(resume_once(a.url, a.url if n % 2 == 0 else b.url, n, args.tokens))
+            (same if n % 2 == 0 else other).append(resume_once(a.url, a.url if n % 2 == 0 else b.url, n,
+                                                               args.resume_tokens))
+            print(f"  resumed {n + 1} of {args.trials * 2}", flush=True)
         resume = {"same_instance": summary(same), "other_instance": summary(other)}
         print(f"resume latency (drop -> first resumed event): {json.dumps(resume)}", flush=True)
 
