@@ -54,10 +54,12 @@ class Topology:
     def other(self, instance: LiveServer) -> LiveServer:
         return next(i for i in self.instances if i is not instance)
 
-    def served(self, method: str, path: str) -> list[str]:
-        """The upstream addresses nginx sent ``method path`` to, in order."""
-        return [line.split(" upstream=")[1].split(" ")[0] for line in self.nginx.access_log()
-                if line.startswith(f"{method} {path} ")]
+    def served(self, method: str, path: str, last_event_id: str | None = None) -> list[str]:
+        """The upstream that answered each ``method path`` (with that ``Last-Event-ID``), in order: the last one
+        nginx tried, after any that refused the connection."""
+        lines = [line for line in self.nginx.access_log() if line.startswith(f"{method} {path} ")
+                 and (last_event_id is None or line.endswith(f" last_event_id={last_event_id}"))]
+        return [line.split(" upstream=")[1].split(" last_event_id=")[0].split(", ")[-1] for line in lines]
 
     def stored(self, message_id: str) -> tuple[dict, list[dict]]:
         """The stored answer ``message_id`` and every message of its conversation (through nginx)."""
@@ -141,8 +143,9 @@ def test_an_eventsource_cut_mid_answer_resumes_on_the_other_instance(topology, b
     finish = wait_for(lambda: browser.execute_script("return window.finish"), timeout=600)  # a loaded machine
     got = browser.execute_script("return window.got")
     message_id = finish["data"]["message_id"]
-    resumed = [line for line in topology.nginx.access_log() if f"last_event_id={message_id}:" in line]
-    assert resumed and f"upstream={topology.address(other)}" in resumed[0], topology.nginx.access_log()
+    resumed = wait_for(lambda: [line for line in topology.nginx.access_log() if f"last_event_id={message_id}:" in line],
+                       timeout=10)  # nginx writes a request's line just after its last byte
+    assert resumed and resumed[0].split(" upstream=")[1].split(" ")[0] == topology.address(other), resumed
     assert any(e.startswith("dropped") for e in browser.execute_script("return window.errors"))
     assert len(got) > cut_at  # events arrived after the cut, from the other instance
 
@@ -182,7 +185,8 @@ def test_stop_on_the_chat_page_stops_an_answer_generated_by_the_other_instance(t
     answer = wait_for(stored, timeout=60)
     assert answer["finish_reason"] == "cancelled" and tag in answer["prompt"]
     assert answer["usage"]["completion_tokens"] < MAX_TOKENS
-    assert topology.served("DELETE", f"/chat/stream/{message_id}") == [topology.address(topology.other(owner))]
+    stop = wait_for(lambda: topology.served("DELETE", f"/chat/stream/{message_id}"), timeout=10)
+    assert stop == [topology.address(topology.other(owner))]
     assert f"message {message_id}: cancelled from another worker" in owner.log()  # the Stop, not the grace
 
 
@@ -205,7 +209,9 @@ def test_an_instance_killed_mid_answer_is_reported_by_the_other_and_stored_as_lo
                          stream=True, timeout=60)
     assert again.status_code == 200
     rest = [e for e in iter_sse(text_chunks(again)) if e["data"]]
-    assert topology.served("GET", "/chat/stream")[-1] == topology.address(topology.other(owner))
+    # nginx writes a request's line just after its last byte: wait for it.
+    served = wait_for(lambda: topology.served("GET", "/chat/stream", first[-1]["id"]), timeout=10)
+    assert served == [topology.address(topology.other(owner))]
 
     *published, lost = rest
     assert lost["event"] == "error"
