@@ -59,6 +59,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     from .services.embeddings import EmbeddingService
     from .services.live import LiveStreams
     from .services.output_guard import OutputGuard
+    from .services.shared_streams import SharedStreams
     from .shutdown import refuse_while_draining
     from .state import EXTENSION_KEY, Services
     from .storage import SqlKeyStore, open_store
@@ -81,8 +82,11 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
                                heartbeat_seconds=settings.heartbeat_seconds, log_prompts=settings.log_prompts,
                                request_timeout=settings.request_timeout, on_answer=metrics.answer,
                                output_guard=OutputGuard.from_settings(settings))
+    shared_streams = SharedStreams(settings.redis_url, resume_seconds=settings.resume_seconds,
+                                   heartbeat_seconds=settings.heartbeat_seconds) if settings.redis_url else None
     live = LiveStreams(resume_seconds=settings.resume_seconds, grace_seconds=settings.disconnect_grace_seconds,
-                       heartbeat_seconds=settings.heartbeat_seconds)
+                       heartbeat_seconds=settings.heartbeat_seconds, shared=shared_streams,
+                       on_lost=chat_service.store_lost_answer)
     key_store = SqlKeyStore(store.engine)
     keys = KeyRing(key_store)
     stream_tokens = StreamTokens(settings.secret_key or key_store.shared_secret("stream_tokens"),

@@ -331,7 +331,8 @@ class Settings:
     )
     redis_url: str = _setting(
         "LLM_API_REDIS_URL", "", _redis_url,
-        "`redis://HOST:PORT/DB`: rate-limit counters shared by all workers (default: kept per process)",
+        "`redis://HOST:PORT/DB`: rate-limit counters and streamed answers shared by all workers and instances "
+        "(default: kept per process)",
     )
     stream_token_seconds: int = _setting("LLM_API_STREAM_TOKEN_SECONDS", 300, _int(1, 86400),
                                          "lifetime of a stream token minted by `POST /auth/stream-token`")

@@ -28,6 +28,7 @@ from .chat_models import Admit, ChatRequest, ChatResult, ChatUnavailable, Reserv
 from .chat_stream import ChatStream, Heartbeat, Interruption, StreamItem
 from .history import ChatMessage, fit_to_context, prompt_history
 from .output_guard import OutputGuard
+from .shared_streams import LostAnswer
 
 __all__ = [  # the chat API in one place, for the views and renderers
     "Admit", "ChatRequest", "ChatResult", "ChatService", "ChatStream", "ChatUnavailable", "Heartbeat",
@@ -37,6 +38,8 @@ __all__ = [  # the chat API in one place, for the views and renderers
 log = logging.getLogger("llm_api.exchange")
 
 TITLE_LENGTH = 80
+# The error stored with an answer whose worker stopped mid-answer (killed, crashed): see store_lost_answer.
+LOST_ERROR = "generation_lost: the worker generating this answer stopped before it finished"
 
 
 class ChatService:
@@ -233,7 +236,7 @@ class ChatService:
             created_at=_now(), owner=turn.owner, reply_to=turn.user_message_id,
             finish_reason=finished.finish_reason, usage=finished.usage.as_dict(),
             time_to_first_token=finished.time_to_first_token, total_time=finished.total_time,
-            params=_params(request), model=finished.model or self._engine.model_name, error=finished.error,
+            params=stored_params(request), model=finished.model or self._engine.model_name, error=finished.error,
         )
         try:
             self._store.add_messages(turn.conversation_id, [answer])
@@ -246,7 +249,7 @@ class ChatService:
             except Exception:  # an observer never costs the client its answer
                 log.exception("message %s: the answer observer failed", turn.message_id)
 
-    def _log(self, answer: Message, request: ChatRequest, request_id: str | None,
+    def _log(self, answer: Message, request: ChatRequest | None, request_id: str | None,
              finished: Finished | None = None) -> None:
         usage = answer.usage or {}
         ttft = "-" if answer.time_to_first_token is None else f"{answer.time_to_first_token:.3f}s"
@@ -258,9 +261,28 @@ class ChatService:
             line += f" engine={finished.engine}" + (" degraded=1" if finished.degraded else "")
         if answer.error:
             line += f" error={answer.error!r}"
-        if self._log_prompts:
+        if self._log_prompts and request is not None:
             line += f" prompt={request.prompt!r}"
         log.info(line, extra={"request_id": request_id})  # the stream's pump greenlet has no request context
+
+    def store_lost_answer(self, lost: LostAnswer) -> None:
+        """Store an answer whose generation was lost with its worker (killed mid-answer): the text its clients
+        were sent, with ``finish_reason`` ``error``. Its user turn was stored before generation began."""
+        if self._store.get_message(lost.message_id, None) is not None:
+            return  # stored by its own worker after all
+        answer = Message(
+            id=lost.message_id, conversation_id=lost.conversation_id, role="assistant", content=lost.text,
+            created_at=_now(), owner=lost.owner, reply_to=lost.reply_to or None, finish_reason="error",
+            usage={"prompt_tokens": lost.prompt_tokens, "completion_tokens": lost.completion_tokens,
+                   "total_tokens": lost.prompt_tokens + lost.completion_tokens},
+            params=lost.params, model=lost.model or self._engine.model_name, error=LOST_ERROR,
+        )
+        try:
+            self._store.add_messages(lost.conversation_id, [answer])
+        except StorageError as exc:
+            log.error("message %s: could not store the lost answer: %s", lost.message_id, exc)
+            return
+        self._log(answer, None, None)
 
     # ---- reading -----------------------------------------------------------------------------------
     def list_exchanges(self, limit: int, before: str | None, owner: str | None = "") -> list[Exchange]:
@@ -288,6 +310,7 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _params(request: ChatRequest) -> dict[str, Any]:
+def stored_params(request: ChatRequest) -> dict[str, Any]:
+    """The sampling parameters stored with an answer."""
     return {"max_tokens": request.max_tokens, "temperature": request.temperature, "top_p": request.top_p,
             "seed": request.seed, "stop": list(request.stop)}

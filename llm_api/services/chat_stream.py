@@ -81,6 +81,10 @@ class ChatStream:
         return self.turn.conversation_id
 
     @property
+    def prompt_tokens(self) -> int:
+        return len(self._handle.request.prompt_ids)
+
+    @property
     def engine(self) -> tuple[str, str, bool]:
         """The named engine generating the answer now, its model, and whether it is a fallback (the engine
         router's handle knows; a bare engine's handle does not: then ``("", "", False)``)."""
