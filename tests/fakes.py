@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 
 import gevent
 
+from llm_api.generation.backlog import Backlog
 from llm_api.generation.channel import Channel
 from llm_api.generation.errors import ContextLengthError, QueueFullError
 from llm_api.generation.handle import GenerationHandle
@@ -35,6 +36,7 @@ class FakeEngine:
         self.load_error: str | None = None
         self.queue_full = False
         self.queued = 0
+        self.backlog_now = Backlog()  # what backlog() answers (a test may change it)
         self.stats: dict[str, int] = {"steps": 0}
         self.submitted: list[GenerationRequest] = []
         self.handles: list[GenerationHandle] = []
@@ -50,6 +52,9 @@ class FakeEngine:
 
     def wait_ready(self, timeout: float) -> bool:
         return self.ready
+
+    def backlog(self) -> Backlog:
+        return self.backlog_now
 
     def stop_token_ids(self) -> frozenset[int]:
         return frozenset({0})

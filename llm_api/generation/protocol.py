@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Literal, Protocol
 
+from .backlog import Backlog
 from .types import Finished, GenerationRequest, SamplingDefaults, SamplingParams, TextDelta
 
 EngineKind = Literal["local", "upstream", "router"]
@@ -93,6 +94,11 @@ class Engine(Protocol):
     @property
     def queued(self) -> int:
         """Requests admitted but not yet taken up by the engine."""
+
+    def backlog(self) -> Backlog:
+        """The work queued ahead of a request submitted now, and the measured decode rate: the facts for an
+        estimate of its wait (:mod:`llm_api.generation.backlog`). An engine without a queue of its own (an
+        upstream) reports an empty one."""
 
     @property
     def stats(self) -> Mapping[str, int]:

@@ -36,6 +36,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from ..config import STATIC_ENGINE
+from ..generation.backlog import Backlog
 from ..generation.errors import ContextLengthError, EngineError, QueueFullError
 from ..generation.protocol import Engine, EngineKind, GenerationStream, Message
 from ..generation.types import Finished, GenerationRequest, SamplingDefaults, SamplingParams, TextDelta, Usage
@@ -117,6 +118,14 @@ class EngineRouter:
     @property
     def queued(self) -> int:
         return sum(m.engine.queued for m in self.members)
+
+    def backlog(self) -> Backlog:
+        """The backlog of the engine a request submitted now goes to first: the first whose circuit is not
+        open and that is ready (requests wait in its queue; the router moves them on only when it refuses)."""
+        for member in self.members:
+            if (member.breaker is None or member.breaker.state != "open") and member.engine.ready:
+                return member.engine.backlog()
+        return Backlog()
 
     @property
     def stats(self) -> Mapping[str, int]:

@@ -8,7 +8,7 @@ one ``Finished``, exactly like the local engine's.
 so that the router can fall back:
 
 - cannot connect, a timeout, 401, 403, 404, 408 or any 5xx → :class:`EngineUnavailableError`;
-- 429, or an error whose code is ``queue_full`` → :class:`QueueFullError` (overloaded);
+- 429, or an error whose code is ``queue_full`` or ``overloaded`` → :class:`QueueFullError` (overloaded);
 - 400, 413 and 422 → :class:`UpstreamRejectedError` (the request itself: no fallback).
 
 Then a reader (a greenlet in the gevent worker, whose sockets are cooperative; an OS thread in a process
@@ -43,6 +43,7 @@ from urllib.parse import urlsplit
 import gevent
 from gevent import monkey
 
+from ..generation.backlog import Backlog
 from ..generation.channel import Channel
 from ..generation.errors import EngineError, QueueFullError
 from ..generation.handle import GenerationHandle
@@ -145,6 +146,10 @@ class UpstreamEngine:
 
     def wait_ready(self, timeout: float) -> bool:
         return True  # nothing to load
+
+    def backlog(self) -> Backlog:
+        """Unknown here: the upstream keeps its own queue, and refuses (503) when it is too long."""
+        return Backlog()
 
     def stop_token_ids(self) -> frozenset[int]:
         return frozenset()  # the upstream generates from text and knows its own stops
@@ -336,7 +341,7 @@ class UpstreamEngine:
         except (ValueError, AttributeError):
             pass
         what = f"engine {self.name}: the upstream answered {status}: {message or http.client.responses.get(status, '')}"
-        if status == 429 or code == "queue_full":
+        if status == 429 or code in ("queue_full", "overloaded"):  # an llm_api upstream sheds with `overloaded`
             return QueueFullError(what)
         if status in _REJECTED:
             return UpstreamRejectedError(what, status)
