@@ -57,6 +57,8 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     from .shutdown import refuse_while_draining
     from .state import EXTENSION_KEY, Services
     from .storage import SqlKeyStore, open_store
+    from .tracing import enabled as tracing_enabled
+    from .tracing import instrument as instrument_tracing
 
     settings = settings or Settings.from_env()
     configure_logging(settings.log_level, settings.log_format)
@@ -69,6 +71,8 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     # The chain of LLM_API_ENGINES; a given engine (a fake in tests) is its local one.
     router = engine if isinstance(engine, EngineRouter) else build_router(settings, engine)
     metrics = install_metrics(app, router)
+    if tracing_enabled():  # OTEL_EXPORTER_OTLP_ENDPOINT: the server span's hooks go first of all
+        instrument_tracing(app)
     install_request_log(app, metrics)  # first of the before_request hooks: the others run with the request id
     store = open_store(settings.resolved_database_url, settings.db_pool_size)
     chat_service = ChatService(router, store, default_max_tokens=settings.default_max_tokens,
@@ -126,17 +130,24 @@ def model_spec(settings: Settings) -> ModelSpec:
 
 def start_engine(app: Flask, on_load_failure: Callable[[str], None] | None = None) -> None:
     """Start the app's engines: the local model begins loading, upstream discovery its timer. Once per app;
-    a later call returns at once."""
+    a later call returns at once. Tracing's exporter starts here too: this runs in the serving process (a
+    gunicorn worker, after the fork), never in gunicorn's master."""
+    from . import tracing
     from .state import EXTENSION_KEY
 
     state = app.extensions[EXTENSION_KEY]
     if state.engine_started:
         return
     state.engine_started = True
+    if tracing.enabled():
+        tracing.start_exporting()
     state.engine.start(on_load_failure)
 
 
 def stop_engine(app: Flask) -> None:
+    """Stop the app's engines, then send the spans still waiting for export."""
+    from . import tracing
     from .state import EXTENSION_KEY
 
     app.extensions[EXTENSION_KEY].engine.stop()
+    tracing.shutdown()
