@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import gevent
 
@@ -70,7 +70,8 @@ class FakeEngine:
         return [len(word) for word in text.split()]
 
     def submit(self, request_id: str, prompt_ids: list[int], params: SamplingParams, *,
-               messages: Sequence[Message] | None = None, prompt_text: str | None = None) -> GenerationHandle:
+               messages: Sequence[Message] | None = None, prompt_text: str | None = None,
+               trace_headers: Mapping[str, str] | None = None) -> GenerationHandle:
         if len(prompt_ids) + params.max_tokens > self.context_length:
             raise ContextLengthError(len(prompt_ids), params.max_tokens, self.context_length)
         if self.queue_full:

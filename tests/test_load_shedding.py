@@ -76,7 +76,7 @@ class QueueingEngine(FakeEngine):
         self.wake = Event()
         self.worker = gevent.spawn(self._serve)
 
-    def submit(self, request_id, prompt_ids, params, *, messages=None, prompt_text=None):
+    def submit(self, request_id, prompt_ids, params, **text_and_trace):
         handle = GenerationHandle(self._request(request_id, prompt_ids, params), self._channel(), lambda: None)
         self.submitted.append(handle.request)
         self.inbox.append(handle)

@@ -121,6 +121,9 @@ class Engine(Protocol):
         """Plain text → ids, without a chat template."""
 
     def submit(self, request_id: str, prompt_ids: list[int], params: SamplingParams, *,
-               messages: Sequence[Message] | None = None, prompt_text: str | None = None) -> GenerationStream:
+               messages: Sequence[Message] | None = None, prompt_text: str | None = None,
+               trace_headers: Mapping[str, str] | None = None) -> GenerationStream:
         """Admit a request or raise at once (:mod:`llm_api.generation.errors`). An engine that takes text
-        (an upstream) uses ``messages`` or ``prompt_text``; one that generates from ids uses ``prompt_ids``."""
+        (an upstream) uses ``messages`` or ``prompt_text``; one that generates from ids uses ``prompt_ids``.
+        ``trace_headers`` are the W3C trace context (``traceparent``, ``tracestate``) of the caller's model
+        call: an engine that calls another service sends them along; the local engine has no use for them."""

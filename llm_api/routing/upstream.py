@@ -36,7 +36,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -63,6 +63,11 @@ DISCOVERY_RETRY_SECONDS = 1.0
 DISCOVERY_RETRY_MAX_SECONDS = 30.0
 DISCOVERY_REFRESH_SECONDS = 300.0
 _REJECTED = (400, 413, 422)
+
+
+def _trace_context(headers: Mapping[str, str] | None) -> dict[str, str]:
+    """The W3C trace context headers to send along (nothing else a caller might have put there)."""
+    return {k: v for k, v in (headers or {}).items() if k in ("traceparent", "tracestate")}
 
 
 def estimate_tokens(text: str) -> int:
@@ -208,7 +213,8 @@ class UpstreamEngine:
 
     # ---- generating ----------------------------------------------------------------------------------
     def submit(self, request_id: str, prompt_ids: list[int], params: SamplingParams, *,
-               messages: Sequence[Message] | None = None, prompt_text: str | None = None) -> GenerationHandle:
+               messages: Sequence[Message] | None = None, prompt_text: str | None = None,
+               trace_headers: Mapping[str, str] | None = None) -> GenerationHandle:
         if messages is None and prompt_text is None:
             raise EngineError(f"engine {self.name}: an upstream needs the messages or the prompt text")
         chat = prompt_text is None
@@ -229,8 +235,8 @@ class UpstreamEngine:
         connection = self._connection()
         try:
             connection.request("POST", path, body=json.dumps(body).encode(),
-                               headers={**self._headers(), "Content-Type": "application/json",
-                                        "Accept": "text/event-stream"})
+                               headers={**_trace_context(trace_headers), **self._headers(),
+                                        "Content-Type": "application/json", "Accept": "text/event-stream"})
             sock = connection.sock
             response = connection.getresponse()
         except (OSError, http.client.HTTPException) as exc:

@@ -143,7 +143,8 @@ class ChatService:
             try:
                 # An upstream engine needs the messages (or the raw prompt text), not our token ids.
                 handle = self._engine.submit(turn.message_id, prompt_ids, params, messages=messages,
-                                             prompt_text=request.prompt if request.raw else None)
+                                             prompt_text=request.prompt if request.raw else None,
+                                             trace_headers=trace.outgoing_headers())
             except EngineError as exc:
                 trace.refused(exc)
                 self._forget_turn(turn)

@@ -24,10 +24,12 @@ from typing import Any
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from ..generation.types import Finished, SamplingParams
 
 _tracer = trace.get_tracer("llm_api")
+_propagator = TraceContextTextMapPropagator()  # W3C, whatever the global propagator is
 
 
 class GenerationTrace:
@@ -64,6 +66,14 @@ class GenerationTrace:
                 "gen_ai.response.id": message_id,
                 "gen_ai.conversation.id": conversation_id,
             })
+
+    def outgoing_headers(self) -> dict[str, str]:
+        """W3C ``traceparent``/``tracestate`` naming the model call's span as the parent, for an engine that
+        calls another service (an upstream): its spans then join this trace. Empty without a valid span."""
+        headers: dict[str, str] = {}
+        if self._span is not None and self._span.get_span_context().is_valid:
+            _propagator.inject(headers, context=trace.set_span_in_context(self._span))
+        return headers
 
     def refused(self, error: Exception) -> None:
         """The engine refused the request (queue full, not ready...): the model call's span ends in error."""
