@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from .local_model.spec import ModelSpec
 
 # What a cross-origin page may send, and read back (the rate-limit and request-id headers included).
-CORS_ALLOW_HEADERS = ["Authorization", "Content-Type", "Last-Event-ID", "X-Request-ID"]
+CORS_ALLOW_HEADERS = ["Authorization", "Content-Type", "Last-Event-ID", "X-Request-ID", "traceparent", "tracestate"]
 CORS_EXPOSE_HEADERS = [
     "Retry-After", "X-Request-ID",
     *(f"x-ratelimit-{field}-{kind}" for field in ("limit", "remaining", "reset") for kind in ("requests", "tokens")),
