@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import time
 
 import pytest
 import requests
@@ -43,6 +44,17 @@ def one(spans, **fields):
     found = [s for s in spans if all(getattr(s, k) == v for k, v in fields.items())]
     assert len(found) == 1, (fields, [(s.name, s.span_id, s.parent_span_id) for s in spans])
     return found[0]
+
+
+def request_line(server, request_id: str, timeout: float = 30) -> str:
+    """The server's ``llm_api.request`` log line of ``request_id`` (written when its response has ended)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in server.log().splitlines():
+            if "llm_api.request" in line and f"request_id={request_id} " in line:
+                return line
+        time.sleep(0.1)
+    raise AssertionError(f"no request line for {request_id}")
 
 
 def generation_done(trace_id: str):
@@ -93,8 +105,7 @@ def test_a_streamed_answer_continues_the_callers_trace_with_its_generation_spans
     assert server.end_ns >= stored_answer.end_ns
 
     # The trace id in the request's log line.
-    line = next(line for line in traced_server.log().splitlines()
-                if "llm_api.request" in line and "request_id=traced-1" in line)
+    line = request_line(traced_server, "traced-1")
     assert f"trace_id={trace_id}" in line
 
 
@@ -108,8 +119,7 @@ def test_a_cancelled_stream_ends_its_spans_with_finish_reason_cancelled(traced_s
     assert '"text"' in received
     abort(sock)  # the client goes away mid-answer: the server's next write fails, and the answer is cancelled
 
-    line = sink.wait_for(lambda _: next((line for line in traced_server.log().splitlines()
-                                         if "llm_api.request" in line and "request_id=traced-cancel" in line), None))
+    line = request_line(traced_server, "traced-cancel")
     trace_id = re.search(r"trace_id=([0-9a-f]{32})", line)[1]  # a new trace: the client sent no traceparent
     spans = sink.wait_for(generation_done(trace_id))
     server = one(spans, kind="SPAN_KIND_SERVER")
