@@ -49,7 +49,7 @@ ERROR_TEXT = {
     422: "A field is invalid or unknown; details.fields names it.",
     429: "A rate limit of the key is reached.",
     500: "An unexpected error.",
-    503: "Not ready, at capacity, shutting down or storage unavailable; retry after Retry-After.",
+    503: "Not ready, at capacity, overloaded, shutting down or storage unavailable; retry after Retry-After.",
 }
 GENERATION_ERRORS = (400, 401, 403, 404, 405, 413, 422, 429, 500, 503)
 READ_ERRORS = (401, 403, 405, 422, 500, 503)

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from .local_model.spec import ModelSpec
 
 # What a cross-origin page may send, and read back (the rate-limit and request-id headers included).
-CORS_ALLOW_HEADERS = ["Authorization", "Content-Type", "Last-Event-ID", "X-Request-ID"]
+CORS_ALLOW_HEADERS = ["Authorization", "Content-Type", "Last-Event-ID", "X-Request-ID", "traceparent", "tracestate"]
 CORS_EXPOSE_HEADERS = [
     "Retry-After", "X-Request-ID",
     *(f"x-ratelimit-{field}-{kind}" for field in ("limit", "remaining", "reset") for kind in ("requests", "tokens")),
@@ -63,6 +63,8 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     from .shutdown import refuse_while_draining
     from .state import EXTENSION_KEY, Services
     from .storage import SqlKeyStore, open_store
+    from .tracing import enabled as tracing_enabled
+    from .tracing import instrument as instrument_tracing
 
     settings = settings or Settings.from_env()
     configure_logging(settings.log_level, settings.log_format)
@@ -76,6 +78,8 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     router = engine if isinstance(engine, EngineRouter) else build_router(settings, engine)
     models = build_models(settings, router, embedders)
     metrics = install_metrics(app, router)
+    if tracing_enabled():  # OTEL_EXPORTER_OTLP_ENDPOINT: the server span's hooks go first of all
+        instrument_tracing(app)
     install_request_log(app, metrics)  # first of the before_request hooks: the others run with the request id
     store = open_store(settings.resolved_database_url, settings.db_pool_size)
     chat_service = ChatService(router, store, default_max_tokens=settings.default_max_tokens,
@@ -139,13 +143,18 @@ def model_spec(settings: Settings) -> ModelSpec:
 def start_engine(app: Flask, on_load_failure: Callable[[str], None] | None = None, *, embedders: bool = False) -> None:
     """Start the app's engines: the local model begins loading, upstream discovery its timer, and with
     ``embedders`` (gunicorn's workers) every embedding model too; without it (tests, ``flask run``) an
-    embedding model loads on its first request. Once per app; a later call returns at once."""
+    embedding model loads on its first request. Once per app; a later call returns at once. Tracing's
+    exporter starts here too: this runs in the serving process (a gunicorn worker, after the fork), never in
+    gunicorn's master."""
+    from . import tracing
     from .state import EXTENSION_KEY
 
     state = app.extensions[EXTENSION_KEY]
     if state.engine_started:
         return
     state.engine_started = True
+    if tracing.enabled():
+        tracing.start_exporting()
     if embedders:
         state.models.start(on_load_failure)
     else:
@@ -153,6 +162,9 @@ def start_engine(app: Flask, on_load_failure: Callable[[str], None] | None = Non
 
 
 def stop_engine(app: Flask) -> None:
+    """Stop the app's engines, then send the spans still waiting for export."""
+    from . import tracing
     from .state import EXTENSION_KEY
 
     app.extensions[EXTENSION_KEY].models.stop()
+    tracing.shutdown()

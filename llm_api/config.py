@@ -8,6 +8,7 @@ variable and what is allowed.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -62,6 +63,8 @@ def _float(minimum: float) -> Callable[[str, str], float]:
             value = float(raw.strip())
         except ValueError:
             raise ConfigError(f"{name} must be a number (got {raw!r})") from None
+        if not math.isfinite(value):
+            raise ConfigError(f"{name} must be a finite number (got {raw!r})")
         if value < minimum:
             raise ConfigError(f"{name} must be a number >= {minimum} (got {raw!r})")
         return value
@@ -340,6 +343,11 @@ class Settings:
                                "signs stream tokens (default: a random secret kept in the database)")
     max_queue: int = _setting("LLM_API_MAX_QUEUE", 256, _int(1),
                               "requests waiting for a batch slot before new ones get 503")
+    max_queue_wait: float = _setting(
+        "LLM_API_MAX_QUEUE_WAIT", 0.0, _float(0.0),
+        "seconds a new request may be expected to wait for the engine; one expected to wait longer gets 503 "
+        "`overloaded` at once (0 = off)",
+    )
     max_batch: int = _setting("LLM_API_MAX_BATCH", 8, _int(1, 256),
                               "sequences decoded together in one step")
     prefill_chunk: int = _setting("LLM_API_PREFILL_CHUNK", 64, _int(1),

@@ -7,6 +7,7 @@ after a stream has started they are sent in-band as an SSE ``error`` event.
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from flask import Flask, has_request_context, jsonify, request
@@ -117,6 +118,17 @@ def from_engine_error(exc: EngineError) -> ApiError:
     if isinstance(exc, GenerationError):
         return ApiError(500, "generation_failed", str(exc))
     return ApiError(500, "engine_error", str(exc))
+
+
+def overloaded(estimated_wait: float, max_wait: float) -> ApiError:
+    """Load shedding: the work queued ahead would keep a new request waiting longer than ``max_wait`` seconds.
+    ``Retry-After`` is when, at the measured rate, the queue ahead will have drained to ``max_wait``."""
+    retry_after = max(1, math.ceil(estimated_wait - max_wait))
+    return ApiError(503, "overloaded",
+                    f"The server is overloaded: a new request would wait about {estimated_wait:.0f} s for the model, "
+                    f"more than its limit of {max_wait:g} s; retry in {retry_after} s.",
+                    {"estimated_wait_seconds": round(estimated_wait, 1), "max_queue_wait_seconds": max_wait},
+                    headers={"Retry-After": str(retry_after)})
 
 
 SHUTTING_DOWN = "shutting_down"

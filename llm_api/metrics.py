@@ -104,6 +104,12 @@ class Metrics:
                                              ["limit"], **on)
         self.queue_depth = Gauge("llm_api_queue_depth", "Requests waiting for a batch slot.",
                                  multiprocess_mode="livesum", **on)
+        self.queue_wait = Gauge("llm_api_queue_wait_seconds",
+                                "Estimated wait of a request submitted now (the longest of the workers').",
+                                multiprocess_mode="livemax", **on)
+        self.shed_requests = Counter("llm_api_shed_requests",
+                                     "Requests refused at once (503 overloaded): their estimated wait exceeded "
+                                     "LLM_API_MAX_QUEUE_WAIT.", **on)
         self.running_batch_size = Gauge("llm_api_running_batch_size", "Sequences in the running batch.",
                                         multiprocess_mode="livesum", **on)
         self.active_streams = Gauge("llm_api_active_streams", "Streamed (SSE) responses now open.",
@@ -134,6 +140,10 @@ class Metrics:
     def rate_limited(self, limit: str) -> None:
         """A request was refused by the rate limit ``limit``: ``requests``, ``tokens`` or ``streams``."""
         self.rate_limited_requests.labels(limit=limit).inc()
+
+    def shed(self) -> None:
+        """A request was refused with 503 ``overloaded`` (load shedding)."""
+        self.shed_requests.inc()
 
     def stream_opened(self) -> None:
         self.active_streams.inc()
@@ -174,6 +184,7 @@ class Metrics:
         for name, state in engine.circuits.items():
             self.circuit_state.labels(engine=name).set(CIRCUIT_STATES.get(state, 0))
         self.queue_depth.set(engine.queued)
+        self.queue_wait.set(engine.backlog().wait_seconds())
         self.running_batch_size.set(engine.stats.get("running", 0))
         load_seconds = engine.load_seconds
         if load_seconds is not None:

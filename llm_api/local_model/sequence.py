@@ -15,8 +15,10 @@ from .stops import StopMatcher
 class SequenceState:
     """Per-request state kept by the engine thread."""
 
-    def __init__(self, handle: GenerationHandle, decode: Callable[[Sequence[int]], str]) -> None:
+    def __init__(self, handle: GenerationHandle, decode: Callable[[Sequence[int]], str],
+                 on_finish: Callable[[SequenceState], None] | None = None) -> None:
         self.handle = handle
+        self.taken_at = time.monotonic()  # when the engine thread took it from the queue
         self.request = handle.request
         self.sampler = Sampler(self.request.params)
         self.generated: list[int] = []
@@ -26,6 +28,7 @@ class SequenceState:
         self._first_token_at: float | None = None
         self.finished = False
         self.finish_reason: str | None = None
+        self._on_finish = on_finish
 
     @property
     def last_token(self) -> int:
@@ -73,7 +76,10 @@ class SequenceState:
             total_time=now - self.handle.submitted_at,
             error=error,
             token_ids=tuple(self.generated),
+            queue_time=self.taken_at - self.handle.submitted_at,
         ))
+        if self._on_finish is not None:
+            self._on_finish(self)
 
     def _send(self, text: str) -> None:
         if text:

@@ -29,6 +29,7 @@ from .chat_stream import ChatStream, Heartbeat, Interruption, StreamItem
 from .history import ChatMessage, fit_to_context, prompt_history
 from .output_guard import OutputGuard
 from .shared_streams import LostAnswer
+from .spans import GenerationTrace
 
 __all__ = [  # the chat API in one place, for the views and renderers
     "Admit", "ChatRequest", "ChatResult", "ChatService", "ChatStream", "ChatUnavailable", "Heartbeat",
@@ -135,13 +136,20 @@ class ChatService:
                                 top_p=request.top_p, seed=request.seed, stop=request.stop,
                                 ignore_eos=request.ignore_eos)
         reservation = admit(len(prompt_ids) + params.max_tokens) if admit is not None else None
+        trace = GenerationTrace()  # the request's span is the current one here, not on the stream's pump
         try:
-            turn = self._store_user_turn(request, owner, dropped, messages)
+            with trace.storage("store user turn"):
+                turn = self._store_user_turn(request, owner, dropped, messages)
+            trace.submitting(operation="text_completion" if request.raw else "chat", model=self._engine.model_name,
+                             params=params, prompt_tokens=len(prompt_ids), message_id=turn.message_id,
+                             conversation_id=turn.conversation_id)
             try:
                 # An upstream engine needs the messages (or the raw prompt text), not our token ids.
                 handle = self._engine.submit(turn.message_id, prompt_ids, params, messages=messages,
-                                             prompt_text=request.prompt if request.raw else None)
-            except EngineError:
+                                             prompt_text=request.prompt if request.raw else None,
+                                             trace_headers=trace.outgoing_headers())
+            except EngineError as exc:
+                trace.refused(exc)
                 self._forget_turn(turn)
                 raise
         except Exception:
@@ -149,7 +157,7 @@ class ChatService:
                 reservation.cancel()
             raise
         stream = ChatStream(self, request, handle, turn, self._heartbeat, self._request_timeout, reservation,
-                            guard=self._output_guard)
+                            guard=self._output_guard, trace=trace)
         self._running.add(stream)
         self._idle.clear()
         if self._refusal is not None:  # interrupt_all ran while this request was being stored
