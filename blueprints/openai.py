@@ -28,7 +28,8 @@ def _load(schema: Any) -> dict[str, Any]:
 @route(bp, "/chat/completions", ["POST"])
 def chat_completions():  # noqa: ANN201
     fields = _load(ChatCompletionRequestSchema())
-    chat_request = ChatRequest.from_messages(fields["messages"], **{k: fields[k] for k in _SAMPLING})
+    chat_request = ChatRequest.from_messages(fields["messages"], structured=fields["structured"],
+                                             **{k: fields[k] for k in _SAMPLING})
     model = services().engine.model_name
     if fields["stream"]:
         return _streamed(ChatChunkStream(caller.open_stream(chat_request), model, fields["include_usage"]))

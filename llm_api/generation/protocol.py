@@ -10,13 +10,15 @@ it is passed as an ``Engine`` (``build_router``, ``create_app``, the test fixtur
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
+from .structured import ToolFunction
+from .tool_calls import ToolCallDelta
 from .types import Finished, GenerationRequest, SamplingDefaults, SamplingParams, TextDelta
 
 EngineKind = Literal["local", "upstream", "router"]
-Message = Mapping[str, str]  # {"role": ..., "content": ...}
-Event = TextDelta | Finished
+Message = Mapping[str, Any]  # {"role": ..., "content": ...}; assistant tool_calls, a tool turn's tool_call_id
+Event = TextDelta | ToolCallDelta | Finished
 
 
 class GenerationStream(Protocol):
@@ -108,8 +110,9 @@ class Engine(Protocol):
         """Wait (cooperatively) until ready or failed; True if ready."""
 
     # ---- work ----------------------------------------------------------------------------------------
-    def encode_chat(self, messages: Sequence[Message]) -> list[int]:
-        """Messages → prompt ids with the model's chat format (an estimate for an upstream)."""
+    def encode_chat(self, messages: Sequence[Message], tools: Sequence[ToolFunction] = ()) -> list[int]:
+        """Messages (and the tools the model may call) → prompt ids with the model's chat format (an estimate
+        for an upstream)."""
 
     def encode_text(self, text: str) -> list[int]:
         """Plain text → ids, without a chat template."""
@@ -117,4 +120,5 @@ class Engine(Protocol):
     def submit(self, request_id: str, prompt_ids: list[int], params: SamplingParams, *,
                messages: Sequence[Message] | None = None, prompt_text: str | None = None) -> GenerationStream:
         """Admit a request or raise at once (:mod:`llm_api.generation.errors`). An engine that takes text
-        (an upstream) uses ``messages`` or ``prompt_text``; one that generates from ids uses ``prompt_ids``."""
+        (an upstream) uses ``messages`` or ``prompt_text``; one that generates from ids uses ``prompt_ids``.
+        ``params.structured`` the engine cannot honour raises :class:`~.structured.UnsupportedFieldError`."""
