@@ -131,8 +131,7 @@ def test_chatglm3_turns_put_tools_in_the_system_turn_and_results_in_observations
     messages = chatglm3_messages(HISTORY, TOOLS)
     assert messages[0]["role"] == "system" and json.loads(messages[0]["content"].split("\n", 1)[1])[0]["name"] \
         == "get_weather"
-    assert messages[2] == {"role": "assistant", "metadata": "get_weather",
-                           "content": "```python\ntool_call(city='Paris')\n```"}
+    assert messages[2] == {"role": "assistant", "metadata": "get_weather", "content": '{"city": "Paris"}'}
     assert messages[3] == {"role": "observation", "metadata": "", "content": '{"celsius": 21}'}
 
 

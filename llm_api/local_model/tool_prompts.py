@@ -4,8 +4,9 @@
 - A chat template that renders tools itself gets them as ``tools=`` and the turns in the Hugging Face shape.
 - A template that does not (the embedded SmolLM2) gets the tools described in the system turn, calls written
   as the JSON the model is asked for, and results as user turns naming the function.
-- ChatGLM3 gets its own layout: the tools as JSON in the system turn, each call as an assistant turn whose
-  metadata is the function's name and whose content is ``tool_call(...)``, each result as an observation.
+- ChatGLM3 gets its own layout, as its ``openai_api_demo`` builds it: the tools as JSON in the system turn,
+  each call as an assistant turn whose metadata is the function's name and whose content is the arguments'
+  JSON, each result as an ``<|observation|>`` turn.
 """
 
 from __future__ import annotations
@@ -95,7 +96,8 @@ def chatglm3_messages(messages: Sequence[Mapping[str, Any]], tools: Sequence[Too
             if content:
                 out.append({"role": "assistant", "metadata": "", "content": content})
             for name, arguments in _calls(message):
-                out.append({"role": "assistant", "metadata": name, "content": python_call(arguments)})
+                out.append({"role": "assistant", "metadata": name,
+                            "content": json.dumps(arguments, ensure_ascii=False)})
         elif role == "tool":
             out.append({"role": "observation", "metadata": "", "content": content})
         else:
@@ -109,8 +111,3 @@ def chatglm3_messages(messages: Sequence[Mapping[str, Any]], tools: Sequence[Too
             out.insert(0, {"role": "system", "metadata": "", "content": f"{CHATGLM3_INSTRUCTION}\n{listed}"})
     return out
 
-
-def python_call(arguments: Mapping[str, Any]) -> str:
-    """ChatGLM3's call text: ``tool_call(key=value, ...)`` in a python fence, values as Python literals."""
-    listed = ", ".join(f"{key}={value!r}" for key, value in arguments.items() if str(key).isidentifier())
-    return f"```python\ntool_call({listed})\n```"
