@@ -19,7 +19,7 @@ import torch
 from ..generation.channel import Channel
 from ..generation.errors import ContextLengthError, NotReadyError, QueueFullError
 from ..generation.handle import GenerationHandle
-from ..generation.native import NativeSignal, native_lock, start_native_thread
+from ..generation.native import NativeSignal, native_lock, off_the_hub, start_native_thread
 from ..generation.protocol import EngineKind
 from ..generation.structured import ToolFunction, UnsupportedFieldError
 from ..generation.tool_calls import ToolCallReader
@@ -157,13 +157,13 @@ class LocalEngine:
         structured = params.structured
         if structured is None or not (structured.forces_call or structured.response_format is not None):
             return None
-        if self._grammar_compiler is None:
-            with self._lock:
-                if self._grammar_compiler is None:
-                    self._grammar_compiler = GrammarCompiler.for_tokenizer(
-                        model.tokenizer, int(model.model.config.vocab_size), sorted(model.prompt_format.stop_token_ids),
-                        model.prompt_format.tool_syntax)
-        compiled = self._grammar_compiler.compile(structured)
+        if self._grammar_compiler is None:  # the vocabulary's table, once (two first requests may both build it)
+            built = off_the_hub(lambda: GrammarCompiler.for_tokenizer(
+                model.tokenizer, int(model.model.config.vocab_size), sorted(model.prompt_format.stop_token_ids),
+                model.prompt_format.tool_syntax))
+            self._grammar_compiler = self._grammar_compiler or built
+        grammars = self._grammar_compiler
+        compiled = off_the_hub(lambda: grammars.compile(structured))  # a new schema takes tens of ms
         if compiled is not None and not self.batched:
             field = "tools" if structured.forces_call else "response_format"
             raise UnsupportedFieldError(field, f"{field}: constrained decoding needs the batched engine, and this "

@@ -95,7 +95,7 @@ class GrammarCompiler:
             return None
         try:
             return self._compiler.compile_grammar(grammar)
-        except (RuntimeError, ValueError) as exc:
+        except Exception as exc:  # xgrammar reports every problem of the grammar as an exception
             raise UnsupportedFieldError(field, f"The grammar for {field} cannot be compiled: {_first_line(exc)}") \
                 from None
 
@@ -131,7 +131,7 @@ class GrammarCompiler:
             check_supported(schema, field)
         try:
             return xgr.Grammar.from_json_schema(json.dumps(schema), any_whitespace=False, strict_mode=strict)
-        except (RuntimeError, ValueError) as exc:
+        except Exception as exc:  # whatever the converter raises, the schema is the caller's: a 422
             raise UnsupportedFieldError(field, f"{field} cannot be turned into a grammar: {_first_line(exc)}") \
                 from None
 
