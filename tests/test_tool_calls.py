@@ -141,6 +141,7 @@ def test_chatglm3_turns_put_tools_in_the_system_turn_and_results_in_observations
     ({"type": "string", "format": "credit-card"}, "format"),
     ({"allOf": [{"type": "string"}]}, "allOf"),
     ({"$ref": "https://example.org/schema"}, "$ref"),
+    ({"type": "array", "minItems": 100000}, "minItems"),
 ])
 def test_keywords_the_grammar_cannot_enforce_are_named(schema, where):
     with pytest.raises(UnsupportedFieldError) as refused:

@@ -26,6 +26,9 @@ ANNOTATIONS = frozenset({
 })
 FORMATS = frozenset({"date", "time", "date-time", "duration", "email", "uuid", "ipv4", "ipv6", "uri", "hostname"})
 TYPES = frozenset({"object", "array", "string", "number", "integer", "boolean", "null"})
+# Counts the grammar unrolls: bounded, so that a schema cannot make compiling it take minutes or gigabytes.
+COUNTS = frozenset({"minItems", "maxItems", "minLength", "maxLength"})
+MAX_COUNT = 4096
 _SUBSCHEMA_MAPS = ("properties", "$defs", "definitions")
 _SUBSCHEMA_LISTS = ("anyOf", "prefixItems")
 _SUBSCHEMAS = ("items", "additionalProperties")
@@ -50,6 +53,9 @@ def _check(schema: Any, field: str, path: str) -> None:
         if keyword == "format" and value not in FORMATS:
             raise UnsupportedFieldError(field, f"{field}: the format {value!r} at {where!r} is not supported "
                                                f"(supported: {', '.join(sorted(FORMATS))}).")
+        if keyword in COUNTS and isinstance(value, int) and value > MAX_COUNT:
+            raise UnsupportedFieldError(field, f"{field}: {where!r} is {value}; constrained decoding takes at most "
+                                               f"{MAX_COUNT}.")
         if keyword == "type":
             kinds = value if isinstance(value, list) else [value]
             unknown = [k for k in kinds if k not in TYPES]
