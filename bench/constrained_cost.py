@@ -71,8 +71,10 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=48)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
+    if args.tokens < 2 * ROWS:  # rows admitted first decode while the others prefill: none may finish before
+        parser.error(f"--tokens must be at least {2 * ROWS}")
     local = engine()
-    run_batch(local, ROWS, 8)  # warm up: the grammar compiler and its first compile
+    run_batch(local, ROWS, args.tokens)  # warm up: the grammar compiler and its first compile
     cases = {"8 unconstrained": 0, "1 constrained + 7 unconstrained": 1, "8 constrained": ROWS}
     cpu_step: dict[str, list[float]] = {name: [] for name in cases}
     wall_step: dict[str, list[float]] = {name: [] for name in cases}
