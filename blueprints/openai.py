@@ -29,7 +29,8 @@ def _load(schema: Any) -> dict[str, Any]:
 def chat_completions():  # noqa: ANN201
     fields = _load(ChatCompletionRequestSchema())
     services().models.resolve_chat(fields["model"])  # 404 unknown, 400 an embedding model
-    chat_request = ChatRequest.from_messages(fields["messages"], **{k: fields[k] for k in _SAMPLING})
+    chat_request = ChatRequest.from_messages(fields["messages"], structured=fields["structured"],
+                                             **{k: fields[k] for k in _SAMPLING})
     model = services().engine.model_name
     if fields["stream"]:
         return _streamed(ChatChunkStream(caller.open_stream(chat_request), model, fields["include_usage"]))

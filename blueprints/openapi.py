@@ -17,7 +17,7 @@ from marshmallow import fields
 from blueprints import route
 from blueprints.page import DOCS_ASSETS, PAGE_ASSETS
 from llm_api.http_body import MAX_JSON_DEPTH
-from schemas import chat, conversations, embeddings, openai, responses
+from schemas import chat, conversations, embeddings, openai, responses, structured
 from schemas.fields import StopField
 
 bp = Blueprint("openapi", __name__)
@@ -37,6 +37,39 @@ EMBEDDING_INPUT = {"oneOf": [
     _TOKENS,
     {"type": "array", "items": _TOKENS, "minItems": 1, "maxItems": embeddings.MAX_INPUTS},
 ]}
+_JSON_SCHEMA = {"type": "object", "description": "A JSON Schema (draft 2020-12); docs/api.md lists the keywords "
+                                            "constrained decoding enforces"}
+RESPONSE_FORMAT = {"oneOf": [
+    {"type": "object", "required": ["type"], "additionalProperties": False,
+     "properties": {"type": {"enum": ["text", "json_object"]}}},
+    {"type": "object", "required": ["type", "json_schema"], "additionalProperties": False,
+     "properties": {"type": {"const": "json_schema"},
+                    "json_schema": {"type": "object", "required": ["name"], "additionalProperties": False,
+                                    "properties": {"name": {"type": "string", "pattern": "^[a-zA-Z0-9_-]{1,64}$"},
+                                                   "description": {"type": "string"}, "schema": _JSON_SCHEMA,
+                                                   "strict": {"type": ["boolean", "null"]}}}}},
+    {"type": "null"},
+]}
+TOOLS = {"type": ["array", "null"], "maxItems": 128, "items": {
+    "type": "object", "required": ["type", "function"], "additionalProperties": False,
+    "properties": {"type": {"const": "function"},
+                   "function": {"type": "object", "required": ["name"], "additionalProperties": False,
+                                "properties": {"name": {"type": "string", "pattern": "^[a-zA-Z0-9_-]{1,64}$"},
+                                               "description": {"type": "string"}, "parameters": _JSON_SCHEMA,
+                                               "strict": {"type": ["boolean", "null"]}}}}}}
+TOOL_CHOICE = {"oneOf": [
+    {"enum": ["none", "auto", "required"]},
+    {"type": "object", "required": ["type", "function"], "additionalProperties": False,
+     "properties": {"type": {"const": "function"},
+                    "function": {"type": "object", "required": ["name"], "additionalProperties": False,
+                                 "properties": {"name": {"type": "string"}}}}},
+    {"type": "null"},
+]}
+TOOL_CALLS = {"type": ["array", "null"], "items": {
+    "type": "object", "required": ["id", "function"], "additionalProperties": False,
+    "properties": {"id": {"type": "string"}, "type": {"const": "function"},
+                   "function": {"type": "object", "required": ["name", "arguments"], "additionalProperties": False,
+                                "properties": {"name": {"type": "string"}, "arguments": {"type": "string"}}}}}}
 
 ERROR_TEXT = {
     400: "The body is not JSON, is nested too deeply, holds text that is not Unicode, or the prompt and "
@@ -63,7 +96,15 @@ def _custom_fields(converter: Any, field: fields.Field, **kwargs: Any) -> dict[s
     if isinstance(field, embeddings.EmbeddingInputField):
         return EMBEDDING_INPUT
     if isinstance(field, openai.ContentField):
-        return CONTENT
+        return {"oneOf": [*CONTENT["oneOf"], {"type": "null"}]} if field.allow_none else CONTENT
+    if isinstance(field, structured.ResponseFormatField):
+        return RESPONSE_FORMAT
+    if isinstance(field, structured.ToolsField):
+        return TOOLS
+    if isinstance(field, structured.ToolChoiceField):
+        return TOOL_CHOICE
+    if isinstance(field, structured.ToolCallSchemaField):
+        return TOOL_CALLS
     return {}
 
 

@@ -17,6 +17,7 @@ from typing import Any
 from flask import Request
 
 from .errors import error_body
+from .generation.tool_calls import ToolCallDelta
 from .generation.types import Finished, TextDelta
 from .services.chat import ChatStream, Heartbeat
 from .services.live import LiveStream, RemoteStream
@@ -54,7 +55,7 @@ def chat_event_frames(stream: ChatStream, mode: str = "delta") -> Iterator[str]:
     ``finish`` (or ``error``). Heartbeats are left to each response that follows them."""
     sequence = 0
     for item in stream:
-        if isinstance(item, Heartbeat):
+        if isinstance(item, Heartbeat | ToolCallDelta):  # the chat API offers no tools
             continue
         sequence += 1
         event_id = f"{stream.message_id}:{sequence}"

@@ -16,6 +16,7 @@ from werkzeug.exceptions import HTTPException
 
 from .generation.embedding import EmbeddingFailed, InputTooLongError, TokenIdError, UnsupportedDimensionsError
 from .generation.errors import ContextLengthError, EngineError, GenerationError, NotReadyError, QueueFullError
+from .generation.structured import UnsupportedFieldError
 from .local_model.errors import ModelLoadError
 from .metrics import current_metrics
 from .quota.admission import QuotaExceeded
@@ -89,6 +90,8 @@ def _first_message(messages: Any) -> str:
 def from_engine_error(exc: EngineError) -> ApiError:
     """Map the engine's exceptions to statuses: the one place that decides them."""
     retry = {"Retry-After": str(RETRY_AFTER_SECONDS)}
+    if isinstance(exc, UnsupportedFieldError):  # a field the engine cannot honour (an unsupported keyword, …)
+        return ApiError(422, "unsupported_field", exc.message, {"fields": {exc.field: [exc.message]}})
     if isinstance(exc, ContextLengthError):
         return ApiError(400, "context_length_exceeded", str(exc), {
             "prompt_tokens": exc.prompt_tokens, "max_tokens": exc.max_tokens,

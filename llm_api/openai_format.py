@@ -11,6 +11,7 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .errors import ApiError
+from .generation.tool_calls import ToolCallDelta
 from .generation.types import Finished, TextDelta
 from .services.chat import ChatResult, ChatStream, Heartbeat
 from .streaming import sse_comment, sse_event
@@ -40,12 +41,19 @@ def chat_completion(result: ChatResult, model: str) -> dict[str, Any]:
         **_fingerprint(result.engine),
         "choices": [{
             "index": 0,
-            "message": {"role": "assistant", "content": result.response, "refusal": None},
+            "message": _message(result),
             "logprobs": None,
             "finish_reason": result.finish_reason,
         }],
         "usage": _usage(result.usage),
     }
+
+
+def _message(result: ChatResult) -> dict[str, Any]:
+    """The answer: its text, or (when the model called functions) its tool calls and the text beside them."""
+    if not result.tool_calls:
+        return {"role": "assistant", "content": result.response, "refusal": None}
+    return {"role": "assistant", "content": result.response or None, "refusal": None, "tool_calls": result.tool_calls}
 
 
 def text_completion(result: ChatResult, model: str, echo_prompt: str = "") -> dict[str, Any]:
@@ -93,6 +101,17 @@ class _ChunkStream:
     def choice(self, delta_text: str | None, finish_reason: str | None) -> dict[str, Any]:
         raise NotImplementedError
 
+    def tool_choice(self, delta: ToolCallDelta) -> dict[str, Any]:
+        """A tool call's piece, as OpenAI streams it: index, id, type and name first, then argument fragments."""
+        call: dict[str, Any] = {"index": delta.index}
+        if delta.name is not None:
+            call.update({"id": delta.id, "type": "function", "function": {"name": delta.name, "arguments": ""}})
+            if delta.arguments:
+                call["function"]["arguments"] = delta.arguments
+        else:
+            call["function"] = {"arguments": delta.arguments}
+        return {"index": 0, "delta": {"tool_calls": [call]}, "logprobs": None, "finish_reason": None}
+
     def __iter__(self) -> Iterator[str]:
         yield sse_comment("stream open")
         yield from self.opening()
@@ -101,6 +120,8 @@ class _ChunkStream:
                 yield sse_comment("ping")
             elif isinstance(item, TextDelta):
                 yield self.chunk([self.choice(item.text, None)])
+            elif isinstance(item, ToolCallDelta):
+                yield self.chunk([self.tool_choice(item)])
             elif isinstance(item, Finished):
                 if item.finish_reason == "error":
                     error = ApiError(500, "generation_failed", item.error or "generation failed")

@@ -6,6 +6,7 @@ from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validate, validates_schema
 
+from llm_api.generation.structured import StructuredOutput
 from llm_api.time_format import format_time
 
 from .fields import (
@@ -19,6 +20,7 @@ from .fields import (
     StrictFloat,
     StrictInteger,
 )
+from .structured import ResponseFormatField
 
 ROLES = ("system", "user", "assistant")
 STREAM_MODES = ("delta", "cumulative")
@@ -63,6 +65,8 @@ class ChatMessageRequestSchema(SamplingFieldsMixin):
     stream = StrictBoolean(load_default=False)
     stream_mode = fields.String(load_default="delta", validate=validate.OneOf(STREAM_MODES))
     conversation_id = conversation_id_field(load_default=None, allow_none=True)
+    # As in the OpenAI API: the answer is JSON (an object, or valid against a schema), by constrained decoding.
+    response_format = ResponseFormatField(load_default=None, allow_none=True)
 
     @validates_schema
     def _prompt_or_messages(self, data: dict[str, Any], **kwargs: Any) -> None:
@@ -84,6 +88,8 @@ class ChatMessageRequestSchema(SamplingFieldsMixin):
         if messages is not None:
             data["prompt"], data["history"] = messages[-1]["content"], messages[:-1]
         data["history"] = [{"role": m["role"], "content": m["content"]} for m in data["history"]]
+        response_format = data.pop("response_format", None)
+        data["structured"] = StructuredOutput(response_format) if response_format is not None else None
         return data
 
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validate
+from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validate, validates_schema
+
+from llm_api.generation.structured import StructuredOutput
 
 from .fields import (
     MAX_TOKENS_RANGE,
@@ -21,8 +23,9 @@ from .fields import (
     StrictFloat,
     StrictInteger,
 )
+from .structured import ResponseFormatField, ToolCallSchemaField, ToolChoiceField, ToolsField
 
-CHAT_ROLES = ("system", "developer", "user", "assistant")
+CHAT_ROLES = ("system", "developer", "user", "assistant", "tool")
 
 
 class NeutralOnly(fields.Field):
@@ -68,13 +71,30 @@ class ChatMessageSchema(Schema):
         unknown = RAISE
 
     role = fields.String(required=True, validate=validate.OneOf(CHAT_ROLES))
-    content = ContentField(required=True)
+    content = ContentField(load_default=None, allow_none=True)
     name = Ignored()
+    tool_calls = ToolCallSchemaField(load_default=None, allow_none=True)  # assistant turns
+    tool_call_id = fields.String(load_default=None, allow_none=True)  # tool turns
+    refusal = Ignored()
+
+    @validates_schema
+    def _content_where_needed(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if data.get("tool_calls") is not None and data["role"] != "assistant":
+            raise ValidationError("Only assistant messages carry tool_calls.", "tool_calls")
+        if data["role"] == "tool" and not data.get("tool_call_id"):
+            raise ValidationError("A tool message needs the tool_call_id it answers.", "tool_call_id")
+        if data.get("content") is None and not (data["role"] == "assistant" and data.get("tool_calls")):
+            raise ValidationError("Missing data for required field.", "content")
 
     @post_load
-    def _plain(self, data: dict[str, Any], **kwargs: Any) -> dict[str, str]:
+    def _plain(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
         role = "system" if data["role"] == "developer" else data["role"]
-        return {"role": role, "content": data["content"]}
+        message: dict[str, Any] = {"role": role, "content": data.get("content") or ""}
+        if data.get("tool_calls"):
+            message["tool_calls"] = data["tool_calls"]
+        if role == "tool":
+            message["tool_call_id"] = data["tool_call_id"]
+        return message
 
 
 class StreamOptionsSchema(Schema):
@@ -132,9 +152,9 @@ class ChatCompletionRequestSchema(_CommonSchema):
     max_completion_tokens = StrictInteger(load_default=None, allow_none=True, validate=MAX_TOKENS_RANGE)
     logprobs = NeutralOnly(False)
     top_logprobs = NeutralOnly(0)
-    response_format = NeutralOnly({"type": "text"})
-    tools = NeutralOnly([])
-    tool_choice = NeutralOnly("none")
+    response_format = ResponseFormatField(load_default=None, allow_none=True)
+    tools = ToolsField(load_default=None, allow_none=True)
+    tool_choice = ToolChoiceField(load_default=None, allow_none=True)
     functions = NeutralOnly([])
     function_call = NeutralOnly("none")
     parallel_tool_calls = Ignored()
@@ -147,11 +167,31 @@ class ChatCompletionRequestSchema(_CommonSchema):
     prediction = NeutralOnly()
     web_search_options = NeutralOnly()
 
+    @validates_schema
+    def _tool_choice_names_a_tool(self, data: dict[str, Any], **kwargs: Any) -> None:
+        mode, name = data.get("tool_choice") or ("auto", "")
+        tools = data.get("tools") or ()
+        if mode in ("required", "function") and not tools:
+            raise ValidationError(f"tool_choice {mode!r} needs tools.", "tool_choice")
+        if mode == "function" and name not in {t.name for t in tools}:
+            raise ValidationError(f"tool_choice names {name!r}, which is not among the tools.", "tool_choice")
+
     def _adjust(self, data: dict[str, Any]) -> None:
-        """``max_completion_tokens`` (the current name) wins over the deprecated ``max_tokens``."""
+        """``max_completion_tokens`` (the current name) wins over the deprecated ``max_tokens``; the answer's
+        shape (response_format, tools, tool_choice) becomes one ``structured`` value."""
         newer = data.pop("max_completion_tokens", None)
         if newer is not None:
             data["max_tokens"] = newer
+        data["structured"] = structured_output(data.pop("response_format", None), data.pop("tools", None),
+                                               data.pop("tool_choice", None))
+
+
+def structured_output(response_format: Any, tools: Any, tool_choice: Any) -> StructuredOutput | None:
+    """None when the answer is free text with no tools."""
+    mode, name = tool_choice or ("auto", "")
+    if response_format is None and not tools:
+        return None
+    return StructuredOutput(response_format, tuple(tools or ()), mode, name)  # type: ignore[arg-type]
 
 
 class PromptField(fields.Field):

@@ -115,10 +115,28 @@ class _CompletionObjectSchema(Schema):
     usage = fields.Nested(UsageSchema, allow_none=True)
 
 
+class ToolCallFunctionSchema(Schema):
+    name = fields.String()
+    arguments = fields.String(metadata={"description": "JSON text (in a stream: the next fragment)"})
+
+
+class ToolCallSchema(Schema):
+    id = fields.String()
+    type = fields.String(metadata={"enum": ["function"]})
+    function = fields.Nested(ToolCallFunctionSchema, required=True)
+
+
+class ChunkToolCallSchema(ToolCallSchema):
+    """A streamed piece of a call: its first chunk has id, type and name; later ones argument fragments."""
+
+    index = fields.Integer(required=True)
+
+
 class AssistantMessageSchema(Schema):
     role = fields.String(required=True)
     content = fields.String(required=True, allow_none=True)
     refusal = fields.String(allow_none=True)
+    tool_calls = fields.List(fields.Nested(ToolCallSchema))
 
 
 class _ChoiceSchema(Schema):
@@ -141,6 +159,7 @@ class ChatCompletionSchema(_CompletionObjectSchema):
 class ChunkDeltaSchema(Schema):
     role = fields.String()
     content = fields.String(allow_none=True)
+    tool_calls = fields.List(fields.Nested(ChunkToolCallSchema))
 
 
 class ChunkChoiceSchema(_ChoiceSchema):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import gevent
 
@@ -11,6 +12,7 @@ from llm_api.generation.channel import Channel
 from llm_api.generation.errors import ContextLengthError, QueueFullError
 from llm_api.generation.handle import GenerationHandle
 from llm_api.generation.protocol import EngineKind, Message
+from llm_api.generation.tool_calls import ToolCallReader, ToolSyntax
 from llm_api.generation.types import Finished, GenerationRequest, SamplingDefaults, SamplingParams, TextDelta, Usage
 
 
@@ -62,7 +64,7 @@ class FakeEngine:
     def sampling_defaults(self) -> SamplingDefaults:
         return self.defaults
 
-    def encode_chat(self, messages: Sequence[Message]) -> list[int]:
+    def encode_chat(self, messages: Sequence[Message], tools: Sequence[Any] = ()) -> list[int]:
         self.encoded.append([dict(m) for m in messages])
         return [len(word) for m in messages for word in m["content"].split()] + [0]
 
@@ -93,6 +95,11 @@ class FakeEngine:
     def _play(self, handle: GenerationHandle) -> None:
         params, prompt = handle.request.params, len(handle.request.prompt_ids)
         pieces = self.pieces(params.max_tokens)
+        structured = params.structured
+        reader = None  # tools offered: the reply is read for calls as the local engine reads it
+        if structured is not None and structured.may_call:
+            reader = ToolCallReader(ToolSyntax("json"), frozenset(t.name for t in structured.tools),
+                                    structured.forces_call)
         sent = 0
         for piece in pieces:
             if self.delay:
@@ -104,9 +111,14 @@ class FakeEngine:
             if self.fail_after is not None and sent >= self.fail_after:
                 handle.channel.put(Finished("error", Usage(prompt, sent), 0.01, 0.02, error="boom"))
                 return
-            handle.channel.put(TextDelta(piece))
+            for event in reader.feed(piece) if reader is not None else [TextDelta(piece)]:
+                handle.channel.put(event)
             sent += 1
         reason = "length" if len(pieces) == params.max_tokens and len(pieces) < len(self.reply.split(" ")) else "stop"
+        if reader is not None:
+            for event in reader.finish():
+                handle.channel.put(event)
+            reason = "tool_calls" if reader.called and reason == "stop" else reason
         handle.channel.put(Finished(reason, Usage(prompt, sent), 0.01, 0.02))
 
 

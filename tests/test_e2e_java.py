@@ -46,3 +46,32 @@ def test_java_client_reports_an_http_error(java_classes, live_server):
     result = run_java(java_classes, live_server.url, "hello", "7")  # temperature out of range → 422
     assert result.returncode == 1
     assert "HTTP 422" in result.stderr and "temperature" in result.stderr
+
+
+TOOLS_SOURCE = ROOT / "examples" / "java" / "plain" / "ToolsAndJson.java"
+WEATHER_PARAMETERS = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 24},
+                                                       "unit": {"enum": ["celsius", "fahrenheit"]}},
+                      "required": ["city", "unit"], "additionalProperties": False}
+CITY_SCHEMA = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 24},
+                                                "country": {"type": "string", "maxLength": 24},
+                                                "population_millions": {"type": "number", "minimum": 0, "maximum": 40}},
+               "required": ["name", "country", "population_millions"], "additionalProperties": False}
+
+
+def test_java_client_calls_a_tool_sends_the_result_and_gets_json(java_classes, live_server):
+    import jsonschema
+
+    subprocess.run(["javac", "-encoding", "UTF-8", "-d", str(java_classes), "-cp", JARS, str(TOOLS_SOURCE)],
+                   check=True, capture_output=True, timeout=180)
+    result = subprocess.run(["java", "-Dfile.encoding=UTF-8", "-cp", f"{java_classes}:{JARS}", "ToolsAndJson",
+                             live_server.url], capture_output=True, text=True, encoding="utf-8", timeout=600)
+    assert result.returncode == 0, result.stderr
+    call, answer, city = result.stdout.splitlines()
+    _, call_id, name, arguments = call.split(" ", 3)
+    assert call_id.startswith("call_") and name == "get_weather"
+    jsonschema.validate(json.loads(arguments), WEATHER_PARAMETERS)
+    _, finish, text = answer.split(" ", 2)
+    assert finish in ("stop", "length") and text.strip()
+    _, finish, content = city.split(" ", 2)
+    assert finish == "stop"
+    jsonschema.validate(json.loads(content), CITY_SCHEMA)

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 from _thread import LockType
 from collections.abc import Callable
+from typing import TypeVar
 
 from gevent import monkey
+
+T = TypeVar("T")
 
 _start_new_thread = monkey.get_original("_thread", "start_new_thread")
 _allocate_lock = monkey.get_original("_thread", "allocate_lock")
@@ -19,6 +22,17 @@ _allocate_lock = monkey.get_original("_thread", "allocate_lock")
 def start_native_thread(target: Callable[[], None]) -> None:
     """Run ``target`` on a new OS thread (not a greenlet)."""
     _start_new_thread(target, ())
+
+
+def off_the_hub(function: Callable[[], T]) -> T:
+    """Run CPU-bound ``function`` on gevent's pool of OS threads when the process is patched, so the event
+    loop keeps serving other greenlets meanwhile (exceptions are raised here); else call it directly."""
+    if not monkey.is_module_patched("threading"):
+        return function()
+    import gevent
+
+    result: T = gevent.get_hub().threadpool.apply(function)
+    return result
 
 
 def native_lock() -> LockType:

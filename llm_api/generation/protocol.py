@@ -10,14 +10,16 @@ it is passed as an ``Engine`` (``build_router``, ``create_app``, the test fixtur
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from .backlog import Backlog
+from .structured import ToolFunction
+from .tool_calls import ToolCallDelta
 from .types import Finished, GenerationRequest, SamplingDefaults, SamplingParams, TextDelta
 
 EngineKind = Literal["local", "upstream", "router"]
-Message = Mapping[str, str]  # {"role": ..., "content": ...}
-Event = TextDelta | Finished
+Message = Mapping[str, Any]  # {"role": ..., "content": ...}; assistant tool_calls, a tool turn's tool_call_id
+Event = TextDelta | ToolCallDelta | Finished
 
 
 class GenerationStream(Protocol):
@@ -114,8 +116,9 @@ class Engine(Protocol):
         """Wait (cooperatively) until ready or failed; True if ready."""
 
     # ---- work ----------------------------------------------------------------------------------------
-    def encode_chat(self, messages: Sequence[Message]) -> list[int]:
-        """Messages → prompt ids with the model's chat format (an estimate for an upstream)."""
+    def encode_chat(self, messages: Sequence[Message], tools: Sequence[ToolFunction] = ()) -> list[int]:
+        """Messages (and the tools the model may call) → prompt ids with the model's chat format (an estimate
+        for an upstream)."""
 
     def encode_text(self, text: str) -> list[int]:
         """Plain text → ids, without a chat template."""
@@ -126,4 +129,5 @@ class Engine(Protocol):
         """Admit a request or raise at once (:mod:`llm_api.generation.errors`). An engine that takes text
         (an upstream) uses ``messages`` or ``prompt_text``; one that generates from ids uses ``prompt_ids``.
         ``trace_headers`` are the W3C trace context (``traceparent``, ``tracestate``) of the caller's model
-        call: an engine that calls another service sends them along; the local engine has no use for them."""
+        call: an engine that calls another service sends them along; the local engine has no use for them.
+        ``params.structured`` the engine cannot honour raises :class:`~.structured.UnsupportedFieldError`."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .structured import StructuredOutput
+
 MIN_SAMPLING_TEMPERATURE = 1e-4
 
 
@@ -17,6 +19,7 @@ class SamplingParams:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False  # keep generating past end-of-turn tokens (benchmarks: exact output lengths)
+    structured: StructuredOutput | None = None  # response_format and tools (generation/structured.py)
 
     @property
     def greedy(self) -> bool:
@@ -59,7 +62,7 @@ class TextDelta:
 
 @dataclass(frozen=True)
 class Finished:
-    """The request is over: ``finish_reason`` is stop, length, cancelled or error."""
+    """The request is over: ``finish_reason`` is stop, length, tool_calls, cancelled or error."""
 
     finish_reason: str
     usage: Usage

@@ -53,6 +53,13 @@ class ChatGLM3Tokenizer:
     def __len__(self) -> int:
         return self.n_words
 
+    def grammar_vocabulary(self) -> list[str]:
+        """Each id's SentencePiece piece ("▁" for a space, "<0x0A>" for a byte) for constrained decoding;
+        control and special tokens are empty, so a grammar never admits them as text."""
+        sp = self.sp
+        pieces = ["" if sp.is_control(i) or sp.is_unknown(i) else sp.id_to_piece(i) for i in range(sp.vocab_size())]
+        return pieces + [""] * len(self.special_ids)
+
     def encode(self, text: str) -> list[int]:
         """Plain SentencePiece ids (with its dummy-prefix "▁"), as the reference encodes each segment."""
         ids: list[int] = self.sp.encode(text)

@@ -20,12 +20,15 @@ from ..generation.backlog import Backlog, RateMeter
 from ..generation.channel import Channel
 from ..generation.errors import ContextLengthError, NotReadyError, QueueFullError
 from ..generation.handle import GenerationHandle
-from ..generation.native import NativeSignal, native_lock, start_native_thread
+from ..generation.native import NativeSignal, native_lock, off_the_hub, start_native_thread
 from ..generation.protocol import EngineKind
+from ..generation.structured import ToolFunction, UnsupportedFieldError
+from ..generation.tool_calls import ToolCallReader
 from ..generation.types import GenerationRequest, SamplingDefaults, SamplingParams
 from .batch import Prefill, RunningBatch, supports_batched_cache
 from .errors import ModelLoadError
 from .generate_runner import run_with_generate
+from .grammar import GrammarCompiler, RowGrammar, apply_masks
 from .loader import LoadedModel, load_model
 from .prefix_cache import PrefixCache
 from .prompts import Message
@@ -73,6 +76,8 @@ class LocalEngine:
         self._model: LoadedModel | None = None
         self._prefills: list[Prefill] = []  # engine thread only: prompts being run into their caches
         self._prefixes = PrefixCache(self.options.prefix_cache_tokens)  # engine thread only
+        self._grammar_compiler: GrammarCompiler | None = None  # built on the first constrained request
+        self._compiled: dict[int, object] = {}  # id(handle) → its compiled grammar, until the engine takes it
         self.load_error: str | None = None
         self.ready = False
         self.batched = False
@@ -127,8 +132,8 @@ class LocalEngine:
         """Seconds the model took to load (as logged when it became ready); None until it is ready."""
         return self._model.load_seconds if self.ready and self._model is not None else None
 
-    def encode_chat(self, messages: Sequence[Message]) -> list[int]:
-        return self._loaded().prompt_format.build(messages)
+    def encode_chat(self, messages: Sequence[Message], tools: Sequence[ToolFunction] = ()) -> list[int]:
+        return self._loaded().prompt_format.build(messages, tools)
 
     def encode_text(self, text: str) -> list[int]:
         """Plain text → ids, with the tokenizer's usual special tokens (e.g. BOS) but no chat template."""
@@ -149,15 +154,36 @@ class LocalEngine:
         if len(prompt_ids) + params.max_tokens > model.context_length:
             raise ContextLengthError(len(prompt_ids), params.max_tokens, model.context_length)
         request = GenerationRequest(request_id, list(prompt_ids), params, model.prompt_format.stop_token_ids)
+        compiled = self._compile(model, params)
         with self._lock:
             if self._waiting >= self.options.max_queue:
                 raise QueueFullError(f"{self._waiting} requests are already waiting")
             self._waiting += 1
             self._waiting_max_tokens += params.max_tokens
         handle = GenerationHandle(request, Channel(), on_cancel=self._note_cancel)
+        if compiled is not None:
+            self._compiled[id(handle)] = compiled
         self._inbox.append(handle)
         self._wake.set()
         return handle
+
+    def _compile(self, model: LoadedModel, params: SamplingParams) -> object | None:
+        """The request's grammar (raising :class:`UnsupportedFieldError` for a shape it cannot honour)."""
+        structured = params.structured
+        if structured is None or not (structured.forces_call or structured.response_format is not None):
+            return None
+        if self._grammar_compiler is None:  # the vocabulary's table, once (two first requests may both build it)
+            built = off_the_hub(lambda: GrammarCompiler.for_tokenizer(
+                model.tokenizer, int(model.model.config.vocab_size), sorted(model.prompt_format.stop_token_ids),
+                model.prompt_format.tool_syntax))
+            self._grammar_compiler = self._grammar_compiler or built
+        grammars = self._grammar_compiler
+        compiled = off_the_hub(lambda: grammars.compile(structured))  # a new schema takes tens of ms
+        if compiled is not None and not self.batched:
+            field = "tools" if structured.forces_call else "response_format"
+            raise UnsupportedFieldError(field, f"{field}: constrained decoding needs the batched engine, and this "
+                                               "model runs its own generate code")
+        return compiled
 
     def _note_cancel(self) -> None:
         self._cancels += 1  # tells the engine thread to sweep the inbox too
@@ -254,7 +280,14 @@ class LocalEngine:
         model = self._model
         assert model is not None
         self.stats["requests"] += 1
-        seq = SequenceState(handle, model.decode, on_finish=self._answer_ended)
+        compiled = self._compiled.pop(id(handle), None)
+        structured = handle.request.params.structured
+        reader = None
+        if structured is not None and structured.may_call:
+            reader = ToolCallReader(model.prompt_format.tool_syntax, frozenset(t.name for t in structured.tools),
+                                    forced=structured.forces_call)
+        grammar = RowGrammar(compiled) if compiled is not None else None  # type: ignore[arg-type]
+        seq = SequenceState(handle, model.decode, grammar, reader, on_finish=self._answer_ended)
         if handle.cancelled:
             self.stats["cancelled"] += 1
         return seq
@@ -305,14 +338,21 @@ class LocalEngine:
     def _advance(self, batch: RunningBatch, rows: list[SequenceState], logits: torch.Tensor) -> None:
         """Sample one token per row, emit it, and retire the rows that finished."""
         done = []
+        grammars = [seq.grammar for seq in rows]
+        if any(g is not None for g in grammars):  # constrained rows: what their grammar forbids is never sampled
+            logits = apply_masks(logits, grammars, logits.shape[-1])
         for seq, token in zip(rows, choose_tokens(logits, [seq.sampler for seq in rows]), strict=True):
             if isinstance(token, Exception):
                 seq.finish("error", error=f"sampling failed: {token}")
                 done.append(seq)
-            else:
-                self.stats["tokens"] += 1
-                if seq.accept(token):
-                    done.append(seq)
+                continue
+            self.stats["tokens"] += 1
+            if seq.grammar is not None and not seq.grammar.advance(token):
+                seq.finish("error", error="the grammar rejected the sampled token")
+                done.append(seq)
+            elif seq.accept(token) or (seq.grammar is not None and seq.grammar.complete):
+                seq.finish("stop")  # no-op when accept finished it
+                done.append(seq)
         batch.retire(done)
 
     def _sequential_iteration(self, model: LoadedModel) -> None:

@@ -5,14 +5,22 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
-Message = Mapping[str, str]  # {"role": ..., "content": ...}
+from ..generation.structured import ToolFunction
+from ..generation.tool_calls import ToolSyntax
+from . import tool_prompts
+
+Message = Mapping[str, Any]  # {"role": ..., "content": ...}, and tool_calls / tool_call_id where they apply
 
 
 class PromptFormat(Protocol):
-    def build(self, messages: Sequence[Message]) -> list[int]: ...
+    def build(self, messages: Sequence[Message], tools: Sequence[ToolFunction] = ()) -> list[int]: ...
 
     @property
     def stop_token_ids(self) -> frozenset[int]: ...
+
+    @property
+    def tool_syntax(self) -> ToolSyntax:
+        """How this model writes a tool call (what constrained decoding produces and the reader parses)."""
 
 
 class ChatTemplateFormat:
@@ -26,11 +34,24 @@ class ChatTemplateFormat:
         if tokenizer.eos_token_id is not None:
             stops.add(tokenizer.eos_token_id)
         self._stops = frozenset(stops)
+        template = str(tokenizer.chat_template)
+        self._template_tools = "tools" in template  # the template renders tools itself (Qwen, Hermes, Llama 3)
+        tagged = self._template_tools and "<tool_call>" in template
+        self._syntax = ToolSyntax("json", "<tool_call>\n", "\n</tool_call>") if tagged else ToolSyntax("json")
 
-    def build(self, messages: Sequence[Message]) -> list[int]:
-        ids = self._tokenizer.apply_chat_template(
-            [dict(m) for m in messages], add_generation_prompt=True, tokenize=True
-        )
+    @property
+    def tool_syntax(self) -> ToolSyntax:
+        return self._syntax
+
+    def build(self, messages: Sequence[Message], tools: Sequence[ToolFunction] = ()) -> list[int]:
+        extra: dict[str, Any] = {}
+        if self._template_tools:
+            chat = tool_prompts.template_messages(messages)
+            if tools:
+                extra["tools"] = [tool.openai_dict() for tool in tools]
+        else:
+            chat = tool_prompts.plain_messages(messages, tools, self._syntax)
+        ids = self._tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=True, **extra)
         if hasattr(ids, "keys"):  # BatchEncoding
             ids = ids["input_ids"]
         return list(ids)
@@ -62,9 +83,13 @@ class ChatGLM3Format:
         self._special = dict(special_ids)
         self._stops = frozenset({eos_token_id, self._special["<|user|>"], self._special["<|observation|>"]})
 
-    def build(self, messages: Sequence[Message]) -> list[int]:
+    @property
+    def tool_syntax(self) -> ToolSyntax:
+        return ToolSyntax("name_line")
+
+    def build(self, messages: Sequence[Message], tools: Sequence[ToolFunction] = ()) -> list[int]:
         ids = [self._special["[gMASK]"], self._special["sop"]]
-        for message in messages:
+        for message in tool_prompts.chatglm3_messages(messages, tools):
             role = message["role"]
             ids.append(self._special[f"<|{role}|>"])
             ids.extend(self._encode(f"{message.get('metadata', '')}\n"))

@@ -6,8 +6,10 @@ import time
 from collections.abc import Callable, Sequence
 
 from ..generation.handle import GenerationHandle
+from ..generation.tool_calls import ToolCallReader
 from ..generation.types import Finished, TextDelta, Usage
 from .decode import IncrementalDetokenizer
+from .grammar import RowGrammar
 from .sampling import Sampler
 from .stops import StopMatcher
 
@@ -16,9 +18,12 @@ class SequenceState:
     """Per-request state kept by the engine thread."""
 
     def __init__(self, handle: GenerationHandle, decode: Callable[[Sequence[int]], str],
+                 grammar: RowGrammar | None = None, tool_reader: ToolCallReader | None = None,
                  on_finish: Callable[[SequenceState], None] | None = None) -> None:
         self.handle = handle
         self.taken_at = time.monotonic()  # when the engine thread took it from the queue
+        self.grammar = grammar  # constrained decoding (response_format, a forced tool call); None: free text
+        self._tool_reader = tool_reader  # tools offered: the text is read for calls
         self.request = handle.request
         self.sampler = Sampler(self.request.params)
         self.generated: list[int] = []
@@ -62,11 +67,19 @@ class SequenceState:
         if self.finished:
             return
         self.finished = True
-        self.finish_reason = reason
+        if self.grammar is not None:
+            self.grammar.free()
+            self.grammar = None
         if reason != "error" and not self._stops.stopped:
             self._send(self._stops.feed(self._detok.flush()))
             if not self._stops.stopped:
                 self._send(self._stops.flush())
+        if self._tool_reader is not None and reason != "error":
+            for piece in self._tool_reader.finish():
+                self.handle.channel.put(piece)
+            if self._tool_reader.called and reason == "stop":
+                reason = "tool_calls"
+        self.finish_reason = reason
         now = time.monotonic()
         ttft = None if self._first_token_at is None else self._first_token_at - self.handle.submitted_at
         self.handle.channel.put(Finished(
@@ -82,5 +95,10 @@ class SequenceState:
             self._on_finish(self)
 
     def _send(self, text: str) -> None:
-        if text:
+        if not text:
+            return
+        if self._tool_reader is None:
             self.handle.channel.put(TextDelta(text))
+            return
+        for piece in self._tool_reader.feed(text):
+            self.handle.channel.put(piece)

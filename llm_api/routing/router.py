@@ -39,6 +39,8 @@ from ..config import STATIC_ENGINE
 from ..generation.backlog import Backlog
 from ..generation.errors import ContextLengthError, EngineError, QueueFullError
 from ..generation.protocol import Engine, EngineKind, GenerationStream, Message
+from ..generation.structured import ToolFunction, UnsupportedFieldError
+from ..generation.tool_calls import ToolCallDelta
 from ..generation.types import Finished, GenerationRequest, SamplingDefaults, SamplingParams, TextDelta, Usage
 from .breaker import CircuitBreaker, Pass
 from .errors import CircuitOpenError, UpstreamRejectedError
@@ -46,7 +48,7 @@ from .upstream import estimate_tokens
 
 log = logging.getLogger("llm_api.engines")
 
-_CALLERS_FAULT = (ContextLengthError, UpstreamRejectedError)
+_CALLERS_FAULT = (ContextLengthError, UpstreamRejectedError, UnsupportedFieldError)
 
 
 class TokenIds(list[int]):
@@ -163,8 +165,8 @@ class EngineRouter:
     def sampling_defaults(self) -> SamplingDefaults:
         return self.primary.sampling_defaults()
 
-    def encode_chat(self, messages: Sequence[Message]) -> list[int]:
-        return self._encode(lambda engine: engine.encode_chat(messages))
+    def encode_chat(self, messages: Sequence[Message], tools: Sequence[ToolFunction] = ()) -> list[int]:
+        return self._encode(lambda engine: engine.encode_chat(messages, tools))
 
     def encode_text(self, text: str) -> list[int]:
         return self._encode(lambda engine: engine.encode_text(text))
@@ -194,7 +196,7 @@ class EngineRouter:
         return handle
 
     def ids_for(self, engine: Engine, prompt_ids: list[int], messages: Sequence[Message] | None,
-                prompt_text: str | None) -> list[int]:
+                prompt_text: str | None, tools: Sequence[ToolFunction] = ()) -> list[int]:
         """Prompt ids in ``engine``'s own tokens: re-encoded when another engine's tokenizer made them."""
         encoder = prompt_ids.encoder if isinstance(prompt_ids, TokenIds) else None
         if encoder is None or encoder is engine or engine.kind == "upstream":
@@ -202,7 +204,7 @@ class EngineRouter:
         if prompt_text is not None:
             return engine.encode_text(prompt_text)
         if messages is not None:
-            return engine.encode_chat(messages)
+            return engine.encode_chat(messages, tools)
         return list(prompt_ids)
 
 
@@ -300,7 +302,7 @@ class RoutedHandle:
         if self._attempt is not None:
             self._attempt.handle.close()
 
-    def next_event(self, timeout: float | None) -> TextDelta | Finished | None:
+    def next_event(self, timeout: float | None) -> TextDelta | ToolCallDelta | Finished | None:
         end = None if timeout is None else time.monotonic() + timeout
         while True:
             assert self._attempt is not None
@@ -320,7 +322,7 @@ class RoutedHandle:
                 if end is None or time.monotonic() >= end:
                     return None
                 continue
-            if isinstance(event, TextDelta):
+            if isinstance(event, TextDelta | ToolCallDelta):
                 if not self._delivered:
                     self._delivered = True
                     self._deadline = None
@@ -353,7 +355,9 @@ class RoutedHandle:
                 continue
             outcome = _Outcome(member.breaker, ticket)
             try:
-                ids = router.ids_for(member.engine, self._prompt_ids, self._messages, self._prompt_text)
+                structured = self._params.structured
+                ids = router.ids_for(member.engine, self._prompt_ids, self._messages, self._prompt_text,
+                                     structured.tools if structured is not None else ())
                 handle = member.engine.submit(self._request_id, ids, self._params, messages=self._messages,
                                               prompt_text=self._prompt_text, trace_headers=self._trace_headers)
             except _CALLERS_FAULT as exc:

@@ -49,6 +49,7 @@ from ..generation.errors import EngineError, QueueFullError
 from ..generation.handle import GenerationHandle
 from ..generation.native import start_native_thread
 from ..generation.protocol import Engine, EngineKind, Message
+from ..generation.structured import ToolFunction, UnsupportedFieldError
 from ..generation.types import Finished, GenerationRequest, SamplingDefaults, SamplingParams, TextDelta, Usage
 from .errors import EngineUnavailableError, UpstreamRejectedError
 
@@ -193,8 +194,8 @@ class UpstreamEngine:
         return True
 
     # ---- the prompt (estimates) ----------------------------------------------------------------------
-    def encode_chat(self, messages: Sequence[Message]) -> list[int]:
-        ids = self._estimated(lambda engine: engine.encode_chat(messages))
+    def encode_chat(self, messages: Sequence[Message], tools: Sequence[ToolFunction] = ()) -> list[int]:
+        ids = self._estimated(lambda engine: engine.encode_chat(messages, tools))
         if ids is not None:
             return ids
         return [0] * (sum(estimate_tokens(m["content"]) + MESSAGE_OVERHEAD_TOKENS for m in messages) + 2)
@@ -218,11 +219,15 @@ class UpstreamEngine:
         if messages is None and prompt_text is None:
             raise EngineError(f"engine {self.name}: an upstream needs the messages or the prompt text")
         chat = prompt_text is None
+        structured = params.structured
+        if structured is not None and structured.tools:
+            raise UnsupportedFieldError("tools", f"engine {self.name}: tool calls are not relayed from an upstream "
+                                                 "server (docs/api.md)")
         body: dict[str, Any] = {"model": self.model_name, "stream": True, "stream_options": {"include_usage": True},
                                 "max_tokens": params.max_tokens, "temperature": params.temperature,
                                 "top_p": params.top_p}
         if chat:
-            body["messages"] = [{"role": m["role"], "content": m["content"]} for m in messages or ()]
+            body["messages"] = [dict(m) for m in messages or ()]  # tool_calls and tool_call_id included
         else:
             body["prompt"] = prompt_text
         if params.seed is not None:
@@ -231,6 +236,8 @@ class UpstreamEngine:
             body["stop"] = list(params.stop)
         if params.ignore_eos:
             body["ignore_eos"] = True
+        if structured is not None and structured.response_format is not None:
+            body["response_format"] = structured.response_format.openai_dict()  # the upstream enforces it
         path = self._path + ("/chat/completions" if chat else "/completions")
         connection = self._connection()
         try:

@@ -115,6 +115,7 @@ class ChatService:
             engine=stream.finished.engine or "",
             degraded=stream.finished.degraded,
             model=stream.finished.model or self._engine.model_name,
+            tool_calls=stream.tool_calls,
         )
 
     def open_stream(self, request: ChatRequest, owner: str = "", admit: Admit | None = None) -> ChatStream:
@@ -134,7 +135,7 @@ class ChatService:
         assert request.temperature is not None and request.top_p is not None
         params = SamplingParams(max_tokens=self._max_tokens(request, prompt_ids), temperature=request.temperature,
                                 top_p=request.top_p, seed=request.seed, stop=request.stop,
-                                ignore_eos=request.ignore_eos)
+                                ignore_eos=request.ignore_eos, structured=request.structured)
         reservation = admit(len(prompt_ids) + params.max_tokens) if admit is not None else None
         trace = GenerationTrace()  # the request's span is the current one here, not on the stream's pump
         try:
@@ -184,19 +185,20 @@ class ChatService:
         """The messages the model sees, how many old turns were dropped to fit, and the prompt's token ids."""
         if request.raw:
             return messages, 0, self._engine.encode_text(request.prompt)
+        tools = request.structured.tools if request.structured is not None else ()
         if not request.fit_history:
-            return messages, 0, self._engine.encode_chat(messages)
+            return messages, 0, self._engine.encode_chat(messages, tools)
         context = self._engine.context_length
         reserve = request.max_tokens or min(self._default_max_tokens, context // 2)
         encoded: dict[int, list[int]] = {}
 
         def fits(candidate: list[ChatMessage]) -> bool:
-            encoded[len(candidate)] = self._engine.encode_chat(candidate)
+            encoded[len(candidate)] = self._engine.encode_chat(candidate, tools)
             return len(encoded[len(candidate)]) + reserve <= context
 
         messages, dropped = fit_to_context(messages, fits)
         if len(messages) not in encoded:  # nothing fitted: the fallback (the newest turn) was never tried
-            encoded[len(messages)] = self._engine.encode_chat(messages)
+            encoded[len(messages)] = self._engine.encode_chat(messages, tools)
         return messages, dropped, encoded[len(messages)]
 
     def _max_tokens(self, request: ChatRequest, prompt_ids: list[int]) -> int:

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from ..generation.structured import StructuredOutput
 from .history import ChatMessage
 
 
@@ -42,6 +43,7 @@ class ChatRequest:
     raw: bool = False
     ignore_eos: bool = False
     fit_history: bool = False
+    structured: StructuredOutput | None = None  # response_format, tools and tool_choice
 
     @classmethod
     def from_messages(cls, messages: list[ChatMessage], **fields: Any) -> ChatRequest:
@@ -85,6 +87,7 @@ class ChatResult:
     engine: str = ""  # the named engine that answered
     degraded: bool = False  # a fallback engine, or the static degraded answer
     model: str = ""  # that engine's model name
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)  # OpenAI's shape: id, type, function
 
 
 class ChatUnavailable(Exception):

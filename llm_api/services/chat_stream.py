@@ -3,15 +3,17 @@ it early (the client left, the deadline passed, the service is shutting down).""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 import gevent
 
-from ..generation.protocol import GenerationStream
+from ..generation.protocol import Event, GenerationStream
+from ..generation.tool_calls import ToolCallDelta
 from ..generation.types import Finished, TextDelta, Usage
 from .chat_models import ChatRequest, Reservation, Turn
 from .output_guard import GuardStop, OutputCheck, OutputGuard
@@ -35,7 +37,7 @@ class Heartbeat:
     """Nothing arrived for a while: the stream should send a comment so a gone client is noticed."""
 
 
-StreamItem = TextDelta | Finished | Heartbeat
+StreamItem = TextDelta | ToolCallDelta | Finished | Heartbeat
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,7 @@ class ChatStream:
         self._heartbeat = heartbeat_seconds
         self.text = ""  # what was released to the caller (the guard may hold back or cut the engine's text)
         self.deltas = 0  # deltas received from the engine
+        self.tool_calls: list[dict[str, Any]] = []  # the calls read from the answer, in OpenAI's shape
         self._guard = guard
         self._check = guard.check(repetition=not request.ignore_eos) if guard is not None else OutputCheck()
         self._stop_reported = False
@@ -138,8 +141,23 @@ class ChatStream:
         """Why the output guard ended this answer, if it did."""
         return self._check.stop
 
-    def _take(self, event: TextDelta | Finished) -> list[TextDelta | Finished]:
+    @property
+    def stored_text(self) -> str:
+        """What is stored as the answer: its text, and its tool calls as JSON lines."""
+        calls = [json.dumps({"name": c["function"]["name"], "arguments": c["function"]["arguments"]},
+                            ensure_ascii=False) for c in self.tool_calls]
+        return "\n".join([self.text, *calls] if self.text else calls)
+
+    def _take(self, event: Event) -> list[StreamItem]:
         """Record an engine event; return what the caller gets of it (the guard may hold text back)."""
+        if isinstance(event, ToolCallDelta):
+            self.deltas += 1
+            if event.name is not None:
+                self.tool_calls.append({"id": event.id, "type": "function",
+                                        "function": {"name": event.name, "arguments": ""}})
+            if event.arguments and self.tool_calls:
+                self.tool_calls[event.index]["function"]["arguments"] += event.arguments
+            return [event]
         if isinstance(event, TextDelta):
             self.deltas += 1
             return self._release(self._check.feed(event.text))
@@ -159,16 +177,16 @@ class ChatStream:
             self._reservation.release(event.usage.prompt_tokens + event.usage.completion_tokens)
         try:
             if self._trace is None:
-                self._service.record(self.turn, self.request, self.text, event)
+                self._service.record(self.turn, self.request, self.stored_text, event)
             else:
                 self._trace.finished(event)
                 with self._trace.storage("store answer"):
-                    self._service.record(self.turn, self.request, self.text, event)
+                    self._service.record(self.turn, self.request, self.stored_text, event)
         finally:
             self._service.stream_finished(self)
         return items
 
-    def _release(self, text: str, generating: bool = True) -> list[TextDelta | Finished]:
+    def _release(self, text: str, generating: bool = True) -> list[StreamItem]:
         """Send ``text`` on. The first time the guard has stopped the answer, log it, and cancel the
         generation if it is still running."""
         self.text += text
