@@ -42,6 +42,7 @@ class ChatRequest:
     raw: bool = False
     ignore_eos: bool = False
     fit_history: bool = False
+    model: str | None = None  # the chat model asked for; None: a continued conversation's own, else the default
 
     @classmethod
     def from_messages(cls, messages: list[ChatMessage], **fields: Any) -> ChatRequest:
