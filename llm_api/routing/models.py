@@ -75,27 +75,34 @@ class ModelRegistry:
 
     def resolve_chat(self, name: str | None) -> EngineRouter:
         """The chat chain ``name`` selects; None (no ``model`` sent) is the default chat model."""
-        if name is None or name in self.chat_names():
+        chain = self.chat if name is None else self._chat_chain(name)
+        if chain is not None:
+            return chain
+        assert name is not None
+        if name in self.embedders:
+            raise ModelKindError(name, "embedding", "chat")
+        self._unknown(name)
+        return self.chat  # not reached
+
+    def _chat_chain(self, name: str) -> EngineRouter | None:
+        if name in self.chat_names():
             return self.chat
         if name in self.more_chats:
             return self.more_chats[name]
         for chain in self.more_chats.values():
             if name == chain.model_name or any(name == m.engine.model_name for m in chain.members):
                 return chain
-        if name in self.embedders:
-            raise ModelKindError(name, "embedding", "chat")
-        self._unknown(name)
-        return self.chat  # not reached
+        return None
 
     def listed_name(self, chain: EngineRouter) -> str:
-        """The id ``GET /v1/models`` lists ``chain`` under, which its answers name as their ``model``."""
+        """The id ``GET /v1/models`` lists ``chain`` under (an answer names the model that wrote it, if known)."""
         return next((name for name, c in self.more_chats.items() if c is chain), chain.model_name)
 
     def resolve_embedder(self, name: str) -> EmbeddingEngine:
         """The embedding model ``name``, started if it was not (outside gunicorn models start on first use)."""
         engine = self.embedders.get(name)
         if engine is None:
-            if name in self.chat_names() or name in self.more_chats:
+            if self._chat_chain(name) is not None:
                 raise ModelKindError(name, "chat", "embedding")
             self._unknown(name)
             raise AssertionError  # not reached
