@@ -1,5 +1,6 @@
-"""Two real chat models in one gunicorn gevent server (the embedded model, and a tiny ChatGLM3 folder by
-LLM_API_CHAT_MODELS), each chosen by `model` on the OpenAI and the lesson routes."""
+"""Real chat models side by side in one gunicorn gevent server (the embedded model by default, and by
+LLM_API_CHAT_MODELS a tiny ChatGLM3 folder and the embedded model once more, the three loading at once in the
+worker), each chosen by `model` on the OpenAI and the lesson routes."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ GLM = "chatglm3-tiny"  # the folder's name: the model it serves
 def server(tmp_path_factory):
     folder = build_tiny_chatglm3(tmp_path_factory.mktemp("glm") / GLM)
     server = start_server(tmp_path_factory.mktemp("two-models"), {
-        "LLM_API_CHAT_MODELS": f"glm={folder}", "LLM_API_CACHE_DIR": str(tmp_path_factory.mktemp("glm-cache"))})
+        "LLM_API_CHAT_MODELS": f"glm={folder},smol=embedded", "LLM_API_CACHE_DIR": str(tmp_path_factory.mktemp("glm-cache"))})
     yield server
     stop_server(server)
 
@@ -36,11 +37,14 @@ def test_both_models_are_listed_loaded_and_chosen_by_model(server):
     default = ready["model"]
     assert ready["chat_models"]["glm"]["model"] == GLM
     listed = [(m["id"], m["kind"]) for m in requests.get(f"{server.url}/v1/models", timeout=10).json()["data"]]
-    assert listed == [(default, "chat"), ("glm", "chat")]
+    assert listed == [(default, "chat"), ("glm", "chat"), ("smol", "chat")]
+    assert ready["chat_models"]["smol"]["model"] == default
 
     by_id, by_name, by_default = complete(server.url, "glm"), complete(server.url, GLM), complete(server.url, default)
     assert by_id["model"] == by_name["model"] == GLM and by_default["model"] == default
     assert by_id["choices"][0]["message"] == by_name["choices"][0]["message"]  # greedy: the same model's answer
+    # The same weights loaded twice answer alike: neither load was spoiled by the other's.
+    assert complete(server.url, "smol")["choices"][0]["message"] == by_default["choices"][0]["message"]
 
     # The lesson API: an optional `model`, the default without it; the stored answer names the model.
     lesson = {"prompt": "Hello", "temperature": 0, "max_tokens": 8}
