@@ -20,7 +20,8 @@ GLM = "chatglm3-tiny"  # the folder's name: the model it serves
 def server(tmp_path_factory):
     folder = build_tiny_chatglm3(tmp_path_factory.mktemp("glm") / GLM)
     server = start_server(tmp_path_factory.mktemp("two-models"), {
-        "LLM_API_CHAT_MODELS": f"glm={folder},smol=embedded", "LLM_API_CACHE_DIR": str(tmp_path_factory.mktemp("glm-cache"))})
+        "LLM_API_CHAT_MODELS": f"glm={folder},smol=embedded",
+        "LLM_API_CACHE_DIR": str(tmp_path_factory.mktemp("glm-cache"))})
     yield server
     stop_server(server)
 
