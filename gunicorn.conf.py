@@ -60,6 +60,8 @@ def on_starting(server):
     """Once per master, before it binds or forks a worker (not again on HUP): check the model, migrate the
     database, check the API keys, prepare the Prometheus directory. A refusal is one line on gunicorn's
     log, then exit status 2."""
+    from dataclasses import replace
+
     from llm_api import model_spec
     from llm_api.local_model.embedding_spec import EmbeddingSpec, preflight_embedding
     from llm_api.local_model.errors import ModelLoadError
@@ -75,6 +77,8 @@ def on_starting(server):
     try:
         if _settings.local_model is not None:  # every engine may be an upstream: then no model is loaded here
             preflight(model_spec(_settings))
+        for chat in _settings.chat_models:  # LLM_API_CHAT_MODELS, checked as LLM_API_MODEL is
+            preflight(replace(model_spec(_settings), source=chat.source))
         for target in _settings.embedding_models:
             preflight_embedding(EmbeddingSpec(target.name, target.source))
     except ModelLoadError as error:

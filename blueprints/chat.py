@@ -39,7 +39,7 @@ def new_message():  # noqa: ANN201
     body = read_json_body(request, current_app.config["LLM_API"].max_body_bytes)
     fields = ChatMessageRequestSchema().load(body)
     stream, mode = fields.pop("stream"), fields.pop("stream_mode")
-    services().models.resolve_chat(fields.pop("model"))  # 404 unknown, 400 an embedding model
+    services().models.resolve_chat(fields["model"])  # 404 unknown, 400 an embedding model
     chat_request = ChatRequest.from_turn(**fields)
     if stream:
         return _start_stream(chat_request, mode, wait_for_reconnect=False)
@@ -65,7 +65,7 @@ def stream_get():  # noqa: ANN201
             for key in request.args if key != "token"}  # the stream token was checked before the view
     fields = ChatStreamQuerySchema().load(args)
     mode = fields.pop("stream_mode")
-    services().models.resolve_chat(fields.pop("model"))
+    services().models.resolve_chat(fields["model"])
     return _start_stream(ChatRequest.from_turn(history=[], **fields), mode, wait_for_reconnect=True,
                          retry_ms=RETRY_MS)
 

@@ -28,10 +28,11 @@ def _load(schema: Any) -> dict[str, Any]:
 @route(bp, "/chat/completions", ["POST"])
 def chat_completions():  # noqa: ANN201
     fields = _load(ChatCompletionRequestSchema())
-    services().models.resolve_chat(fields["model"])  # 404 unknown, 400 an embedding model
-    chat_request = ChatRequest.from_messages(fields["messages"], structured=fields["structured"],
+    models = services().models
+    chain = models.resolve_chat(fields["model"])  # 404 unknown, 400 an embedding model
+    chat_request = ChatRequest.from_messages(fields["messages"], model=fields["model"], structured=fields["structured"],
                                              **{k: fields[k] for k in _SAMPLING})
-    model = services().engine.model_name
+    model = models.listed_name(chain)
     if fields["stream"]:
         return _streamed(ChatChunkStream(caller.open_stream(chat_request), model, fields["include_usage"]))
     result = caller.complete(chat_request)
@@ -41,9 +42,11 @@ def chat_completions():  # noqa: ANN201
 @route(bp, "/completions", ["POST"])
 def completions():  # noqa: ANN201
     fields = _load(CompletionRequestSchema())
-    services().models.resolve_chat(fields["model"])
-    chat_request = ChatRequest(messages=[], prompt=fields["prompt"], raw=True, **{k: fields[k] for k in _SAMPLING})
-    model = services().engine.model_name
+    models = services().models
+    chain = models.resolve_chat(fields["model"])
+    chat_request = ChatRequest(messages=[], prompt=fields["prompt"], raw=True, model=fields["model"],
+                               **{k: fields[k] for k in _SAMPLING})
+    model = models.listed_name(chain)
     echo = fields["prompt"] if fields["echo"] else ""
     if fields["stream"]:
         return _streamed(TextChunkStream(caller.open_stream(chat_request), model, fields["include_usage"], echo))

@@ -28,11 +28,13 @@ CORS_EXPOSE_HEADERS = [
 
 
 def create_app(settings: Settings | None = None, *, engine: Engine | None = None,
-               embedders: dict[str, EmbeddingEngine] | None = None) -> Flask:
+               embedders: dict[str, EmbeddingEngine] | None = None,
+               chat_models: dict[str, Engine] | None = None) -> Flask:
     """Build the app. The engines are created here but start (the local model loads, upstream discovery
     begins) only when :func:`start_engine` runs: from gunicorn's ``post_worker_init`` hook, or elsewhere
     (``flask run``, tests) on the first request. ``engine`` is the chat chain's local engine and ``embedders``
-    the embedding models by id (fakes in tests), instead of those the settings name."""
+    the embedding models by id and ``chat_models`` the more chat models by id (fakes in tests), instead of
+    those the settings name."""
     from flask import Flask
     from flask.json.provider import DefaultJSONProvider
     from flask_cors import CORS
@@ -76,7 +78,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
 
     # The chain of LLM_API_ENGINES; a given engine (a fake in tests) is its local one.
     router = engine if isinstance(engine, EngineRouter) else build_router(settings, engine)
-    models = build_models(settings, router, embedders)
+    models = build_models(settings, router, embedders, chat_models)
     metrics = install_metrics(app, router)
     if tracing_enabled():  # OTEL_EXPORTER_OTLP_ENDPOINT: the server span's hooks go first of all
         instrument_tracing(app)
@@ -85,7 +87,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     chat_service = ChatService(router, store, default_max_tokens=settings.default_max_tokens,
                                heartbeat_seconds=settings.heartbeat_seconds, log_prompts=settings.log_prompts,
                                request_timeout=settings.request_timeout, on_answer=metrics.answer,
-                               output_guard=OutputGuard.from_settings(settings))
+                               output_guard=OutputGuard.from_settings(settings), choose=models.resolve_chat)
     shared_streams = SharedStreams(settings.redis_url, resume_seconds=settings.resume_seconds,
                                    heartbeat_seconds=settings.heartbeat_seconds) if settings.redis_url else None
     live = LiveStreams(resume_seconds=settings.resume_seconds, grace_seconds=settings.disconnect_grace_seconds,
@@ -141,7 +143,7 @@ def model_spec(settings: Settings) -> ModelSpec:
 
 
 def start_engine(app: Flask, on_load_failure: Callable[[str], None] | None = None, *, embedders: bool = False) -> None:
-    """Start the app's engines: the local model begins loading, upstream discovery its timer, and with
+    """Start the app's engines: the chat models begin loading, upstream discovery its timer, and with
     ``embedders`` (gunicorn's workers) every embedding model too; without it (tests, ``flask run``) an
     embedding model loads on its first request. Once per app; a later call returns at once. Tracing's
     exporter starts here too: this runs in the serving process (a gunicorn worker, after the fork), never in
@@ -158,7 +160,7 @@ def start_engine(app: Flask, on_load_failure: Callable[[str], None] | None = Non
     if embedders:
         state.models.start(on_load_failure)
     else:
-        state.engine.start(on_load_failure)
+        state.models.start_chats(on_load_failure)
 
 
 def stop_engine(app: Flask) -> None:

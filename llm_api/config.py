@@ -182,6 +182,30 @@ def _embedding_models(name: str, raw: str) -> tuple[EmbeddingTarget, ...]:
     return tuple(targets)
 
 
+@dataclass(frozen=True)
+class ChatModelTarget:
+    """One chat model of ``LLM_API_CHAT_MODELS``, served beside the default one: its id, and its local source."""
+
+    name: str
+    source: str  # the embedded model or a local model folder, as LLM_API_MODEL
+
+
+def _chat_models(name: str, raw: str) -> tuple[ChatModelTarget, ...]:
+    shape = ("a comma-separated list of ID=SOURCE, ID the model name clients send (letters, digits, . _ : -), "
+             "SOURCE `embedded` or a local model folder (as LLM_API_MODEL); empty for none")
+    targets: list[ChatModelTarget] = []
+    for part in (p.strip() for p in raw.split(",")):
+        if not part:
+            continue
+        model, equals, source = (x.strip() for x in part.partition("="))
+        if not equals or not source or not _MODEL_ID.fullmatch(model):
+            raise ConfigError(f"{name} must be {shape} (got {part!r})")
+        if any(t.name == model for t in targets):
+            raise ConfigError(f"{name}: the model id {model!r} is given twice (got {raw!r})")
+        targets.append(ChatModelTarget(model, _model(f"{name} (model {model!r})", source)))
+    return tuple(targets)
+
+
 def _model_ids(name: str, raw: str) -> tuple[str, ...]:
     ids = tuple(x.strip() for x in raw.split(",") if x.strip())
     for model in ids:
@@ -412,6 +436,12 @@ class Settings:
         "more names that select the chat model, comma-separated; the default is the name the lesson's Java "
         "client always sends; empty: none. Other unknown names get 404 `model_not_found`",
     )
+    chat_models: tuple[ChatModelTarget, ...] = _setting(
+        "LLM_API_CHAT_MODELS", (), _chat_models,
+        "more local chat models served beside the default one (LLM_API_MODEL / LLM_API_ENGINES), ID=SOURCE,...: "
+        "SOURCE `embedded` or a local model folder; a request's `model` picks one by ID; each loads in every "
+        "worker; empty: none",
+    )
     embedding_models: tuple[EmbeddingTarget, ...] = _setting(
         "LLM_API_EMBEDDING_MODELS", (EmbeddingTarget(EMBEDDED_EMBEDDING_MODEL, "embedded"),), _embedding_models,
         "embedding models served by POST /v1/embeddings, ID=SOURCE,...: SOURCE `embedded` (all-MiniLM-L6-v2 "
@@ -460,6 +490,7 @@ def settings_table() -> list[tuple[str, str, str]]:
     for f in fields(Settings):
         default = f.default
         if isinstance(default, tuple):
-            default = ",".join(f"{t.name}={t.source}" if isinstance(t, EmbeddingTarget) else str(t) for t in default)
+            default = ",".join(f"{t.name}={t.source}" if isinstance(t, EmbeddingTarget | ChatModelTarget) else str(t)
+                               for t in default)
         rows.append((f.metadata["env"], str(default), f.metadata["help"]))
     return rows

@@ -27,7 +27,7 @@ EXTENSION_KEY = "llm_api"
 @dataclass
 class Services:
     settings: Settings
-    engine: EngineRouter  # the chain of LLM_API_ENGINES (by default one local engine)
+    engine: EngineRouter  # the default chat model: the chain of LLM_API_ENGINES (by default one local engine)
     chat: ChatService
     conversations: ConversationService
     store: ConversationStore
@@ -59,6 +59,9 @@ class Services:
             "batched": self.engine.batched,
             "queued": self.engine.queued,
             "stats": dict(self.engine.stats),
+            "chat_models": {name: {"model": chain.model_name, "context_length": chain.context_length,
+                                   "queued": chain.queued, "stats": dict(chain.stats)}
+                            for name, chain in self.models.more_chats.items()},
             "embedding_models": {name: {"ready": engine.ready, "queued": engine.queued, "stats": dict(engine.stats)}
                                  for name, engine in self.models.embedders.items()},
         }

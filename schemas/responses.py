@@ -100,6 +100,8 @@ class ReadinessSchema(Schema):
     batched = fields.Boolean()
     queued = fields.Integer()
     stats = fields.Dict()
+    chat_models = fields.Dict(metadata={"description": "Each chat model of LLM_API_CHAT_MODELS by id: model, "
+                                                       "context_length, queued, stats."})
     embedding_models = fields.Dict(metadata={"description": "Each embedding model: ready, queued, stats."})
 
 

@@ -3,7 +3,8 @@
 
 ``LLM_API_TEST_REPLY``: the answer, sent word by word; ``LLM_API_TEST_REPLY_DELAY``: seconds between words. A
 prompt that contains ``UNREACHABLE`` finds the engine unreachable, so the router falls back (to the static
-``LLM_API_DEGRADED_ANSWER`` when one is set)."""
+``LLM_API_DEGRADED_ANSWER`` when one is set). ``LLM_API_TEST_SECOND_REPLY``: a second chat model, id ``second``
+(as LLM_API_CHAT_MODELS would add it), that answers this."""
 
 from __future__ import annotations
 
@@ -28,4 +29,10 @@ class ScriptedEngine(FakeEngine):
 
 engine = ScriptedEngine(os.environ.get("LLM_API_TEST_REPLY", "Hello from the scripted engine."),
                         context_length=4096, delay=float(os.environ.get("LLM_API_TEST_REPLY_DELAY", "0.01")))
-app = create_app(engine=engine)
+second_reply = os.environ.get("LLM_API_TEST_SECOND_REPLY")
+chat_models = None
+if second_reply:
+    second = ScriptedEngine(second_reply, context_length=2048, delay=0.01)
+    second.model_name = "second-model"
+    chat_models = {"second": second}
+app = create_app(engine=engine, chat_models=chat_models)

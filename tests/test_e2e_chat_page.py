@@ -33,6 +33,7 @@ HOSTILE = """Rendered **bold**, a [link](javascript:window.pwned='link') and cod
 <img src=x onerror="window.pwned='img'"> <script>window.pwned='script'</script> \
 <svg><animate onbegin="window.pwned='svg'" attributeName="x" dur="1s"></animate></svg> \
 <iframe src="javascript:window.pwned='iframe'"></iframe> <a href="javascript:window.pwned='a'">a link</a> the end."""
+SECOND = "Answer of the second model."  # the scripted server's second chat model, id `second`
 
 
 def _keys(database_url: str) -> dict[str, str]:
@@ -67,7 +68,8 @@ def model_server(tmp_path_factory) -> Iterator[tuple[LiveServer, CuttingProxy, d
 @pytest.fixture(scope="module")
 def scripted_server(tmp_path_factory) -> Iterator[LiveServer]:
     server = start_server(tmp_path_factory.mktemp("scripted"), {"LLM_API_TEST_REPLY": HOSTILE,
-                                                                "LLM_API_DEGRADED_ANSWER": "Busy now, sorry."},
+                                                                "LLM_API_DEGRADED_ANSWER": "Busy now, sorry.",
+                                                                "LLM_API_TEST_SECOND_REPLY": SECOND},
                           app="tests.scripted_wsgi:app")
     yield server
     stop_server(server)
@@ -302,3 +304,21 @@ def test_a_degraded_answer_is_marked_in_words(browser, scripted_server):
     assert shown["state"] == "done" and shown["text"].strip() == "Busy now, sorry."
     assert shown["note"] == "Degraded answer: the primary engine could not answer, so “static” did."
     assert shown["meta"].endswith("engine static")
+
+
+def test_the_model_picker_sends_the_chosen_chat_model(browser, scripted_server):
+    open_page(browser, scripted_server.url)
+    wait_for(lambda: js(browser, "return !document.getElementById('model_picker').hidden"))
+    options = js(browser, "return [...document.getElementById('model').options].map(o => o.value)")
+    assert options == ["fake-model", "second"]  # the chat models of /v1/models, the default first
+    picker = browser.find_element("id", "model")
+    try:
+        js(browser, "const s = document.getElementById('model'); s.value = 'second';"
+                    "s.dispatchEvent(new Event('change'));")
+        browser.find_element("id", "new_chat").click()
+        chosen = ask(browser, "Which model are you?")
+        assert chosen["state"] == "done" and chosen["text"].strip() == SECOND
+    finally:  # the choice is remembered in the browser: leave the default for the other tests
+        js(browser, "arguments[0].value = 'fake-model'; arguments[0].dispatchEvent(new Event('change'));", picker)
+    default = ask(browser, "And now?")  # the same conversation, with the default model chosen again
+    assert default["state"] == "done" and "the end." in default["text"]

@@ -152,3 +152,13 @@ def test_a_normal_start_logs_no_warning_and_leaves_home_alone(tmp_path):
     assert [line for line in log.splitlines() if "warn" in line.lower()] == []  # gevent's MonkeyPatchWarning too
     assert "Traceback" not in log and "[ERROR]" not in log, log[-3000:]  # an idle connection closes quietly
     assert not (home / ".gunicorn").exists() and os.listdir(runtime) == []  # no gunicorn control socket
+
+
+def test_a_chat_model_of_llm_api_chat_models_is_checked_at_start_as_llm_api_model_is(gunicorn, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = gunicorn({"LLM_API_CHAT_MODELS": f"second={empty}"})
+    assert result.returncode == 2
+    assert refusal(result) == f"llm_api: cannot serve the model: {empty} has neither a config.json nor a .gguf file"
+    bad = gunicorn({"LLM_API_CHAT_MODELS": "second"})
+    assert bad.returncode != 0 and "LLM_API_CHAT_MODELS must be a comma-separated list of ID=SOURCE" in bad.stderr

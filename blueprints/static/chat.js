@@ -317,6 +317,11 @@
         select.replaceChildren(...chatModels.map((m) => new Option(m.id, m.id)));
         select.value = STORE.get("model", first.id);
         if (!select.value) select.value = first.id;
+        const pick = () => {  // the max-tokens check uses the chosen model's context
+          state.contextLength = (chatModels.find((m) => m.id === select.value) || first).context_length;
+        };
+        pick();
+        select.addEventListener("change", pick);
         $("model_picker").hidden = false;
         $("model_name").textContent = "";
       } else if (first) {

@@ -23,6 +23,7 @@ from ..generation.errors import NotReadyError, QueueFullError
 from ..generation.native import NativeSignal, native_lock, start_native_thread
 from .embedding_spec import EmbeddingSpec, embedding_folder
 from .errors import ModelLoadError
+from .load_lock import LOAD_LOCK
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +189,8 @@ class LocalEmbeddingEngine:
         device = self.spec.device
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        model = SentenceTransformer(str(folder), device=device, local_files_only=True)
+        with LOAD_LOCK:  # one load at a time per process (see load_lock)
+            model = SentenceTransformer(str(folder), device=device, local_files_only=True)
         model.eval()
         tokenizer = model.tokenizer
         with_special = tokenizer("a", add_special_tokens=True)["input_ids"]

@@ -22,6 +22,7 @@ from ..generation.types import SamplingDefaults
 from . import chatglm3
 from .cache import cached_build, content_key
 from .errors import ModelLoadError
+from .load_lock import LOAD_LOCK
 from .prompts import ChatGLM3Format, ChatTemplateFormat, PromptFormat
 from .spec import EMBEDDED_NAME, ModelSpec, embedded_gguf_path, is_embedded, preflight, read_config
 
@@ -77,15 +78,16 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 def load_model(spec: ModelSpec) -> LoadedModel:
     """Load tokenizer and model; raise :class:`ModelLoadError` with a clear reason on failure."""
     preflight(spec)
-    started = time.monotonic()
-    device = resolve_device(spec.device)
-    dtype = resolve_dtype(spec.dtype, device)
-    if is_embedded(spec.source):
-        loaded = _load_embedded(spec, device, dtype)
-    else:
-        loaded = _load_folder(spec, device, dtype)
-    loaded.model.eval()
-    loaded.load_seconds = time.monotonic() - started
+    with LOAD_LOCK:  # one load at a time per process (see load_lock)
+        started = time.monotonic()
+        device = resolve_device(spec.device)
+        dtype = resolve_dtype(spec.dtype, device)
+        if is_embedded(spec.source):
+            loaded = _load_embedded(spec, device, dtype)
+        else:
+            loaded = _load_folder(spec, device, dtype)
+        loaded.model.eval()
+        loaded.load_seconds = time.monotonic() - started
     return loaded
 
 

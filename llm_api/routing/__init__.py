@@ -3,7 +3,7 @@ circuit breakers and the static degraded answer (see docs/degradation.md)."""
 
 from __future__ import annotations
 
-from ..config import Settings
+from ..config import EngineTarget, Settings
 from ..generation.embedding import EmbeddingEngine
 from ..generation.protocol import Engine
 from .models import ModelRegistry
@@ -13,12 +13,14 @@ from .upstream import UpstreamEngine
 __all__ = ["EngineRouter", "ModelRegistry", "UpstreamEngine", "build_models", "build_router"]
 
 
-def build_router(settings: Settings, local_engine: Engine | None = None) -> EngineRouter:
-    """The chain of ``settings.engine_chain``; ``local_engine`` (a built engine, or a fake in tests) serves
-    the local entry, else one is built from the settings. Without LLM_API_ENGINES: one local engine ``main``."""
+def build_router(settings: Settings, local_engine: Engine | None = None,
+                 chain: tuple[EngineTarget, ...] | None = None) -> EngineRouter:
+    """The chain of ``settings.engine_chain`` (or of ``chain``); ``local_engine`` (a built engine, or a fake in
+    tests) serves the local entry, else one is built from the settings. Without LLM_API_ENGINES: one local
+    engine ``main``."""
     members: list[tuple[str, Engine]] = []
     local: Engine | None = None
-    for target in settings.engine_chain:
+    for target in chain or settings.engine_chain:
         if target.kind == "local":
             local = local_engine if local_engine is not None else _local_engine(settings, target.source)
             members.append((target.name, local))
@@ -47,14 +49,22 @@ def _local_engine(settings: Settings, source: str) -> Engine:
                                       prefix_cache_tokens=settings.prefix_cache_tokens))
 
 
-def build_models(settings: Settings, chat: EngineRouter,
-                 embedders: dict[str, EmbeddingEngine] | None = None) -> ModelRegistry:
-    """The chat chain plus the embedding models of LLM_API_EMBEDDING_MODELS (``embedders``, given, replace
-    them: fakes in tests). Building loads nothing: the engines load when started."""
+def build_models(settings: Settings, chat: EngineRouter, embedders: dict[str, EmbeddingEngine] | None = None,
+                 more_chats: dict[str, Engine] | None = None) -> ModelRegistry:
+    """The default chat chain, the chat models of LLM_API_CHAT_MODELS (each a chain of one local engine) and
+    the embedding models of LLM_API_EMBEDDING_MODELS. ``embedders`` and ``more_chats``, given, replace those
+    of the settings (fakes in tests). Building loads nothing: the engines load when started."""
     if embedders is None:
         embedders = {target.name: _embedding_engine(settings, target.name, target.source)
                      for target in settings.embedding_models}
-    return ModelRegistry(chat, embedders, chat_aliases=settings.chat_model_aliases)
+    if more_chats is None:
+        chains = {target.name: build_router(settings, chain=(EngineTarget(target.name, "local", target.source),))
+                  for target in settings.chat_models}
+    else:
+        chains = {name: engine if isinstance(engine, EngineRouter)
+                  else build_router(settings, engine, chain=(EngineTarget(name, "local", "embedded"),))
+                  for name, engine in more_chats.items()}
+    return ModelRegistry(chat, embedders, chat_aliases=settings.chat_model_aliases, more_chats=chains)
 
 
 def _embedding_engine(settings: Settings, name: str, source: str) -> EmbeddingEngine:

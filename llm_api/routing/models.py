@@ -1,9 +1,12 @@
 """The models one server offers, chosen by the ``model`` of each request.
 
-Two kinds: the chat model (the :class:`~llm_api.routing.router.EngineRouter` chain of LLM_API_MODEL or
-LLM_API_ENGINES, named by the model it serves, or by any fallback's model) and the embedding models of
-LLM_API_EMBEDDING_MODELS (named by their configured ids). :meth:`ModelRegistry.resolve` is the one place
-that turns a requested name into a model of the wanted kind, or refuses it: an unknown name is
+Two kinds: chat models and embedding models. The default chat model is the
+:class:`~llm_api.routing.router.EngineRouter` chain of LLM_API_MODEL or LLM_API_ENGINES, named by the model
+it serves, by any fallback's model, or by an alias; it answers requests that name no model. More chat
+models (LLM_API_CHAT_MODELS, each a chain of its own) are named by their configured ids, or the model they
+serve. The embedding models of LLM_API_EMBEDDING_MODELS are named by their configured ids.
+:meth:`ModelRegistry.resolve_chat` and :meth:`ModelRegistry.resolve_embedder` turn a requested name into a
+model of the wanted kind, or refuse it: an unknown name is
 :class:`ModelNotFoundError` (404), a model of the other kind :class:`ModelKindError` (400).
 """
 
@@ -49,11 +52,12 @@ class ModelInfo:
 
 
 class ModelRegistry:
-    """The chat chain and the embedding models, by the names clients send."""
+    """The chat chains and the embedding models, by the names clients send."""
 
     def __init__(self, chat: EngineRouter, embedders: Mapping[str, EmbeddingEngine] | None = None, *,
-                 chat_aliases: tuple[str, ...] = ()) -> None:
-        self.chat = chat
+                 chat_aliases: tuple[str, ...] = (), more_chats: Mapping[str, EngineRouter] | None = None) -> None:
+        self.chat = chat  # the default chat model
+        self.more_chats = dict(more_chats or {})  # LLM_API_CHAT_MODELS, by id
         self.embedders = dict(embedders or {})
         self.chat_aliases = frozenset(chat_aliases)  # LLM_API_CHAT_MODEL_ALIASES
         self._started: set[str] = set()  # embedding models whose engine has been started
@@ -64,20 +68,41 @@ class ModelRegistry:
         names = {self.chat.model_name} | {m.engine.model_name for m in self.chat.members} | self.chat_aliases
         return {name for name in names if name}
 
+    @property
+    def chats(self) -> list[EngineRouter]:
+        """Every chat chain, the default first."""
+        return [self.chat, *self.more_chats.values()]
+
     def resolve_chat(self, name: str | None) -> EngineRouter:
-        """The chat chain, when ``name`` is one of its models (or is None: the lesson API's default)."""
-        if name is None or name in self.chat_names():
-            return self.chat
+        """The chat chain ``name`` selects; None (no ``model`` sent) is the default chat model."""
+        chain = self.chat if name is None else self._chat_chain(name)
+        if chain is not None:
+            return chain
+        assert name is not None
         if name in self.embedders:
             raise ModelKindError(name, "embedding", "chat")
         self._unknown(name)
         return self.chat  # not reached
 
+    def _chat_chain(self, name: str) -> EngineRouter | None:
+        if name in self.chat_names():
+            return self.chat
+        if name in self.more_chats:
+            return self.more_chats[name]
+        for chain in self.more_chats.values():
+            if name == chain.model_name or any(name == m.engine.model_name for m in chain.members):
+                return chain
+        return None
+
+    def listed_name(self, chain: EngineRouter) -> str:
+        """The id ``GET /v1/models`` lists ``chain`` under (an answer names the model that wrote it, if known)."""
+        return next((name for name, c in self.more_chats.items() if c is chain), chain.model_name)
+
     def resolve_embedder(self, name: str) -> EmbeddingEngine:
         """The embedding model ``name``, started if it was not (outside gunicorn models start on first use)."""
         engine = self.embedders.get(name)
         if engine is None:
-            if name in self.chat_names():
+            if self._chat_chain(name) is not None:
                 raise ModelKindError(name, "chat", "embedding")
             self._unknown(name)
             raise AssertionError  # not reached
@@ -95,24 +120,29 @@ class ModelRegistry:
     # ---- the list, readiness and life cycle ----------------------------------------------------------
     def listing(self) -> list[ModelInfo]:
         models = [ModelInfo(self.chat.model_name, "chat", self.chat.context_length)]
+        models += [ModelInfo(name, "chat", chain.context_length) for name, chain in self.more_chats.items()]
         for name, engine in self.embedders.items():
             models.append(ModelInfo(name, "embedding", engine.context_length, engine.dimensions or None))
         return models
 
     @property
     def ready(self) -> bool:
-        """The chat chain, and every embedding model started so far, have loaded."""
-        return self.chat.ready and all(self.embedders[name].ready for name in self._started)
+        """Every chat chain, and every embedding model started so far, have loaded."""
+        return all(chain.ready for chain in self.chats) and all(self.embedders[name].ready for name in self._started)
 
     @property
     def load_error(self) -> str | None:
-        return self.chat.load_error or next(
+        return next((chain.load_error for chain in self.chats if chain.load_error), None) or next(
             (self.embedders[n].load_error for n in sorted(self._started) if self.embedders[n].load_error), None)
 
     def start(self, on_load_failure: Callable[[str], None] | None = None) -> None:
-        """Start the chat chain and every embedding model (gunicorn's ``post_worker_init``)."""
-        self.chat.start(on_load_failure)
+        """Start every chat chain and every embedding model (gunicorn's ``post_worker_init``)."""
+        self.start_chats(on_load_failure)
         self.start_embedders(on_load_failure)
+
+    def start_chats(self, on_load_failure: Callable[[str], None] | None = None) -> None:
+        for chain in self.chats:
+            chain.start(on_load_failure)
 
     def start_embedders(self, on_load_failure: Callable[[str], None] | None = None) -> None:
         for name, engine in self.embedders.items():
@@ -120,14 +150,16 @@ class ModelRegistry:
             engine.start(on_load_failure)
 
     def stop(self, timeout: float = 10.0) -> None:
-        self.chat.stop(timeout)
+        for chain in self.chats:
+            chain.stop(timeout)
         for name in sorted(self._started):
             self.embedders[name].stop(timeout)
 
     def wait_ready(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
-        if not self.chat.wait_ready(timeout):
-            return False
+        for chain in self.chats:
+            if not chain.wait_ready(max(0.0, deadline - time.monotonic())):
+                return False
         for name in sorted(self._started):
             if not self.embedders[name].wait_ready(max(0.0, deadline - time.monotonic())):
                 return False

@@ -47,8 +47,10 @@ class ChatService:
     def __init__(self, engine: Engine, store: ConversationStore, *, default_max_tokens: int,
                  heartbeat_seconds: float, log_prompts: bool, request_timeout: float = 0.0,
                  on_answer: Callable[[Message, Finished], None] | None = None,
-                 output_guard: OutputGuard | None = None) -> None:
-        self._engine = engine
+                 output_guard: OutputGuard | None = None,
+                 choose: Callable[[str | None], Engine] | None = None) -> None:
+        self._engine = engine  # the default chat model
+        self._choose = choose  # the chat model a name selects (raises for an unknown one); None: only `engine`
         self._on_answer = on_answer  # sees every stored answer and how it finished (the metrics)
         self._output_guard = output_guard  # checks every answer's text before it is sent
         self._request_timeout = request_timeout
@@ -114,7 +116,7 @@ class ChatService:
             dropped_turns=stream.turn.dropped_turns,
             engine=stream.finished.engine or "",
             degraded=stream.finished.degraded,
-            model=stream.finished.model or self._engine.model_name,
+            model=stream.finished.model or stream.request.model or "",
             tool_calls=stream.tool_calls,
         )
 
@@ -129,26 +131,29 @@ class ChatService:
         """
         if self._refusal is not None:
             raise ChatUnavailable(self._refusal.code, self._refusal.message)
-        messages = self._stored_history(request.conversation_id, owner) + request.messages
-        messages, dropped, prompt_ids = self._prompt(request, messages)
-        request = self._with_model_defaults(request)
+        stored = self._stored_history(request.conversation_id, owner)
+        engine = self._engine_for(request.model, stored)
+        request = replace(request, model=engine.model_name)
+        messages = prompt_history(stored) + request.messages
+        messages, dropped, prompt_ids = self._prompt(engine, request, messages)
+        request = self._with_model_defaults(engine, request)
         assert request.temperature is not None and request.top_p is not None
-        params = SamplingParams(max_tokens=self._max_tokens(request, prompt_ids), temperature=request.temperature,
-                                top_p=request.top_p, seed=request.seed, stop=request.stop,
-                                ignore_eos=request.ignore_eos, structured=request.structured)
+        params = SamplingParams(max_tokens=self._max_tokens(engine, request, prompt_ids),
+                                temperature=request.temperature, top_p=request.top_p, seed=request.seed,
+                                stop=request.stop, ignore_eos=request.ignore_eos, structured=request.structured)
         reservation = admit(len(prompt_ids) + params.max_tokens) if admit is not None else None
         trace = GenerationTrace()  # the request's span is the current one here, not on the stream's pump
         try:
             with trace.storage("store user turn"):
                 turn = self._store_user_turn(request, owner, dropped, messages)
-            trace.submitting(operation="text_completion" if request.raw else "chat", model=self._engine.model_name,
+            trace.submitting(operation="text_completion" if request.raw else "chat", model=engine.model_name,
                              params=params, prompt_tokens=len(prompt_ids), message_id=turn.message_id,
                              conversation_id=turn.conversation_id)
             try:
                 # An upstream engine needs the messages (or the raw prompt text), not our token ids.
-                handle = self._engine.submit(turn.message_id, prompt_ids, params, messages=messages,
-                                             prompt_text=request.prompt if request.raw else None,
-                                             trace_headers=trace.outgoing_headers())
+                handle = engine.submit(turn.message_id, prompt_ids, params, messages=messages,
+                                       prompt_text=request.prompt if request.raw else None,
+                                       trace_headers=trace.outgoing_headers())
             except EngineError as exc:
                 trace.refused(exc)
                 self._forget_turn(turn)
@@ -165,44 +170,60 @@ class ChatService:
             stream.interrupt(self._refusal.code, self._refusal.message)
         return stream
 
-    def _with_model_defaults(self, request: ChatRequest) -> ChatRequest:
+    def _engine_for(self, name: str | None, stored: list[Message]) -> Engine:
+        """The chat model ``name`` selects; without one, the model that wrote a continued conversation's newest
+        answer when it is still served (a fallback's answer leads back to its chain), else the default."""
+        if self._choose is None:
+            return self._engine
+        if name is not None:
+            return self._choose(name)
+        previous = next((m.model for m in reversed(stored) if m.role == "assistant" and m.model), None)
+        if previous is not None:
+            try:
+                return self._choose(previous)
+            except EngineError:  # no longer served (or not loaded): the default model continues it
+                pass
+        return self._engine
+
+    def _with_model_defaults(self, engine: Engine, request: ChatRequest) -> ChatRequest:
         """Fill a temperature or top_p the caller left out with the model's recommended value (stored as used)."""
         if request.temperature is not None and request.top_p is not None:
             return request
-        defaults = self._engine.sampling_defaults()
+        defaults = engine.sampling_defaults()
         temperature = defaults.temperature if request.temperature is None else request.temperature
         top_p = defaults.top_p if request.top_p is None else request.top_p
         return replace(request, temperature=temperature, top_p=top_p)
 
-    def _stored_history(self, conversation_id: str | None, owner: str) -> list[ChatMessage]:
+    def _stored_history(self, conversation_id: str | None, owner: str) -> list[Message]:
         if conversation_id is None:
             return []
         if self._store.get_conversation(conversation_id, owner) is None:
             raise ConversationNotFound(conversation_id)
-        return prompt_history(self._store.history(conversation_id))
+        return self._store.history(conversation_id)
 
-    def _prompt(self, request: ChatRequest, messages: list[ChatMessage]) -> tuple[list[ChatMessage], int, list[int]]:
+    def _prompt(self, engine: Engine, request: ChatRequest,
+                messages: list[ChatMessage]) -> tuple[list[ChatMessage], int, list[int]]:
         """The messages the model sees, how many old turns were dropped to fit, and the prompt's token ids."""
         if request.raw:
-            return messages, 0, self._engine.encode_text(request.prompt)
+            return messages, 0, engine.encode_text(request.prompt)
         tools = request.structured.tools if request.structured is not None else ()
         if not request.fit_history:
-            return messages, 0, self._engine.encode_chat(messages, tools)
-        context = self._engine.context_length
+            return messages, 0, engine.encode_chat(messages, tools)
+        context = engine.context_length
         reserve = request.max_tokens or min(self._default_max_tokens, context // 2)
         encoded: dict[int, list[int]] = {}
 
         def fits(candidate: list[ChatMessage]) -> bool:
-            encoded[len(candidate)] = self._engine.encode_chat(candidate, tools)
+            encoded[len(candidate)] = engine.encode_chat(candidate, tools)
             return len(encoded[len(candidate)]) + reserve <= context
 
         messages, dropped = fit_to_context(messages, fits)
         if len(messages) not in encoded:  # nothing fitted: the fallback (the newest turn) was never tried
-            encoded[len(messages)] = self._engine.encode_chat(messages, tools)
+            encoded[len(messages)] = engine.encode_chat(messages, tools)
         return messages, dropped, encoded[len(messages)]
 
-    def _max_tokens(self, request: ChatRequest, prompt_ids: list[int]) -> int:
-        context = self._engine.context_length
+    def _max_tokens(self, engine: Engine, request: ChatRequest, prompt_ids: list[int]) -> int:
+        context = engine.context_length
         if request.max_tokens is not None:
             return request.max_tokens  # the engine refuses prompt + max_tokens beyond the context
         max_tokens = min(self._default_max_tokens, context - len(prompt_ids))
@@ -246,7 +267,7 @@ class ChatService:
             created_at=_now(), owner=turn.owner, reply_to=turn.user_message_id,
             finish_reason=finished.finish_reason, usage=finished.usage.as_dict(),
             time_to_first_token=finished.time_to_first_token, total_time=finished.total_time,
-            params=stored_params(request), model=finished.model or self._engine.model_name, error=finished.error,
+            params=stored_params(request), model=finished.model or request.model, error=finished.error,
         )
         try:
             self._store.add_messages(turn.conversation_id, [answer])

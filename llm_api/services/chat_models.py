@@ -44,6 +44,7 @@ class ChatRequest:
     ignore_eos: bool = False
     fit_history: bool = False
     structured: StructuredOutput | None = None  # response_format, tools and tool_choice
+    model: str | None = None  # the chat model asked for; None: a continued conversation's own, else the default
 
     @classmethod
     def from_messages(cls, messages: list[ChatMessage], **fields: Any) -> ChatRequest:
