@@ -18,6 +18,7 @@ import torch
 
 from ..generation.channel import Channel
 from ..generation.errors import ContextLengthError, NotReadyError, QueueFullError
+from ..generation.features import SAMPLING_FEATURES, InvalidParameterError, require_features
 from ..generation.handle import GenerationHandle
 from ..generation.native import NativeSignal, native_lock, start_native_thread
 from ..generation.protocol import EngineKind
@@ -127,6 +128,11 @@ class LocalEngine:
     def sampling_defaults(self) -> SamplingDefaults:
         return self._loaded().sampling_defaults
 
+    @property
+    def features(self) -> frozenset[str]:
+        """Every sampling feature (the batched loop's sampler); before loading, what loading will allow."""
+        return SAMPLING_FEATURES
+
     def submit(self, request_id: str, prompt_ids: list[int], params: SamplingParams, *,
                messages: Sequence[Message] | None = None, prompt_text: str | None = None) -> GenerationHandle:
         """Queue a request; raise at once if it cannot be served. ``messages`` and ``prompt_text`` are for
@@ -134,6 +140,11 @@ class LocalEngine:
         model = self._loaded()
         if len(prompt_ids) + params.max_tokens > model.context_length:
             raise ContextLengthError(len(prompt_ids), params.max_tokens, model.context_length)
+        require_features(self.features, params)
+        outside = next((token for token, _ in params.logit_bias if token >= model.vocab_limit), None)
+        if outside is not None:
+            raise InvalidParameterError("logit_bias", f"logit_bias: token id {outside} is not in the model's "
+                                                      f"vocabulary (ids 0 to {model.vocab_limit - 1}).")
         request = GenerationRequest(request_id, list(prompt_ids), params, model.prompt_format.stop_token_ids)
         with self._lock:
             if self._waiting >= self.options.max_queue:
@@ -238,7 +249,7 @@ class LocalEngine:
         model = self._model
         assert model is not None
         self.stats["requests"] += 1
-        seq = SequenceState(handle, model.decode)
+        seq = SequenceState(handle, model.decode, model.token_bytes)
         if handle.cancelled:
             self.stats["cancelled"] += 1
         return seq

@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from ..generation.handle import GenerationHandle
-from ..generation.types import Finished, TextDelta, Usage
+from ..generation.types import Finished, TextDelta, TokenLogprob, Usage
 from .decode import IncrementalDetokenizer
 from .sampling import Sampler
 from .stops import StopMatcher
@@ -15,10 +15,13 @@ from .stops import StopMatcher
 class SequenceState:
     """Per-request state kept by the engine thread."""
 
-    def __init__(self, handle: GenerationHandle, decode: Callable[[Sequence[int]], str]) -> None:
+    def __init__(self, handle: GenerationHandle, decode: Callable[[Sequence[int]], str],
+                 token_bytes: Callable[[int], bytes] | None = None) -> None:
         self.handle = handle
         self.request = handle.request
-        self.sampler = Sampler(self.request.params)
+        self.sampler = Sampler(self.request.params, self.request.prompt_ids)
+        self._token_bytes = token_bytes or (lambda token_id: decode([token_id]).encode())
+        self._logprobs: list[TokenLogprob] = []  # chosen tokens' log-probabilities not yet sent
         self.generated: list[int] = []
         self.position = len(self.request.prompt_ids)  # position id of the next token fed to the model
         self._detok = IncrementalDetokenizer(decode)
@@ -39,6 +42,7 @@ class SequenceState:
         if token_id in self.request.stop_token_ids and not self.request.params.ignore_eos:
             self.finish("stop")
             return True
+        self._note_logprobs(token_id)
         self._send(self._stops.feed(self._detok.push(token_id)))
         if self._stops.stopped:
             self.finish("stop")
@@ -64,6 +68,9 @@ class SequenceState:
             self._send(self._stops.feed(self._detok.flush()))
             if not self._stops.stopped:
                 self._send(self._stops.flush())
+        if self._logprobs:  # tokens whose text was held back, or cut by a stop sequence
+            self.handle.channel.put(TextDelta("", tuple(self._logprobs)))
+            self._logprobs = []
         now = time.monotonic()
         ttft = None if self._first_token_at is None else self._first_token_at - self.handle.submitted_at
         self.handle.channel.put(Finished(
@@ -76,5 +83,20 @@ class SequenceState:
         ))
 
     def _send(self, text: str) -> None:
+        """Text, with the log-probabilities of the tokens generated since the last text (the text of a token
+        that ends inside a character, or might begin a stop sequence, comes with a later one's)."""
         if text:
-            self.handle.channel.put(TextDelta(text))
+            self.handle.channel.put(TextDelta(text, tuple(self._logprobs)))
+            self._logprobs = []
+
+    def _note_logprobs(self, token_id: int) -> None:
+        chosen = self.sampler.chosen
+        if not self.request.params.logprobs or chosen is None:
+            return
+        top = tuple(self._entry(token, logprob) for token, logprob in chosen.top)
+        entry = self._entry(token_id, chosen.logprob)
+        self._logprobs.append(TokenLogprob(entry.token, entry.logprob, entry.bytes, top))
+
+    def _entry(self, token_id: int, logprob: float) -> TokenLogprob:
+        raw = self._token_bytes(token_id)
+        return TokenLogprob(raw.decode("utf-8", "replace"), logprob, tuple(raw))

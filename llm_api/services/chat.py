@@ -19,7 +19,7 @@ from typing import Any
 from gevent.event import Event
 
 from ..generation.errors import ContextLengthError, EngineError, GenerationError
-from ..generation.protocol import Engine
+from ..generation.protocol import Engine, GenerationStream
 from ..generation.types import Finished, SamplingParams
 from ..logging_setup import current_request_id
 from ..storage import Conversation, ConversationNotFound, ConversationStore, Exchange, Message, StorageError
@@ -90,9 +90,21 @@ class ChatService:
     # ---- generating --------------------------------------------------------------------------------
     def complete(self, request: ChatRequest, owner: str = "", admit: Admit | None = None) -> ChatResult:
         """Generate the whole answer and return it."""
-        stream = self.open_stream(request, owner, admit)
-        for _ in stream:
-            pass
+        return self.complete_all(request, owner, admit)[0]
+
+    def complete_all(self, request: ChatRequest, owner: str = "", admit: Admit | None = None) -> list[ChatResult]:
+        """Generate the request's ``n`` answers (generated together) and return them in order."""
+        streams = self.open_streams(request, owner, admit)
+        try:
+            for stream in streams:
+                for _ in stream:
+                    pass
+            return [self._result(stream) for stream in streams]
+        finally:
+            for stream in streams:
+                stream.close()  # after a failure: the answers not read yet are cancelled and stored
+
+    def _result(self, stream: ChatStream) -> ChatResult:
         assert stream.finished is not None
         if stream.finished.finish_reason == "error":
             raise GenerationError(stream.finished.error or "generation failed")
@@ -111,6 +123,7 @@ class ChatService:
             engine=stream.finished.engine or "",
             degraded=stream.finished.degraded,
             model=stream.finished.model or self._engine.model_name,
+            logprobs=list(stream.logprobs) if stream.request.logprobs else None,
         )
 
     def open_stream(self, request: ChatRequest, owner: str = "", admit: Admit | None = None) -> ChatStream:
@@ -122,36 +135,51 @@ class ChatService:
         ``max_tokens``) before anything is stored; it raises to refuse the request.
         After :meth:`interrupt_all` it raises :class:`ChatUnavailable` before anything is stored.
         """
+        return self.open_streams(replace(request, n=1), owner, admit)[0]
+
+    def open_streams(self, request: ChatRequest, owner: str = "", admit: Admit | None = None) -> list[ChatStream]:
+        """:meth:`open_stream` for the request's ``n`` answers: one prompt, one stored user turn, one admission
+        (for all of them), and ``n`` generations in the running batch, the i-th with seed ``seed + i`` (each
+        its own random seed without one), each stored as its own answer to the user's turn."""
         if self._refusal is not None:
             raise ChatUnavailable(self._refusal.code, self._refusal.message)
         messages = self._stored_history(request.conversation_id, owner) + request.messages
         messages, dropped, prompt_ids = self._prompt(request, messages)
         request = self._with_model_defaults(request)
         assert request.temperature is not None and request.top_p is not None
-        params = SamplingParams(max_tokens=self._max_tokens(request, prompt_ids), temperature=request.temperature,
-                                top_p=request.top_p, seed=request.seed, stop=request.stop,
-                                ignore_eos=request.ignore_eos)
-        reservation = admit(len(prompt_ids) + params.max_tokens) if admit is not None else None
+        params = _sampling_params(request, self._max_tokens(request, prompt_ids))
+        n = request.n
+        admitted = admit(n * (len(prompt_ids) + params.max_tokens)) if admit is not None else None
+        reservation = SharedReservation(admitted, n) if admitted is not None and n > 1 else admitted
         try:
             turn = self._store_user_turn(request, owner, dropped, messages)
+            handles: list[tuple[Turn, GenerationStream]] = []
             try:
-                # An upstream engine needs the messages (or the raw prompt text), not our token ids.
-                handle = self._engine.submit(turn.message_id, prompt_ids, params, messages=messages,
-                                             prompt_text=request.prompt if request.raw else None)
+                for i in range(n):
+                    answer = turn if i == 0 else replace(turn, message_id=uuid.uuid4().hex)
+                    # An upstream engine needs the messages (or the raw prompt text), not our token ids.
+                    handles.append((answer, self._engine.submit(
+                        answer.message_id, prompt_ids, _nth_seed(params, i), messages=messages,
+                        prompt_text=request.prompt if request.raw else None)))
             except EngineError:
+                for _, handle in handles:
+                    handle.cancel()
+                    handle.close()
                 self._forget_turn(turn)
                 raise
         except Exception:
-            if reservation is not None:
-                reservation.cancel()
+            if admitted is not None:
+                admitted.cancel()
             raise
-        stream = ChatStream(self, request, handle, turn, self._heartbeat, self._request_timeout, reservation,
-                            guard=self._output_guard)
-        self._running.add(stream)
+        streams = [ChatStream(self, request, handle, answer, self._heartbeat, self._request_timeout, reservation,
+                              guard=self._output_guard) for answer, handle in handles]
+        for stream in streams:
+            self._running.add(stream)
         self._idle.clear()
         if self._refusal is not None:  # interrupt_all ran while this request was being stored
-            stream.interrupt(self._refusal.code, self._refusal.message)
-        return stream
+            for stream in streams:
+                stream.interrupt(self._refusal.code, self._refusal.message)
+        return streams
 
     def _with_model_defaults(self, request: ChatRequest) -> ChatRequest:
         """Fill a temperature or top_p the caller left out with the model's recommended value (stored as used)."""
@@ -288,6 +316,56 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+_NEUTRAL_EXTRAS = {"top_k": 0, "min_p": 0.0, "presence_penalty": 0.0, "frequency_penalty": 0.0,
+                   "repetition_penalty": 1.0, "logit_bias": (), "logprobs": False, "top_logprobs": 0, "n": 1}
+
+
 def _params(request: ChatRequest) -> dict[str, Any]:
-    return {"max_tokens": request.max_tokens, "temperature": request.temperature, "top_p": request.top_p,
-            "seed": request.seed, "stop": list(request.stop)}
+    """The parameters stored with an answer: the usual ones, and each optional one that was used."""
+    params: dict[str, Any] = {"max_tokens": request.max_tokens, "temperature": request.temperature,
+                              "top_p": request.top_p, "seed": request.seed, "stop": list(request.stop)}
+    for name, neutral in _NEUTRAL_EXTRAS.items():
+        value = getattr(request, name)
+        if value != neutral:
+            params[name] = {str(k): v for k, v in value} if name == "logit_bias" else value
+    return params
+
+
+_SEED_SPAN = 1 << 64
+_SEED_MIN = -(1 << 63)
+
+
+def _sampling_params(request: ChatRequest, max_tokens: int) -> SamplingParams:
+    assert request.temperature is not None and request.top_p is not None
+    return SamplingParams(
+        max_tokens=max_tokens, temperature=request.temperature, top_p=request.top_p, seed=request.seed,
+        stop=request.stop, ignore_eos=request.ignore_eos, top_k=request.top_k, min_p=request.min_p,
+        presence_penalty=request.presence_penalty, frequency_penalty=request.frequency_penalty,
+        repetition_penalty=request.repetition_penalty, logit_bias=request.logit_bias, logprobs=request.logprobs,
+        top_logprobs=request.top_logprobs)
+
+
+def _nth_seed(params: SamplingParams, i: int) -> SamplingParams:
+    """The i-th answer's parameters: seed + i (wrapping within the 64-bit range), or its own random seed."""
+    if i == 0 or params.seed is None:
+        return params
+    return replace(params, seed=(params.seed + i - _SEED_MIN) % _SEED_SPAN + _SEED_MIN)
+
+
+class SharedReservation:
+    """One admission for the ``n`` answers of a request: each answer releases its share, and the tokens all
+    of them used go back once the last one has."""
+
+    def __init__(self, reservation: Reservation, shares: int) -> None:
+        self._reservation = reservation
+        self._left = shares
+        self._used = 0
+
+    def release(self, used_tokens: int) -> None:
+        self._used += used_tokens
+        self._left -= 1
+        if self._left == 0:
+            self._reservation.release(self._used)
+
+    def cancel(self) -> None:
+        self._reservation.cancel()

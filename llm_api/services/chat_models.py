@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from ..generation.types import TokenLogprob
 from .history import ChatMessage
 
 
@@ -42,6 +43,16 @@ class ChatRequest:
     raw: bool = False
     ignore_eos: bool = False
     fit_history: bool = False
+    # Optional sampling features (docs/api.md); the neutral values change nothing.
+    top_k: int = 0
+    min_p: float = 0.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    logprobs: bool = False
+    top_logprobs: int = 0
+    n: int = 1  # answers to generate, each with its own seed (seed + i) and stored message
 
     @classmethod
     def from_messages(cls, messages: list[ChatMessage], **fields: Any) -> ChatRequest:
@@ -85,6 +96,7 @@ class ChatResult:
     engine: str = ""  # the named engine that answered
     degraded: bool = False  # a fallback engine, or the static degraded answer
     model: str = ""  # that engine's model name
+    logprobs: list[TokenLogprob] | None = None  # when the request asked for them
 
 
 class ChatUnavailable(Exception):

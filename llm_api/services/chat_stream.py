@@ -12,7 +12,7 @@ from typing import Protocol
 import gevent
 
 from ..generation.protocol import GenerationStream
-from ..generation.types import Finished, TextDelta, Usage
+from ..generation.types import Finished, TextDelta, TokenLogprob, Usage
 from .chat_models import ChatRequest, Reservation, Turn
 from .output_guard import GuardStop, OutputCheck, OutputGuard
 
@@ -68,6 +68,7 @@ class ChatStream:
         self._heartbeat = heartbeat_seconds
         self.text = ""  # what was released to the caller (the guard may hold back or cut the engine's text)
         self.deltas = 0  # deltas received from the engine
+        self.logprobs: list[TokenLogprob] = []  # every token's log-probabilities, when the request asked for them
         self._guard = guard
         self._check = guard.check(repetition=not request.ignore_eos) if guard is not None else OutputCheck()
         self._stop_reported = False
@@ -135,7 +136,9 @@ class ChatStream:
         """Record an engine event; return what the caller gets of it (the guard may hold text back)."""
         if isinstance(event, TextDelta):
             self.deltas += 1
-            return self._release(self._check.feed(event.text))
+            logprobs = () if self._check.stop is not None else event.logprobs  # nothing after a guard stop
+            self.logprobs.extend(logprobs)
+            return self._release(self._check.feed(event.text), logprobs=logprobs)
         stopped_early = self._check.stop is not None
         items = [] if stopped_early else self._release(self._check.finish(), generating=False)
         stop = self._check.stop
@@ -156,8 +159,10 @@ class ChatStream:
             self._service.stream_finished(self)
         return items
 
-    def _release(self, text: str, generating: bool = True) -> list[TextDelta | Finished]:
-        """Send ``text`` on. The first time the guard has stopped the answer, log it, and cancel the
+    def _release(self, text: str, generating: bool = True,
+                 logprobs: tuple[TokenLogprob, ...] = ()) -> list[TextDelta | Finished]:
+        """Send ``text`` on (with the log-probabilities of the tokens that came with it, even when the guard
+        holds their text back). The first time the guard has stopped the answer, log it, and cancel the
         generation if it is still running."""
         self.text += text
         stop = self._check.stop
@@ -167,7 +172,7 @@ class ChatStream:
                 self._handle.cancel(stop.reason)
             if self._guard is not None:
                 self._guard.report(stop, self.message_id, self.turn.request_id)
-        return [TextDelta(text)] if text else []
+        return [TextDelta(text, logprobs)] if text or logprobs else []
 
     def _cancel_and_drain(self) -> None:
         self._handle.cancel()
