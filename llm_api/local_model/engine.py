@@ -69,6 +69,7 @@ class LocalEngine:
         self._model: LoadedModel | None = None
         self._prefills: list[Prefill] = []  # engine thread only: prompts being run into their caches
         self._prefixes = PrefixCache(self.options.prefix_cache_tokens)  # engine thread only
+        self.shared_prefills = 0  # requests that joined with another's identical prompt, without a prefill
         self.load_error: str | None = None
         self.ready = False
         self.batched = False
@@ -274,7 +275,8 @@ class LocalEngine:
             logits = batch.prefill_chunk(prefill, chunk)
             if logits is not None:
                 self._prefills.pop(0)
-                self._advance(batch, [prefill.seq], logits[None, :])
+                joined = [prefill.seq, *self._join_twins(batch, prefill)]
+                self._advance(batch, joined, logits[None, :].repeat(len(joined), 1))
         cancelled_rows = [seq for seq in batch.rows if seq.check_cancelled()]
         self.stats["cancelled"] += len(cancelled) + len(cancelled_rows)
         batch.retire(cancelled_rows)
@@ -282,6 +284,17 @@ class LocalEngine:
             self._advance(batch, list(batch.rows), batch.decode())
             self.stats["steps"] += 1
         self.stats["running"] = len(batch)
+
+    def _join_twins(self, batch: RunningBatch, prefill: Prefill) -> list[SequenceState]:
+        """Waiting requests with the very prompt ``prefill`` has just run (the ``n`` answers of one request)
+        join the batch with its keys and values and its next-token logits: the prompt runs once."""
+        prompt = prefill.seq.request.prompt_ids
+        twins = [p for p in self._prefills if not p.started and p.seq.request.prompt_ids == prompt]
+        for twin in twins:
+            self._prefills.remove(twin)
+            batch.join_twin(twin, prefill)
+        self.shared_prefills += len(twins)
+        return [twin.seq for twin in twins]
 
     def _advance(self, batch: RunningBatch, rows: list[SequenceState], logits: torch.Tensor) -> None:
         """Sample one token per row, emit it, and retire the rows that finished."""

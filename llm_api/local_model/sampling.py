@@ -107,8 +107,11 @@ def choose_tokens(logits: torch.Tensor, samplers: list[Sampler]) -> list[int | E
     if adjusted:
         work = logits.float()  # a copy when the logits were half precision
         logits = work.clone() if work is logits else work
-        logits[_index(adjusted, device)] = adjust_logits(_select(logits, adjusted),
-                                                         [samplers[row] for row in adjusted])
+        chosen = [samplers[row] for row in adjusted]
+        if len(adjusted) == len(samplers):
+            logits = adjust_logits(logits, chosen)
+        else:
+            logits[_index(adjusted, device)] = adjust_logits(logits[_index(adjusted, device)], chosen)
     tokens: list[int | Exception] = list(torch.argmax(logits, dim=-1).tolist())
     sampled = [row for row, sampler in enumerate(samplers) if not sampler.params.greedy]
     if sampled:
