@@ -18,7 +18,7 @@ from blueprints import route
 from blueprints.page import DOCS_ASSETS
 from llm_api.http_body import MAX_JSON_DEPTH
 from schemas import chat, conversations, openai, responses
-from schemas.fields import StopField
+from schemas.fields import LOGIT_BIAS_LIMIT, MAX_LOGIT_BIAS_ENTRIES, LogitBiasField, StopField
 
 bp = Blueprint("openapi", __name__)
 
@@ -29,6 +29,11 @@ CONTENT = {"oneOf": [{"type": "string"},
                                                  "required": ["type", "text"],
                                                  "properties": {"type": {"const": "text"},
                                                                 "text": {"type": "string"}}}}]}
+
+LOGIT_BIAS = {"type": ["object", "null"], "maxProperties": MAX_LOGIT_BIAS_ENTRIES,
+              "propertyNames": {"pattern": "^[0-9]{1,9}$"},
+              "additionalProperties": {"type": "number", "minimum": -LOGIT_BIAS_LIMIT, "maximum": LOGIT_BIAS_LIMIT},
+              "description": "Token id (a decimal string) → bias added to its logit."}
 
 ERROR_TEXT = {
     400: "The body is not JSON, is nested too deeply, holds text that is not Unicode, or the prompt and "
@@ -53,6 +58,8 @@ def _custom_fields(converter: Any, field: fields.Field, **kwargs: Any) -> dict[s
         return STOP
     if isinstance(field, openai.ContentField):
         return CONTENT
+    if isinstance(field, LogitBiasField):
+        return LOGIT_BIAS
     return {}
 
 

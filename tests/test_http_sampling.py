@@ -182,3 +182,44 @@ def test_logprob_values_are_finite_json_numbers(client):
     body = post_json(client, "/v1/chat/completions", {**CHAT, "logprobs": True, "top_logprobs": 20}).get_json()
     values = [e["logprob"] for e in body["choices"][0]["logprobs"]["content"]]
     assert values and all(math.isfinite(v) for v in values)
+
+
+# ---- the engine chain: a request goes only to an engine that honours what it uses ----------------------------
+def routed_client(settings, *features: frozenset[str], degraded_answer: str = ""):
+    from llm_api import create_app
+    from llm_api.routing import EngineRouter
+    from tests.fakes import FakeEngine
+
+    engines = []
+    for i, honoured in enumerate(features):
+        engine = FakeEngine(reply=f"Answer from engine {i}.")
+        engine.features = honoured
+        engines.append(engine)
+    router = EngineRouter([(f"e{i}", e) for i, e in enumerate(engines)], degraded_answer=degraded_answer)
+    return create_app(settings, engine=router).test_client(), engines
+
+
+def test_the_router_skips_an_engine_that_does_not_honour_a_field(settings):
+    client, (plain, full) = routed_client(settings, frozenset(), SAMPLING_FEATURES)
+    response = post_json(client, "/v1/chat/completions", {**CHAT, "logprobs": True})
+    assert response.status_code == 200 and response.headers["X-LLM-API-Engine"] == "e1"
+    assert response.get_json()["choices"][0]["logprobs"]["content"]
+    assert plain.submitted == []  # not tried, and no breaker failure counted against it
+    response = post_json(client, "/v1/chat/completions", CHAT)
+    assert response.headers["X-LLM-API-Engine"] == "e0"  # a plain request still goes to the primary
+
+
+def test_a_field_no_engine_of_the_chain_honours_is_a_400_even_with_a_static_answer(settings):
+    client, engines = routed_client(settings, frozenset(), frozenset({"logprobs"}), degraded_answer="Busy.")
+    error = openai_error(post_json(client, "/v1/chat/completions", {**CHAT, "min_p": 0.1}), 400, "min_p",
+                         "unsupported_parameter")
+    assert "min_p" in error["message"]
+    assert all(engine.submitted == [] for engine in engines)
+
+
+def test_the_static_answer_never_stands_in_for_a_field_it_cannot_honour(settings):
+    client, (down,) = routed_client(settings, SAMPLING_FEATURES, degraded_answer="Busy.")
+    down.queue_full = True
+    response = post_json(client, "/v1/chat/completions", {**CHAT, "logprobs": True})
+    assert response.status_code == 503  # rather than an answer without its log-probabilities
+    assert post_json(client, "/v1/chat/completions", CHAT).get_json()["choices"][0]["message"]["content"] == "Busy."

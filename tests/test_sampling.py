@@ -140,3 +140,31 @@ def test_requested_features_name_each_non_neutral_field():
     knobs = params(logprobs=True, top_logprobs=2, logit_bias=((1, 1.0),), presence_penalty=0.1,
                    frequency_penalty=0.1, repetition_penalty=1.1, top_k=3, min_p=0.1)
     assert set(requested_features(knobs)) == SAMPLING_FEATURES
+
+
+# ---- an upstream engine: the fields forwarded, and log-probabilities read back -------------------------------
+def test_an_upstream_receives_each_used_field_unchanged_in_its_endpoints_shape():
+    from llm_api.routing.upstream import sampling_fields
+
+    assert sampling_fields(params(), chat=True) == {}
+    knobs = params(top_k=5, min_p=0.1, presence_penalty=0.5, frequency_penalty=-1.0, repetition_penalty=1.1,
+                   logit_bias=((3, -100.0), (12, 2.5)), logprobs=True, top_logprobs=4)
+    assert sampling_fields(knobs, chat=True) == {
+        "top_k": 5, "min_p": 0.1, "presence_penalty": 0.5, "frequency_penalty": -1.0, "repetition_penalty": 1.1,
+        "logit_bias": {"3": -100.0, "12": 2.5}, "logprobs": True, "top_logprobs": 4}
+    assert sampling_fields(knobs, chat=False)["logprobs"] == 4  # /completions: the number of alternatives
+
+
+def test_an_upstreams_logprobs_read_back_as_the_entries_we_send():
+    from llm_api.generation.types import TokenLogprob
+    from llm_api.openai_format import chat_logprobs, text_logprobs
+    from llm_api.routing.upstream import read_logprobs
+
+    entries = (TokenLogprob("Hé", -0.5, tuple("Hé".encode()), (TokenLogprob("Hé", -0.5, tuple("Hé".encode())),
+                                                                 TokenLogprob("Hi", -1.5, (72, 105)))),
+               TokenLogprob("\ufffd", -0.25, (0xE4,), ()))
+    assert read_logprobs(chat_logprobs(entries), chat=True) == entries
+    plain = read_logprobs(text_logprobs(entries[:1]), chat=False)  # the legacy shape has no bytes
+    assert [(e.token, e.logprob, [t.token for t in e.top]) for e in plain] == [("Hé", -0.5, ["Hé", "Hi"])]
+    assert read_logprobs({"content": [{"token": 1}]}, chat=True) == ()  # malformed: none
+    assert read_logprobs(None, chat=True) == ()

@@ -388,7 +388,7 @@ def read_logprobs(value: Any, chat: bool) -> tuple[TokenLogprob, ...]:
         return tuple(TokenLogprob(str(token), float(logprob), tuple(str(token).encode()),
                                   tuple(_plain(t, lp) for t, lp in (top or {}).items()))
                      for token, logprob, top in zip(tokens, logprobs, tops, strict=False))
-    except (TypeError, ValueError, AttributeError):
+    except (TypeError, ValueError, AttributeError, KeyError):
         return ()
 
 
