@@ -15,7 +15,7 @@ from flask import Blueprint, current_app, jsonify
 from marshmallow import fields
 
 from blueprints import route
-from blueprints.page import DOCS_ASSETS
+from blueprints.page import DOCS_ASSETS, PAGE_ASSETS
 from llm_api.http_body import MAX_JSON_DEPTH
 from schemas import chat, conversations, openai, responses
 from schemas.fields import LOGIT_BIAS_LIMIT, MAX_LOGIT_BIAS_ENTRIES, LogitBiasField, StopField
@@ -50,6 +50,7 @@ ERROR_TEXT = {
 }
 GENERATION_ERRORS = (400, 401, 403, 405, 413, 422, 429, 500, 503)
 READ_ERRORS = (401, 403, 405, 422, 500, 503)
+RENAME_ERRORS = (400, 401, 403, 405, 413, 422, 500, 503)
 
 
 def _custom_fields(converter: Any, field: fields.Field, **kwargs: Any) -> dict[str, Any]:
@@ -190,6 +191,13 @@ def build_spec(version: str = "1.0.0") -> dict[str, Any]:
                     "responses": {200: _json(responses.ConversationWithMessagesSchema),
                                   404: _json(error, "No such conversation for this key."),
                                   **_errors(READ_ERRORS, error)}},
+            "patch": {"tags": ["conversations"], "summary": "Rename a conversation",
+                      "security": _security("chat"), "parameters": [conversation_id],
+                      "requestBody": {"required": True, "content": {"application/json": {
+                          "schema": conversations.ConversationRenameSchema}}},
+                      "responses": {200: _json(responses.ConversationSchema, "The conversation, renamed."),
+                                    404: _json(error, "No such conversation for this key."),
+                                    **_errors(RENAME_ERRORS, error)}},
             "delete": {"tags": ["conversations"], "summary": "Delete a conversation and its messages",
                        "security": _security("chat"), "parameters": [conversation_id],
                        "responses": {204: {"description": "Deleted."},
@@ -238,6 +246,13 @@ def build_spec(version: str = "1.0.0") -> dict[str, Any]:
         "tags": ["pages"], "summary": "The chat page", "security": open_route,
         "responses": {200: {"description": "HTML.", "content": {"text/html": {"schema": {"type": "string"}}}},
                       **_errors((405, 500, 503), error)}}})
+    spec.path("/assets/{asset}", operations={"get": {
+        "tags": ["pages"], "summary": "A file of the chat page (its script, its style, marked, DOMPurify)",
+        "security": open_route, "parameters": [{"in": "path", "name": "asset", "required": True, "schema": {
+            "type": "string", "enum": list(PAGE_ASSETS)}}],
+        "responses": {200: {"description": "The file.", "content": {"text/javascript": {"schema": {"type": "string"}},
+                                                                   "text/css": {"schema": {"type": "string"}}}},
+                      404: _json(error, "No such file."), **_errors((405, 500, 503), error)}}})
     spec.path("/docs", operations={"get": {
         "tags": ["pages"], "summary": "Interactive docs of this description (Swagger UI, served by the app)",
         "security": open_route,

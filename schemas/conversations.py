@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from marshmallow import RAISE, Schema, fields, validate
+from typing import Any
+
+from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validate
 
 from .chat import UsageSchema
 from .fields import INT64_MAX
@@ -23,6 +25,33 @@ class ConversationListQuerySchema(_CursorQuerySchema):
 
 class ConversationMessagesQuerySchema(_CursorQuerySchema):
     limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=500))
+
+
+# The title column's width; titles made from a first prompt are cut to 80 characters.
+MAX_TITLE_LENGTH = 200
+
+
+def _title(value: str) -> None:
+    collapsed = " ".join(value.split())
+    if not collapsed:
+        raise ValidationError("Must not be empty.")
+    if len(collapsed) > MAX_TITLE_LENGTH:
+        raise ValidationError(f"Longer than {MAX_TITLE_LENGTH} characters.")
+
+
+class ConversationRenameSchema(Schema):
+    """``PATCH /conversations/<id>``: the new title (whitespace collapsed, as a title made from a prompt)."""
+
+    class Meta:
+        unknown = RAISE
+
+    title = fields.String(required=True, validate=_title, metadata={
+        "description": f"1 to {MAX_TITLE_LENGTH} characters once runs of whitespace are collapsed to one space"})
+
+    @post_load
+    def _collapse(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        data["title"] = " ".join(data["title"].split())
+        return data
 
 
 class ConversationSchema(Schema):

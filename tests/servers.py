@@ -29,9 +29,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def gunicorn_command(port: int) -> list[str]:
-    """gunicorn with the project's gunicorn.conf.py on 127.0.0.1:``port``, run with ``cwd=ROOT``."""
-    return [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "-b", f"127.0.0.1:{port}", "wsgi:app"]
+def gunicorn_command(port: int, app: str = "wsgi:app") -> list[str]:
+    """gunicorn with the project's gunicorn.conf.py on 127.0.0.1:``port``, run with ``cwd=ROOT``. ``app``: the
+    WSGI entry (``tests.scripted_wsgi:app`` serves a scripted engine instead of the model)."""
+    return [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "-b", f"127.0.0.1:{port}", app]
 
 
 class LiveServer:
@@ -45,7 +46,7 @@ class LiveServer:
 
 
 def start_server(tmp_dir: Path, env_overrides: dict[str, str] | None = None,
-                 timeout: float = 300, port: int | None = None) -> LiveServer:
+                 timeout: float = 300, port: int | None = None, app: str = "wsgi:app") -> LiveServer:
     """``gunicorn -k gevent`` (from gunicorn.conf.py) on ``port`` (default: a free one), waited on until
     /readyz says ready. Its database and log live in ``tmp_dir``."""
     port = port or free_port()
@@ -54,7 +55,8 @@ def start_server(tmp_dir: Path, env_overrides: dict[str, str] | None = None,
     env.update(env_overrides or {})
     log_path = tmp_dir / f"gunicorn-{port}.log"
     log_file = open(log_path, "w")
-    process = subprocess.Popen(gunicorn_command(port), cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(gunicorn_command(port, app), cwd=ROOT, env=env, stdout=log_file,
+                               stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until_ready(url, process, log_path, timeout)

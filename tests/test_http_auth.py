@@ -116,6 +116,8 @@ def test_conversations_and_messages_are_scoped_to_their_key(app, client, key):
                  "conversation_not_found")
     assert_error(client.delete(f"/conversations/{theirs['conversation_id']}", headers=bearer(key)), 404,
                  "conversation_not_found")
+    assert_error(client.patch(f"/conversations/{theirs['conversation_id']}", json={"title": "mine now"},
+                              headers=bearer(key)), 404, "conversation_not_found")
     continued = post(client, {"prompt": "more", "conversation_id": theirs["conversation_id"]}, headers=bearer(key))
     assert_error(continued, 404, "conversation_not_found")
     exchanges = client.get("/chat/get/messages", headers=bearer(key)).get_json()["messages"]

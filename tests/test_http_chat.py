@@ -349,13 +349,6 @@ def test_get_stream_bad_query_is_422(client, query, field):
     assert field in error["details"]["fields"]
 
 
-def test_chat_page_is_served(client):
-    response = client.get("/")
-    assert response.status_code == 200 and response.mimetype == "text/html"
-    page = response.get_data(as_text=True)
-    assert 'new EventSource("chat/stream?' in page and 'id="stop"' in page
-
-
 def test_cors_headers_follow_the_setting(fake_engine, tmp_path):
     from llm_api import create_app
     from llm_api.config import Settings

@@ -168,6 +168,39 @@ def test_deleting_a_conversation(client):
     assert client.get("/chat/get/messages").get_json()["messages"] == []
 
 
+def test_renaming_a_conversation(client):
+    body = post(client, {"prompt": "an old title"}).get_json()
+    conversation_id = body["conversation_id"]
+    before = conversation(client, conversation_id)
+    response = client.patch(f"/conversations/{conversation_id}", json={"title": "  Trip\tto   Paris \n"})
+    assert response.status_code == 200, response.get_data(as_text=True)
+    renamed = response.get_json()
+    assert renamed["title"] == "Trip to Paris"  # whitespace collapsed, as for a title made from a prompt
+    assert {k: renamed[k] for k in ("id", "created_at", "updated_at")} == \
+        {k: before[k] for k in ("id", "created_at", "updated_at")}  # updated_at is the newest message's time
+    assert conversation(client, conversation_id)["title"] == "Trip to Paris"
+    assert client.get("/conversations").get_json()["conversations"][0]["title"] == "Trip to Paris"
+    assert client.patch(f"/chat/conversations/{conversation_id}/", json={"title": "x" * 200}).status_code == 200
+
+
+@pytest.mark.parametrize("body, field", [
+    ({}, "title"), ({"title": " \n "}, "title"), ({"title": "x" * 201}, "title"), ({"title": 3}, "title"),
+    ({"title": "ok", "pinned": True}, "pinned"), ([], "_schema"),
+])
+def test_a_bad_title_is_422_naming_the_field(client, body, field):
+    conversation_id = post(client, {"prompt": "keep me"}).get_json()["conversation_id"]
+    error = assert_error(client.patch(f"/conversations/{conversation_id}", json=body), 422, "validation_error")
+    assert field in error["details"]["fields"]
+    assert conversation(client, conversation_id)["title"] == "keep me"
+
+
+def test_renaming_an_unknown_conversation_is_404(client):
+    error = assert_error(client.patch(f"/conversations/{'a' * 32}", json={"title": "x"}), 404,
+                         "conversation_not_found")
+    assert error["details"] == {"conversation_id": "a" * 32}
+    assert_error(client.patch(f"/conversations/{'a' * 32}", data=b"{"), 400, "invalid_json")
+
+
 def test_the_lesson_prefix_reaches_the_same_conversations(client):
     body = post(client, {"prompt": "hi"}).get_json()
     listed = client.get("/chat/conversations/").get_json()["conversations"]

@@ -114,6 +114,19 @@ def test_deleting_a_conversation_deletes_its_messages(store):
     assert len(store.history(keep.id)) == 2
 
 
+def test_renaming_a_conversation_keeps_its_times_and_its_owner(store):
+    mine, theirs = conversation(1, owner="key-a"), conversation(2, owner="key-b")
+    for conv in (mine, theirs):
+        store.create_conversation(conv, [])
+    renamed = store.rename_conversation(mine.id, "a new title", "key-a")
+    assert renamed == Conversation(mine.id, "a new title", mine.created_at, mine.updated_at, "key-a")
+    assert store.get_conversation(mine.id, "key-a") == renamed
+    assert store.rename_conversation(theirs.id, "not yours", "key-a") is None
+    assert store.get_conversation(theirs.id, "key-b").title == "title 2"
+    assert store.rename_conversation("0" * 32, "nobody", None) is None
+    assert store.rename_conversation(theirs.id, "by an admin", None).title == "by an admin"
+
+
 def test_exchanges_pair_each_answer_with_its_prompt_newest_last(store):
     conv = conversation(1)
     store.create_conversation(conv, [])

@@ -4,6 +4,10 @@ Rows are left-padded to a common length; padded columns are zero and masked
 out, and every row passes its own position ids, so a sequence's numbers do not
 depend on its neighbours. New sequences are prefilled alone (no padding) and
 then merged in; finished rows are dropped and all-padding columns trimmed.
+
+Keys, values and the attention mask live in buffers with spare room along the sequence axis
+(:class:`SlotLayer`, :class:`_MaskBuffer`): a decode step writes its column in place instead of
+concatenating every layer's cache into new tensors, and attention sees views of the used length.
 """
 
 from __future__ import annotations
@@ -35,6 +39,114 @@ def supports_batched_cache(model: Any) -> bool:
     return all(type(layer) is DynamicLayer for layer in cache.layers)
 
 
+SPARE_MIN = 64  # columns of room a buffer gets beyond what it needs when it is (re)allocated
+
+
+def _capacity(needed: int) -> int:
+    """Room for ``needed`` columns and then some: growth by half again keeps reallocation amortized O(1)
+    with less idle memory than doubling (16 rows of a long conversation are hundreds of MB of KV)."""
+    return needed + max(SPARE_MIN, needed // 2)
+
+
+class SlotLayer(DynamicLayer):  # type: ignore[no-untyped-call]  # transformers: an untyped __init_subclass__
+    """A ``DynamicLayer`` whose keys and values are views of the first ``length`` columns of buffers with
+    spare room: :meth:`update` copies new columns in place and reallocates only when the room runs out.
+
+    A tensor assigned to ``keys``/``values`` is adopted as a buffer with no spare room, so the next update
+    copies it into a new buffer: tensors seeded from the prefix cache are never written to.
+    """
+
+    def __init__(self) -> None:
+        self._key_buffer: torch.Tensor | None = None
+        self._value_buffer: torch.Tensor | None = None
+        self._length = 0
+        super().__init__()  # type: ignore[no-untyped-call]
+
+    @property
+    def keys(self) -> torch.Tensor | None:
+        return None if self._key_buffer is None else self._key_buffer.narrow(-2, 0, self._length)
+
+    @keys.setter
+    def keys(self, tensor: torch.Tensor | None) -> None:
+        self._key_buffer = tensor
+        self._length = 0 if tensor is None or tensor.dim() < 2 else tensor.shape[-2]
+
+    @property
+    def values(self) -> torch.Tensor | None:
+        return None if self._value_buffer is None else self._value_buffer.narrow(-2, 0, self._length)
+
+    @values.setter
+    def values(self, tensor: torch.Tensor | None) -> None:
+        self._value_buffer = tensor
+        self._length = 0 if tensor is None or tensor.dim() < 2 else tensor.shape[-2]
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        self.device = key_states.device
+        self.is_initialized = True
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any,
+               **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        new = key_states.shape[-2]
+        used, needed = self._length, self._length + new
+        keys, values = self._key_buffer, self._value_buffer
+        if keys is None or values is None or keys.dim() < 2 or keys.shape[-2] < needed:
+            keys, values = _grown(keys, key_states, used, needed), _grown(values, value_states, used, needed)
+        keys.narrow(-2, used, new).copy_(key_states)
+        values.narrow(-2, used, new).copy_(value_states)
+        self._key_buffer, self._value_buffer, self._length = keys, values, needed
+        return keys.narrow(-2, 0, needed), values.narrow(-2, 0, needed)
+
+    def assemble(self, parts: list[tuple[torch.Tensor, torch.Tensor]], width: int) -> None:
+        """Rows from ``parts`` (keys, values) stacked, each left-padded with zeros to ``width`` columns, into
+        new buffers with spare room."""
+        keys0, values0 = parts[0]
+        rows = sum(k.shape[0] for k, _ in parts)
+        shape = (rows, keys0.shape[1], _capacity(width), keys0.shape[3])
+        keys = keys0.new_zeros(shape)
+        values = values0.new_zeros((rows, values0.shape[1], shape[2], values0.shape[3]))
+        row = 0
+        for part_keys, part_values in parts:
+            count, length = part_keys.shape[0], part_keys.shape[2]
+            keys[row:row + count].narrow(-2, width - length, length).copy_(part_keys)
+            values[row:row + count].narrow(-2, width - length, length).copy_(part_values)
+            row += count
+        self._key_buffer, self._value_buffer, self._length = keys, values, width
+
+
+def _grown(buffer: torch.Tensor | None, like: torch.Tensor, used: int, needed: int) -> torch.Tensor:
+    shape = list(like.shape)
+    shape[-2] = _capacity(needed)
+    grown = like.new_empty(shape)
+    if buffer is not None and used:
+        grown.narrow(-2, 0, used).copy_(buffer.narrow(-2, 0, used))
+    return grown
+
+
+class _MaskBuffer:
+    """The attention mask [rows, columns] (1 = real token) in a buffer with spare columns."""
+
+    def __init__(self, mask: torch.Tensor) -> None:
+        self._buffer = mask.new_zeros((mask.shape[0], _capacity(mask.shape[1])))
+        self._buffer[:, :mask.shape[1]].copy_(mask)
+        self._length = mask.shape[1]
+
+    @property
+    def view(self) -> torch.Tensor:
+        return self._buffer[:, :self._length]
+
+    def append_column(self) -> torch.Tensor:
+        """A column of ones for a decode step; the mask including it."""
+        if self._length == self._buffer.shape[1]:
+            grown = self._buffer.new_zeros((self._buffer.shape[0], _capacity(self._length + 1)))
+            grown[:, :self._length].copy_(self._buffer)
+            self._buffer = grown
+        self._buffer[:, self._length].fill_(1)
+        self._length += 1
+        return self.view
+
+
 class Prefill:
     """A new sequence whose prompt is being run, possibly in chunks, into its own cache."""
 
@@ -57,7 +169,7 @@ class Prefill:
 
 class RunningBatch:
     def __init__(self, model: Any, device: torch.device, vocab_limit: int, pad_head_rows: bool = False,
-                 prefixes: PrefixCache | None = None) -> None:
+                 prefixes: PrefixCache | None = None, preallocated: bool = True) -> None:
         self._model = model
         self._device = device
         self._vocab_limit = vocab_limit
@@ -68,6 +180,8 @@ class RunningBatch:
         self.rows: list[SequenceState] = []
         self._cache: DynamicCache | None = None
         self._mask: torch.Tensor | None = None  # [rows, columns] 1 = real token
+        self._preallocated = preallocated  # False: HF's DynamicLayer and a mask concatenated every step
+        self._mask_buffer: _MaskBuffer | None = None
         self.prefixes = prefixes if prefixes is not None else PrefixCache(0)
 
     def __len__(self) -> int:
@@ -75,7 +189,7 @@ class RunningBatch:
 
     def start_prefill(self, seq: SequenceState) -> Prefill:
         """A cache for a new sequence, seeded with the longest cached prefix of its prompt."""
-        cache = DynamicCache(config=self._model.config)
+        cache = self._new_cache()
         found = self.prefixes.lookup(seq.request.prompt_ids) if self.prefixes.enabled else None
         if found is None:
             return Prefill(seq, cache)
@@ -89,12 +203,18 @@ class RunningBatch:
         """``twin`` has the same prompt as ``source``, which has just run it: it joins the batch with
         ``source``'s keys and values instead of running the prompt again (a request's ``n`` answers)."""
         assert source.prompt_kv is not None and twin.seq.request.prompt_ids == source.seq.request.prompt_ids
-        cache = DynamicCache(config=self._model.config)
+        cache = self._new_cache()
         for layer, (keys, values) in zip(_layers(cache), source.prompt_kv, strict=True):
             layer.lazy_initialization(keys, values)
             layer.keys, layer.values = keys, values
         twin.cache, twin.done = cache, len(twin.seq.request.prompt_ids)
         self._join(twin.seq, cache, twin.done)
+
+    def _new_cache(self) -> DynamicCache:
+        cache = DynamicCache(config=self._model.config)
+        if self._preallocated:
+            cache.layers = [SlotLayer() for _ in cache.layers]
+        return cache
 
     def abandon_prefill(self, prefill: Prefill) -> None:
         """A prefill that ends before joining (cancelled): keep what it computed for the next try."""
@@ -119,7 +239,7 @@ class RunningBatch:
         prefill.done = end
         if prefill.remaining:
             return None
-        prefill.prompt_kv = [_kv(layer) for layer in _layers(prefill.cache)]  # never changed in place
+        prefill.prompt_kv = [_kv(layer) for layer in _layers(prefill.cache)]  # columns never written again
         self._join(prefill.seq, prefill.cache, len(prompt))
         return self._limit(out.logits[:, -1, :])[0]
 
@@ -129,7 +249,10 @@ class RunningBatch:
         assert self._mask is not None and self._cache is not None
         ids = torch.tensor([[row.last_token] for row in self.rows], device=self._device)
         positions = torch.tensor([[row.position] for row in self.rows], device=self._device)
-        self._mask = torch.cat([self._mask, self._mask.new_ones((len(self.rows), 1))], dim=1)
+        if self._mask_buffer is not None:
+            self._mask = self._mask_buffer.append_column()
+        else:
+            self._mask = torch.cat([self._mask, self._mask.new_ones((len(self.rows), 1))], dim=1)
         inputs = {"input_ids": ids, "attention_mask": self._mask, "position_ids": positions, "use_cache": True,
                   self._cache_arg: self._cache}
         if self._split_head is not None and len(self.rows) in _SLOW_HEAD_ROWS:
@@ -162,17 +285,21 @@ class RunningBatch:
         keep = [i for i, row in enumerate(self.rows) if row not in finished]
         self.rows = [self.rows[i] for i in keep]
         if not keep:
-            self._cache, self._mask = None, None
+            self._cache, self._mask, self._mask_buffer = None, None, None
             return
         assert self._mask is not None and self._cache is not None
         index = torch.tensor(keep, device=self._device)
         mask = self._mask.index_select(0, index)
         first_real = int(mask.any(dim=0).int().argmax())
-        self._mask = mask[:, first_real:]
+        self._set_mask(mask[:, first_real:])
         for layer in _layers(self._cache):
             keys, values = _kv(layer)
-            layer.keys = keys.index_select(0, index)[:, :, first_real:]
-            layer.values = values.index_select(0, index)[:, :, first_real:]
+            keys = keys[:, :, first_real:].index_select(0, index)
+            values = values[:, :, first_real:].index_select(0, index)
+            if isinstance(layer, SlotLayer):
+                layer.assemble([(keys, values)], keys.shape[2])
+            else:
+                layer.keys, layer.values = keys, values
 
     def _row_state(self, index: int) -> tuple[list[int], KV]:
         """Row ``index``'s token ids fed so far and a copy of their keys and values (the rightmost columns:
@@ -186,18 +313,29 @@ class RunningBatch:
         return ids, kv
 
     def clear(self) -> None:
-        self.rows, self._cache, self._mask = [], None, None
+        self.rows, self._cache, self._mask, self._mask_buffer = [], None, None, None
+
+    def _set_mask(self, mask: torch.Tensor) -> None:
+        if self._preallocated:
+            self._mask_buffer = _MaskBuffer(mask)
+            self._mask = self._mask_buffer.view
+        else:
+            self._mask = mask
 
     def _join(self, seq: SequenceState, cache: DynamicCache, length: int) -> None:
         mask = torch.ones((1, length), dtype=torch.long, device=self._device)
         if self._cache is None:
-            self.rows, self._cache, self._mask = [seq], cache, mask
+            self.rows, self._cache = [seq], cache
+            self._set_mask(mask)
             return
         assert self._mask is not None
         width = max(self._mask.shape[1], length)
-        self._mask = torch.cat([_pad_left(self._mask, width), _pad_left(mask, width)], dim=0)
+        self._set_mask(torch.cat([_pad_left(self._mask, width), _pad_left(mask, width)], dim=0))
         for mine, theirs in zip(_layers(self._cache), _layers(cache), strict=True):
             (my_keys, my_values), (their_keys, their_values) = _kv(mine), _kv(theirs)
+            if isinstance(mine, SlotLayer):
+                mine.assemble([(my_keys, my_values), (their_keys, their_values)], width)
+                continue
             mine.keys = torch.cat([_pad_left(my_keys, width, dim=2), _pad_left(their_keys, width, dim=2)])
             mine.values = torch.cat([_pad_left(my_values, width, dim=2), _pad_left(their_values, width, dim=2)])
         self.rows.append(seq)

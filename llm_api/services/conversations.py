@@ -1,4 +1,4 @@
-"""Reading and deleting stored conversations, scoped to their owner."""
+"""Reading, renaming and deleting stored conversations, scoped to their owner."""
 
 from __future__ import annotations
 
@@ -23,3 +23,9 @@ class ConversationService:
     def delete(self, conversation_id: str, owner: str | None = "") -> None:
         if not self._store.delete_conversation(conversation_id, owner):
             raise ConversationNotFound(conversation_id)
+
+    def rename(self, conversation_id: str, title: str, owner: str | None = "") -> Conversation:
+        renamed = self._store.rename_conversation(conversation_id, title, owner)
+        if renamed is None:
+            raise ConversationNotFound(conversation_id)
+        return renamed

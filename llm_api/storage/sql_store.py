@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
@@ -18,6 +18,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from .errors import StorageError
 from .records import Conversation, Exchange, Message, Page
 from .tables import conversations, messages
+
+Q = TypeVar("Q", sa.Select[Any], sa.Update)
 
 
 @contextmanager
@@ -71,6 +73,16 @@ class SqlConversationStore:
             db.execute(conversations.delete().where(conversations.c.id == conversation_id))
         return True
 
+    def rename_conversation(self, conversation_id: str, title: str, owner: str | None) -> Conversation | None:
+        """Set the title; ``updated_at`` stays the time of the newest message. None when not found."""
+        with self._transaction() as db:
+            found = db.execute(_owned(sa.update(conversations).where(conversations.c.id == conversation_id),
+                                      conversations, owner).values(title=title))
+            if found.rowcount == 0:
+                return None
+            row = db.execute(sa.select(conversations).where(conversations.c.id == conversation_id)).first()
+        return _conversation(row) if row else None
+
     # ---- messages ---------------------------------------------------------------------------------
     def add_messages(self, conversation_id: str, new_messages: Sequence[Message]) -> None:
         """Append to a conversation and mark it updated."""
@@ -121,7 +133,7 @@ class SqlConversationStore:
         return [Exchange(prompt=_message(row[width:]), answer=_message(row[:width])) for row in reversed(rows)]
 
 
-def _owned(query: sa.Select[Any], table: sa.FromClause, owner: str | None) -> sa.Select[Any]:
+def _owned(query: Q, table: sa.FromClause, owner: str | None) -> Q:
     return query if owner is None else query.where(table.c.owner == owner)
 
 
