@@ -61,6 +61,7 @@ def on_starting(server):
     database, check the API keys, prepare the Prometheus directory. A refusal is one line on gunicorn's
     log, then exit status 2."""
     from llm_api import model_spec
+    from llm_api.local_model.embedding_spec import EmbeddingSpec, preflight_embedding
     from llm_api.local_model.errors import ModelLoadError
     from llm_api.local_model.spec import preflight
     from llm_api.storage import StorageError, key_counts, prepare_database
@@ -74,6 +75,8 @@ def on_starting(server):
     try:
         if _settings.local_model is not None:  # every engine may be an upstream: then no model is loaded here
             preflight(model_spec(_settings))
+        for target in _settings.embedding_models:
+            preflight_embedding(EmbeddingSpec(target.name, target.source))
     except ModelLoadError as error:
         refuse(f"cannot serve the model: {error}")
     try:
@@ -125,7 +128,8 @@ def _prepare_metrics_dir():
 
 
 def post_worker_init(worker):
-    """Start loading the model on the engine thread as soon as the worker is patched and running."""
+    """Start loading the models (chat and embedding) on their engine threads as soon as the worker is patched
+    and running; /readyz answers 200 once every one has loaded."""
     import os
 
     from llm_api import start_engine
@@ -134,7 +138,7 @@ def post_worker_init(worker):
         worker.log.error("llm_api: cannot serve the model: %s", reason)
         os._exit(APP_LOAD_ERROR)
 
-    start_engine(worker.wsgi, on_load_failure=stop_server)
+    start_engine(worker.wsgi, on_load_failure=stop_server, embedders=True)
 
 
 def child_exit(server, worker):

@@ -35,6 +35,7 @@ def _load(schema: Any) -> dict[str, Any]:
 @route(bp, "/chat/completions", ["POST"])
 def chat_completions():  # noqa: ANN201
     fields = _load(ChatCompletionRequestSchema())
+    services().models.resolve_chat(fields["model"])  # 404 unknown, 400 an embedding model
     chat_request = ChatRequest.from_messages(fields["messages"], **_sampling(fields))
     model = services().engine.model_name
     if fields["stream"]:
@@ -46,6 +47,7 @@ def chat_completions():  # noqa: ANN201
 @route(bp, "/completions", ["POST"])
 def completions():  # noqa: ANN201
     fields = _load(CompletionRequestSchema())
+    services().models.resolve_chat(fields["model"])
     chat_request = ChatRequest(messages=[], prompt=fields["prompt"], raw=True, **_sampling(fields))
     model = services().engine.model_name
     echo = fields["prompt"] if fields["echo"] else ""
@@ -66,4 +68,4 @@ def _streamed(chunks: ChatChunkStream | TextChunkStream) -> Response:
 def models():  # noqa: ANN201
     state = services()
     state.readiness()  # 503 until the model is loaded
-    return jsonify(model_list(state.engine.model_name, state.engine.context_length, state.started_at))
+    return jsonify(model_list(state.models.listing(), state.started_at))

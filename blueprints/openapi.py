@@ -17,7 +17,7 @@ from marshmallow import fields
 from blueprints import route
 from blueprints.page import DOCS_ASSETS, PAGE_ASSETS
 from llm_api.http_body import MAX_JSON_DEPTH
-from schemas import chat, conversations, openai, responses
+from schemas import chat, conversations, embeddings, openai, responses
 from schemas.fields import LOGIT_BIAS_LIMIT, MAX_LOGIT_BIAS_ENTRIES, LogitBiasField, StopField
 
 bp = Blueprint("openapi", __name__)
@@ -35,20 +35,28 @@ LOGIT_BIAS = {"type": ["object", "null"], "maxProperties": MAX_LOGIT_BIAS_ENTRIE
               "additionalProperties": {"type": "number", "minimum": -LOGIT_BIAS_LIMIT, "maximum": LOGIT_BIAS_LIMIT},
               "description": "Token id (a decimal string) → bias added to its logit."}
 
+_TOKENS = {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1}
+EMBEDDING_INPUT = {"oneOf": [
+    {"type": "string", "minLength": 1},
+    {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1, "maxItems": embeddings.MAX_INPUTS},
+    _TOKENS,
+    {"type": "array", "items": _TOKENS, "minItems": 1, "maxItems": embeddings.MAX_INPUTS},
+]}
+
 ERROR_TEXT = {
     400: "The body is not JSON, is nested too deeply, holds text that is not Unicode, or the prompt and "
          "max_tokens do not fit the context.",
     401: "A key is needed (once one exists) and is missing or invalid.",
     403: "The key lacks the route's scope.",
-    404: "Not found.",
+    404: "Not found: a path, a conversation, or the model named in `model` (`model_not_found`).",
     405: "Wrong method for this path.",
     413: "The body is larger than LLM_API_MAX_BODY_BYTES.",
     422: "A field is invalid or unknown; details.fields names it.",
     429: "A rate limit of the key is reached.",
     500: "An unexpected error.",
-    503: "Not ready, at capacity, shutting down or storage unavailable; retry after Retry-After.",
+    503: "Not ready, at capacity, overloaded, shutting down or storage unavailable; retry after Retry-After.",
 }
-GENERATION_ERRORS = (400, 401, 403, 405, 413, 422, 429, 500, 503)
+GENERATION_ERRORS = (400, 401, 403, 404, 405, 413, 422, 429, 500, 503)
 READ_ERRORS = (401, 403, 405, 422, 500, 503)
 RENAME_ERRORS = (400, 401, 403, 405, 413, 422, 500, 503)
 
@@ -57,6 +65,8 @@ def _custom_fields(converter: Any, field: fields.Field, **kwargs: Any) -> dict[s
     """The schemas' own field types, as JSON Schema."""
     if isinstance(field, StopField):
         return STOP
+    if isinstance(field, embeddings.EmbeddingInputField):
+        return EMBEDDING_INPUT
     if isinstance(field, openai.ContentField):
         return CONTENT
     if isinstance(field, LogitBiasField):
@@ -227,8 +237,14 @@ def build_spec(version: str = "1.0.0") -> dict[str, Any]:
                             "content": {"application/json": {"schema": "TextCompletion"},
                                         "text/event-stream": _openai_sse("TextCompletion")}},
                       **_errors(GENERATION_ERRORS, openai_error)}}})
+    spec.path("/v1/embeddings", operations={"post": {
+        "tags": ["openai"], "summary": "OpenAI embeddings: a vector per input, as floats or base64",
+        "security": _security("chat"),
+        "requestBody": {"required": True,
+                        "content": {"application/json": {"schema": embeddings.EmbeddingRequestSchema}}},
+        "responses": {200: _json(responses.EmbeddingListSchema), **_errors(GENERATION_ERRORS, openai_error)}}})
     spec.path("/v1/models", operations={"get": {
-        "tags": ["openai"], "summary": "The served model", "security": _security("chat"),
+        "tags": ["openai"], "summary": "The served models: chat and embedding", "security": _security("chat"),
         "responses": {200: _json(responses.ModelListSchema), **_errors(READ_ERRORS, openai_error)}}})
     open_route: list[dict[str, list[str]]] = []
     spec.path("/healthz", operations={"get": {

@@ -19,7 +19,8 @@ from flask import Request
 from .errors import error_body
 from .generation.types import Finished, TextDelta
 from .services.chat import ChatStream, Heartbeat
-from .services.live import LiveStream
+from .services.live import LiveStream, RemoteStream
+from .services.shared_streams import StreamLost, StreamUnavailable
 from .storage import Message
 from .streaming import sse_comment, sse_event, sse_retry
 
@@ -71,18 +72,45 @@ def chat_event_frames(stream: ChatStream, mode: str = "delta") -> Iterator[str]:
             yield sse_event(finish_payload(stream, item), event="finish", event_id=event_id)
 
 
-def follow_events(live: LiveStream, after: int = 0, retry_ms: int | None = None) -> Iterator[str]:
-    """One response's body: the events of ``live`` after the first ``after``, with heartbeat comments."""
+def follow_events(live: LiveStream | RemoteStream, after: int = 0, retry_ms: int | None = None) -> Iterator[str]:
+    """One response's body: the events of ``live`` after the first ``after``, with heartbeat comments. An
+    answer followed on another worker may end with an ``error`` event instead of its own last one: its
+    worker stopped (``generation_lost``), or the rest cannot be read here (``resume_unavailable``)."""
     if retry_ms is not None:
         yield sse_retry(retry_ms)
     yield sse_comment("stream open")
     for event in live.follow(after):
-        yield sse_comment("ping") if event is None else event
+        if event is None:
+            yield sse_comment("ping")
+        elif isinstance(event, StreamLost):
+            yield generation_lost(event)
+        elif isinstance(event, StreamUnavailable):
+            details = {"message_id": event.message_id, "conversation_id": event.conversation_id}
+            payload = error_body("resume_unavailable", f"The rest of message {event.message_id} cannot be "
+                                 "read on this worker now (the shared stream state is unreachable); fetch it with "
+                                 f"GET /conversations/{event.conversation_id} once it has finished.", details)
+            yield sse_event(payload, event="error", event_id=f"{event.message_id}:{event.last_sequence + 1}")
+        else:
+            yield event
 
 
-def resume_unavailable(message_id: str, last_sequence: int, stored: Message | None) -> Iterator[str]:
-    """A reconnect this worker cannot replay: the events are gone, or were never here."""
-    if stored is not None:
+def generation_lost(lost: StreamLost) -> str:
+    """The event that ends a stream whose worker stopped mid-answer (killed, crashed)."""
+    details = {"message_id": lost.message_id, "conversation_id": lost.conversation_id}
+    payload = error_body("generation_lost", f"The worker generating message {lost.message_id} stopped before the "
+                         "answer finished; the text sent so far is stored with finish_reason \"error\" in "
+                         f"GET /conversations/{lost.conversation_id}. Ask again to get a whole answer.", details)
+    return sse_event(payload, event="error", event_id=f"{lost.message_id}:{lost.last_sequence + 1}")
+
+
+def resume_unavailable(message_id: str, last_sequence: int, stored: Message | None,
+                       shared_unreachable: bool = False) -> Iterator[str]:
+    """A reconnect this worker cannot replay: the events are gone, or were never here (or are in a shared
+    state that does not answer now)."""
+    if shared_unreachable:
+        where = ("The shared stream state is unreachable, and the answer is not generated on this worker; "
+                 "fetch it with GET /conversations/<conversation_id> once it has finished.")
+    elif stored is not None:
         where = (f"It has finished ({stored.finish_reason}); fetch it with "
                  f"GET /conversations/{stored.conversation_id}.")
     else:

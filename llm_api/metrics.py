@@ -55,6 +55,7 @@ GUARD_REASONS = ("content_filter", "repetition")  # answers the output guard sto
 CIRCUIT_STATES = {"closed": 0, "half_open": 1, "open": 2}  # llm_api_circuit_state (engines/breaker.py)
 
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+EMBEDDING_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 TPOT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
@@ -103,6 +104,12 @@ class Metrics:
                                              ["limit"], **on)
         self.queue_depth = Gauge("llm_api_queue_depth", "Requests waiting for a batch slot.",
                                  multiprocess_mode="livesum", **on)
+        self.queue_wait = Gauge("llm_api_queue_wait_seconds",
+                                "Estimated wait of a request submitted now (the longest of the workers').",
+                                multiprocess_mode="livemax", **on)
+        self.shed_requests = Counter("llm_api_shed_requests",
+                                     "Requests refused at once (503 overloaded): their estimated wait exceeded "
+                                     "LLM_API_MAX_QUEUE_WAIT.", **on)
         self.running_batch_size = Gauge("llm_api_running_batch_size", "Sequences in the running batch.",
                                         multiprocess_mode="livesum", **on)
         self.active_streams = Gauge("llm_api_active_streams", "Streamed (SSE) responses now open.",
@@ -110,6 +117,14 @@ class Metrics:
         self.model_load_seconds = Gauge("llm_api_model_load_seconds",
                                         "Seconds the model took to load (the slowest worker's).",
                                         multiprocess_mode="livemax", **on)
+        self.embedding_requests = Counter("llm_api_embedding_requests", "Embedding requests answered, by model.",
+                                          ["model"], **on)
+        self.embedding_inputs = Counter("llm_api_embedding_inputs", "Inputs embedded, by model.", ["model"], **on)
+        self.embedding_tokens = Counter("llm_api_embedding_tokens", "Tokens embedded (special tokens included), "
+                                        "by model.", ["model"], **on)
+        self.embedding_seconds = Histogram("llm_api_embedding_seconds",
+                                           "Seconds from an embedding request's admission to its vectors.",
+                                           buckets=EMBEDDING_BUCKETS, **on)
         for limit in RATE_LIMITS:  # present (at 0) before the first refusal, for dashboards and alerts
             self.rate_limited_requests.labels(limit=limit)
         for reason in FINISH_REASONS:
@@ -125,6 +140,10 @@ class Metrics:
     def rate_limited(self, limit: str) -> None:
         """A request was refused by the rate limit ``limit``: ``requests``, ``tokens`` or ``streams``."""
         self.rate_limited_requests.labels(limit=limit).inc()
+
+    def shed(self) -> None:
+        """A request was refused with 503 ``overloaded`` (load shedding)."""
+        self.shed_requests.inc()
 
     def stream_opened(self) -> None:
         self.active_streams.inc()
@@ -153,11 +172,19 @@ class Metrics:
             if completion > 1 and message.total_time is not None and message.total_time >= ttft:
                 self.time_per_output_token.observe((message.total_time - ttft) / (completion - 1))
 
+    def embedded(self, model: str, inputs: int, tokens: int, seconds: float) -> None:
+        """One answered embeddings request (EmbeddingService's ``on_embedded`` hook)."""
+        self.embedding_requests.labels(model=model).inc()
+        self.embedding_inputs.labels(model=model).inc(inputs)
+        self.embedding_tokens.labels(model=model).inc(tokens)
+        self.embedding_seconds.observe(seconds)
+
     def observe_engine(self, engine: EngineRouter) -> None:
         """Copy the engine's plain attributes into the gauges (never called from the engine thread)."""
         for name, state in engine.circuits.items():
             self.circuit_state.labels(engine=name).set(CIRCUIT_STATES.get(state, 0))
         self.queue_depth.set(engine.queued)
+        self.queue_wait.set(engine.backlog().wait_seconds())
         self.running_batch_size.set(engine.stats.get("running", 0))
         load_seconds = engine.load_seconds
         if load_seconds is not None:

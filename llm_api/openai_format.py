@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Generator, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gevent
 from gevent.queue import Queue
@@ -19,6 +19,9 @@ from .errors import ApiError
 from .generation.types import Finished, TextDelta, TokenLogprob
 from .services.chat import ChatResult, ChatStream, Heartbeat, StreamItem
 from .streaming import sse_comment, sse_event
+
+if TYPE_CHECKING:
+    from .routing.models import ModelInfo
 
 CHAT_PREFIX = "chatcmpl-"
 TEXT_PREFIX = "cmpl-"
@@ -227,8 +230,15 @@ class TextChunkStream(_ChunkStream):
                 "finish_reason": finish_reason}
 
 
-def model_list(model: str, context_length: int, created: int) -> dict[str, Any]:
-    return {"object": "list", "data": [{
-        "id": model, "object": "model", "created": created, "owned_by": "llm_api",
-        "context_length": context_length, "max_model_len": context_length,
-    }]}
+def model_list(models: Sequence[ModelInfo], created: int) -> dict[str, Any]:
+    """OpenAI's model objects, plus each model's kind (``chat`` or ``embedding``), its context length (per input
+    for an embedding model; ``max_model_len`` as vLLM names it) and an embedding model's dimensions."""
+    data = []
+    for model in models:
+        entry: dict[str, Any] = {"id": model.id, "object": "model", "created": created, "owned_by": "llm_api",
+                                 "kind": model.kind, "context_length": model.context_length,
+                                 "max_model_len": model.context_length}
+        if model.dimensions is not None:
+            entry["dimensions"] = model.dimensions
+        data.append(entry)
+    return {"object": "list", "data": data}

@@ -8,7 +8,9 @@
   once for an ordinary response, when the server closes it for a streamed one,
   so a stream's line has the stream's whole duration. It never holds the query
   string (a browser stream's prompt is there) nor the API key itself, only its
-  name (``g.api_key_name``, set by the auth check).
+  name (``g.api_key_name``, set by the auth check). It carries the request's
+  ``trace_id`` when it has one: its server span's with tracing on, else the
+  caller's W3C ``traceparent`` (see :mod:`llm_api.tracing`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import TYPE_CHECKING
 from flask import Flask, Response, g, request
 
 from .logging_setup import bind_request_id
+from .tracing import log_trace_id
 
 if TYPE_CHECKING:
     from .metrics import Metrics
@@ -62,6 +65,7 @@ def install(app: Flask, metrics: Metrics) -> None:
         rule = request.url_rule.rule if request.url_rule is not None else None
         fields = {
             "request_id": g.request_id,
+            "trace_id": log_trace_id(request.headers),
             "method": request.method,
             "path": request.path,
             "route": route_of(rule),

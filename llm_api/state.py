@@ -14,9 +14,10 @@ from .config import Settings
 from .errors import shutting_down
 from .generation.errors import NotReadyError
 from .quota.admission import Quotas
-from .routing import EngineRouter
+from .routing import EngineRouter, ModelRegistry
 from .services.chat import ChatService
 from .services.conversations import ConversationService
+from .services.embeddings import EmbeddingService
 from .services.live import LiveStreams
 from .storage import ConversationStore
 
@@ -34,6 +35,8 @@ class Services:
     keys: KeyRing
     stream_tokens: StreamTokens
     quotas: Quotas
+    models: ModelRegistry  # the chat chain and the embedding models, by the names clients send
+    embeddings: EmbeddingService
     started_at: int = field(default_factory=lambda: int(time.time()))
     draining: bool = False  # set when the worker begins a graceful shutdown (llm_api/shutdown.py)
     engine_started: bool = False  # llm_api.start_engine has run (gunicorn's post_worker_init, or a first request)
@@ -47,8 +50,8 @@ class Services:
         and 503 ``shutting_down`` while the worker drains."""
         if self.draining:
             raise shutting_down()
-        if not self.engine.ready:
-            raise NotReadyError(self.engine.load_error or "the model is loading")
+        if not self.models.ready:
+            raise NotReadyError(self.models.load_error or "the model is loading")
         return {
             "status": "ready",
             "model": self.engine.model_name,
@@ -56,6 +59,8 @@ class Services:
             "batched": self.engine.batched,
             "queued": self.engine.queued,
             "stats": dict(self.engine.stats),
+            "embedding_models": {name: {"ready": engine.ready, "queued": engine.queued, "stats": dict(engine.stats)}
+                                 for name, engine in self.models.embedders.items()},
         }
 
 

@@ -74,7 +74,7 @@ class ChatMessageRequestSchema(SamplingFieldsMixin):
     history = fields.List(fields.Nested(MessageSchema), load_default=list)
     # The lesson's Java caller posts an OpenAI-shaped body instead: {"model", "stream", "messages"}.
     messages = fields.List(fields.Nested(MessageSchema), validate=validate.Length(min=1))
-    model = fields.String()
+    model = fields.String(load_default=None, validate=validate.Length(min=1))  # optional: GET /v1/models lists them
     stream = StrictBoolean(load_default=False)
     stream_mode = fields.String(load_default="delta", validate=validate.OneOf(STREAM_MODES))
     conversation_id = conversation_id_field(load_default=None, allow_none=True)
@@ -95,7 +95,6 @@ class ChatMessageRequestSchema(SamplingFieldsMixin):
 
     @post_load
     def _prompt_and_history(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
-        data.pop("model", None)  # one model is served; the name is not checked
         messages = data.pop("messages", None)
         if messages is not None:
             data["prompt"], data["history"] = messages[-1]["content"], messages[:-1]
@@ -167,6 +166,7 @@ class ChatStreamQuerySchema(Schema):
     presence_penalty = fields.Float(load_default=0.0, allow_nan=False, validate=PENALTY_RANGE)
     frequency_penalty = fields.Float(load_default=0.0, allow_nan=False, validate=PENALTY_RANGE)
     stream_mode = fields.String(load_default="delta", validate=validate.OneOf(STREAM_MODES))
+    model = fields.String(load_default=None, validate=validate.Length(min=1))  # optional: GET /v1/models lists them
 
     @post_load
     def _tuple_stop(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:

@@ -100,6 +100,7 @@ class ReadinessSchema(Schema):
     batched = fields.Boolean()
     queued = fields.Integer()
     stats = fields.Dict()
+    embedding_models = fields.Dict(metadata={"description": "Each embedding model: ready, queued, stats."})
 
 
 # ---- the OpenAI wire format ------------------------------------------------------------------------------
@@ -199,10 +200,32 @@ class ModelSchema(Schema):
     object = fields.String(required=True)
     created = fields.Integer(required=True)
     owned_by = fields.String(required=True)
-    context_length = fields.Integer()
+    kind = fields.String(metadata={"enum": ["chat", "embedding"]})
+    context_length = fields.Integer(metadata={"description": "Tokens per request (chat), or per input (embedding)."})
     max_model_len = fields.Integer()
+    dimensions = fields.Integer(metadata={"description": "An embedding model's vector length."})
 
 
 class ModelListSchema(Schema):
     object = fields.String(required=True)
     data = fields.List(fields.Nested(ModelSchema), required=True)
+
+
+class EmbeddingSchema(Schema):
+    object = fields.String(required=True)
+    index = fields.Integer(required=True)
+    embedding = fields.Raw(required=True, metadata={
+        "oneOf": [{"type": "array", "items": {"type": "number"}},
+                  {"type": "string", "description": "base64 of little-endian float32 values"}]})
+
+
+class EmbeddingUsageSchema(Schema):
+    prompt_tokens = fields.Integer(required=True)
+    total_tokens = fields.Integer(required=True)
+
+
+class EmbeddingListSchema(Schema):
+    object = fields.String(required=True)
+    data = fields.List(fields.Nested(EmbeddingSchema), required=True)
+    model = fields.String(required=True)
+    usage = fields.Nested(EmbeddingUsageSchema, required=True)

@@ -1,19 +1,25 @@
-"""Real databases for the storage suite: a SQLite file, and a fresh database on a PostgreSQL server.
+"""Real databases for the storage suite: a SQLite file, and a fresh database on a PostgreSQL server; and a
+Redis server of a test's own.
 
 The PostgreSQL server comes from ``LLM_API_TEST_POSTGRES_URL`` (``.ci/postgres.sh``
 starts one and sets it). Without it the PostgreSQL cases skip, saying why;
-in CI (which starts one) they fail instead.
+in CI (which starts one) they fail instead. ``redis-server`` comes from Debian's
+package (``.ci/run`` installs it); without it the Redis tests skip locally and fail in CI.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import redis
 import sqlalchemy as sa
 
 POSTGRES_ENV = "LLM_API_TEST_POSTGRES_URL"
@@ -54,3 +60,34 @@ def database_url(backend: str, tmp_path: Path) -> Iterator[str]:
     else:
         with fresh_postgres_database() as url:
             yield url
+
+
+class RedisServer:
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.url = f"redis://127.0.0.1:{port}/0"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            reason = "redis-server not installed (apt-get install redis-server; .ci/run does)"
+            if os.environ.get("CI"):
+                pytest.fail(reason)
+            pytest.skip(reason)
+        self.process = subprocess.Popen([binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                                         "--appendonly", "no"], stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                redis.Redis.from_url(self.url).ping()
+                return
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(10)
+            self.process = None

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import gevent
 
+from llm_api.generation.backlog import Backlog
 from llm_api.generation.channel import Channel
 from llm_api.generation.errors import ContextLengthError, QueueFullError
 from llm_api.generation.features import SAMPLING_FEATURES, require_features
@@ -44,6 +45,7 @@ class FakeEngine:
         self.load_error: str | None = None
         self.queue_full = False
         self.queued = 0
+        self.backlog_now = Backlog()  # what backlog() answers (a test may change it)
         self.stats: dict[str, int] = {"steps": 0}
         self.submitted: list[GenerationRequest] = []
         self.handles: list[GenerationHandle] = []
@@ -61,6 +63,9 @@ class FakeEngine:
     def wait_ready(self, timeout: float) -> bool:
         return self.ready
 
+    def backlog(self) -> Backlog:
+        return self.backlog_now
+
     def stop_token_ids(self) -> frozenset[int]:
         return frozenset({0})
 
@@ -75,7 +80,8 @@ class FakeEngine:
         return [len(word) for word in text.split()]
 
     def submit(self, request_id: str, prompt_ids: list[int], params: SamplingParams, *,
-               messages: Sequence[Message] | None = None, prompt_text: str | None = None) -> GenerationHandle:
+               messages: Sequence[Message] | None = None, prompt_text: str | None = None,
+               trace_headers: Mapping[str, str] | None = None) -> GenerationHandle:
         if len(prompt_ids) + params.max_tokens > self.context_length:
             raise ContextLengthError(len(prompt_ids), params.max_tokens, self.context_length)
         if self.queue_full:

@@ -48,10 +48,13 @@ class LiveServer:
 def start_server(tmp_dir: Path, env_overrides: dict[str, str] | None = None,
                  timeout: float = 300, port: int | None = None, app: str = "wsgi:app") -> LiveServer:
     """``gunicorn -k gevent`` (from gunicorn.conf.py) on ``port`` (default: a free one), waited on until
-    /readyz says ready. Its database and log live in ``tmp_dir``."""
+    /readyz says ready. Its database and log live in ``tmp_dir``. It serves no embedding model unless
+    ``env_overrides`` names some (LLM_API_EMBEDDING_MODELS): loading one in every chat test's server would only
+    cost start-up time; the embeddings tests start servers of their own."""
     port = port or free_port()
     env = dict(os.environ, LLM_API_CACHE_DIR=str(CACHE_DIR), LLM_API_HEARTBEAT_SECONDS="1", PYTHONUNBUFFERED="1",
-               LLM_API_DATA_DIR=str(tmp_dir / "data"), LLM_API_DISCONNECT_GRACE_SECONDS="2")
+               LLM_API_DATA_DIR=str(tmp_dir / "data"), LLM_API_DISCONNECT_GRACE_SECONDS="2",
+               LLM_API_EMBEDDING_MODELS="")
     env.update(env_overrides or {})
     log_path = tmp_dir / f"gunicorn-{port}.log"
     log_file = open(log_path, "w")

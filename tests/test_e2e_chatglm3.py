@@ -13,6 +13,8 @@ from tests.http import abort, non_streamed, raw_request, read_until, stored, str
 from tests.servers import start_server, stop_server
 from tests.sse import lesson_text
 
+MODEL = "chatglm3-tiny"  # the name `model` must say
+
 pytestmark = pytest.mark.e2e
 
 
@@ -49,7 +51,7 @@ def test_four_concurrent_streams_through_the_batched_loop(glm_server):
 
 
 def test_disconnect_cancels(glm_server):
-    body = json.dumps({"model": "chatglm3", "stream": True, "temperature": 0, "max_tokens": 200, "ignore_eos": True,
+    body = json.dumps({"model": MODEL, "stream": True, "temperature": 0, "max_tokens": 200, "ignore_eos": True,
                        "messages": [{"role": "user", "content": "Hello"}]}).encode()
     sock = raw_request(glm_server.url, f"POST /v1/chat/completions HTTP/1.1\nHost: t\nContent-Length: {len(body)}\n",
                        body)

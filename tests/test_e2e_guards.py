@@ -19,6 +19,8 @@ import requests
 from tests.browser import chromium_driver, wait_for
 from tests.servers import ROOT, LiveServer, free_port, gunicorn_command, refusal, start_server, stop_server
 
+MODEL = "SmolLM2-135M-Instruct"  # the embedded chat model's name: what `model` must say
+
 pytestmark = pytest.mark.e2e
 
 PAGE = """<!doctype html><meta charset="utf-8"><title>second origin</title><pre id="out"></pre><script>
@@ -91,7 +93,7 @@ def test_required_keys_refuse_to_start_without_one(tmp_path):
 def test_the_openai_client_works_with_a_key_and_is_refused_without(guarded):
     server, keys, _, _ = guarded
     client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=keys["web"], max_retries=0, timeout=120)
-    completion = client.chat.completions.create(model="m", max_tokens=8, temperature=0,
+    completion = client.chat.completions.create(model=MODEL, max_tokens=8, temperature=0,
                                                 messages=[{"role": "user", "content": "Say hello."}])
     assert completion.choices[0].message.content
     anonymous = openai.OpenAI(base_url=f"{server.url}/v1", api_key="sk-wrong", max_retries=0, timeout=30)
@@ -102,9 +104,9 @@ def test_the_openai_client_works_with_a_key_and_is_refused_without(guarded):
 def test_a_rate_limited_key_gets_429_with_retry_after_through_the_openai_client(guarded):
     server, keys, _, _ = guarded
     client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=keys["tight"], max_retries=0, timeout=120)
-    client.chat.completions.create(model="m", max_tokens=4, messages=[{"role": "user", "content": "Hi"}])
+    client.chat.completions.create(model=MODEL, max_tokens=4, messages=[{"role": "user", "content": "Hi"}])
     with pytest.raises(openai.RateLimitError) as refused:
-        client.chat.completions.create(model="m", max_tokens=4, messages=[{"role": "user", "content": "Hi"}])
+        client.chat.completions.create(model=MODEL, max_tokens=4, messages=[{"role": "user", "content": "Hi"}])
     assert 1 <= int(refused.value.response.headers["retry-after"]) <= 60
     assert refused.value.response.headers["x-ratelimit-remaining-requests"] == "0"
 

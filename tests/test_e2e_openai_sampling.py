@@ -11,8 +11,9 @@ from openai.types.chat.chat_completion_token_logprob import ChatCompletionTokenL
 pytestmark = pytest.mark.e2e
 
 FRUITS = [{"role": "user", "content": "Name three fruits."}]
+MODEL = "SmolLM2-135M-Instruct"  # the name `model` must say
 # The extensions go in extra_body, as the client's documentation says for vLLM's fields.
-ASK = {"model": "m", "messages": FRUITS, "temperature": 0.8, "seed": 5, "max_tokens": 16, "n": 2, "logprobs": True,
+ASK = {"model": MODEL, "messages": FRUITS, "temperature": 0.8, "seed": 5, "max_tokens": 16, "n": 2, "logprobs": True,
        "top_logprobs": 3, "presence_penalty": 0.3, "frequency_penalty": 0.2, "logit_bias": {"28": -2},
        "extra_body": {"top_k": 40, "min_p": 0.02, "repetition_penalty": 1.1}}
 
@@ -64,7 +65,7 @@ def test_the_same_answers_streamed_carry_their_index_and_logprobs(client, answer
 
 
 def test_text_completion_logprobs_in_the_legacy_shape(client):
-    ask = {"model": "m", "prompt": "The capital of France is", "max_tokens": 5, "temperature": 0, "logprobs": 2}
+    ask = {"model": MODEL, "prompt": "The capital of France is", "max_tokens": 5, "temperature": 0, "logprobs": 2}
     completion = client.completions.create(**ask)
     logprobs = completion.choices[0].logprobs
     assert "".join(logprobs.tokens) == completion.choices[0].text
@@ -80,5 +81,5 @@ def test_text_completion_logprobs_in_the_legacy_shape(client):
 ])
 def test_bad_values_are_client_exceptions_naming_the_field(client, fields, param):
     with pytest.raises(openai.UnprocessableEntityError) as raised:
-        client.chat.completions.create(model="m", messages=FRUITS, max_tokens=4, **fields)
+        client.chat.completions.create(model=MODEL, messages=FRUITS, max_tokens=4, **fields)
     assert raised.value.body["param"] == param

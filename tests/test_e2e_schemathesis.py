@@ -36,14 +36,19 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 
 @pytest.fixture(scope="module")
 def fuzzed_server(tmp_path_factory) -> Iterator[LiveServer]:
-    server = start_server(tmp_path_factory.mktemp("schemathesis"), {"LLM_API_DEFAULT_MAX_TOKENS": str(TINY)})
+    server = start_server(tmp_path_factory.mktemp("schemathesis"), {
+        "LLM_API_DEFAULT_MAX_TOKENS": str(TINY), "LLM_API_EMBEDDING_MODELS": "all-MiniLM-L6-v2=embedded"})
     yield server
     stop_server(server)
 
 
-def keep_generation_tiny(spec: dict) -> dict:
-    """Generated max_tokens at most TINY: the server's limits are unchanged, only what is asked stays small."""
+def keep_generation_tiny(spec: dict, models: list[str]) -> dict:
+    """Generated max_tokens at most TINY: the server's limits are unchanged, only what is asked stays small.
+    A generated `model` is one the server serves (chat or embedding, so a wrong kind is tried too): any other
+    name is a 404 before the body's other fields are looked at."""
     for schema in spec["components"]["schemas"].values():
+        if "model" in schema.get("properties", {}):
+            schema["properties"]["model"] = {"type": "string", "enum": models}
         for name in ("max_tokens", "max_completion_tokens"):
             if name in schema.get("properties", {}):
                 schema["properties"][name]["maximum"] = TINY
@@ -58,7 +63,8 @@ def keep_generation_tiny(spec: dict) -> dict:
 @pytest.fixture(scope="module")
 def api_schema(fuzzed_server):
     spec = requests.get(f"{fuzzed_server.url}/openapi.json", timeout=30).json()
-    return schemathesis.openapi.from_dict(keep_generation_tiny(spec))
+    models = [m["id"] for m in requests.get(f"{fuzzed_server.url}/v1/models", timeout=30).json()["data"]]
+    return schemathesis.openapi.from_dict(keep_generation_tiny(spec, models))
 
 
 def operations(api_schema) -> list:

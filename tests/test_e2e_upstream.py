@@ -15,10 +15,12 @@ from tests.http import non_streamed, stream_events
 from tests.servers import FRANCE, LiveServer, free_port, kill_server, start_server, stop_server
 from tests.sse import lesson_text
 
+MODEL = "SmolLM2-135M-Instruct"  # the name `model` must say
+
 pytestmark = pytest.mark.e2e
 
 DEGRADED = "The assistant is busy right now; please try again in a minute."
-LONG = {"model": "m", "messages": [{"role": "user", "content": "Tell me a long story about a fox."}],
+LONG = {"model": MODEL, "messages": [{"role": "user", "content": "Tell me a long story about a fox."}],
         "temperature": 0, "max_tokens": 1500, "ignore_eos": True, "stream": True}
 
 
@@ -90,7 +92,7 @@ def test_answers_pass_through_token_by_token(upstream, front):
     finish = json.loads(front_events[-1]["data"])
     assert front_events[-1]["event"] == "finish" and finish["engine"] == "remote" and not finish["degraded"]
 
-    body = {"model": "m", "messages": [{"role": "user", "content": "What is the capital of France?"}],
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "What is the capital of France?"}],
             "temperature": 0, "max_tokens": 40}
     via_front = requests.post(f"{front.url}/v1/chat/completions", json=body, timeout=120).json()
     assert via_front["choices"][0]["message"]["content"] == direct["response"]
@@ -101,7 +103,7 @@ def test_answers_pass_through_token_by_token(upstream, front):
 
 def test_sampling_fields_and_logprobs_reach_the_upstream_unchanged(upstream, front):
     """Sampled with a seed, the answer through the front is the upstream's own only if every knob arrived."""
-    body = {"model": "m", "messages": [{"role": "user", "content": "Name three fruits."}], "temperature": 1.0,
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Name three fruits."}], "temperature": 1.0,
             "top_p": 0.95, "seed": 11, "max_tokens": 12, "top_k": 8, "min_p": 0.05, "repetition_penalty": 1.3,
             "presence_penalty": 0.5, "frequency_penalty": 0.5, "logit_bias": {"28": -5}, "logprobs": True,
             "top_logprobs": 2, "n": 2}
@@ -122,7 +124,7 @@ def test_sampling_fields_and_logprobs_reach_the_upstream_unchanged(upstream, fro
     without_top_k = requests.post(f"{front.url}/v1/chat/completions", json={**body, "top_k": 0}, timeout=120).json()
     assert [c["message"] for c in without_top_k["choices"]] != [c["message"] for c in direct["choices"]]
     streamed = requests.post(f"{front.url}/v1/completions", timeout=120, json={
-        "model": "m", "prompt": "The capital of France is", "max_tokens": 4, "temperature": 0, "logprobs": 1,
+        "model": MODEL, "prompt": "The capital of France is", "max_tokens": 4, "temperature": 0, "logprobs": 1,
         "stream": True}).text
     assert '"token_logprobs": [' in streamed.replace('":[', '": [') and "text_offset" in streamed
 

@@ -200,3 +200,28 @@ def test_ignore_eos_generates_exactly_max_tokens(real_engine):
                                SamplingParams(max_tokens=30, temperature=0, ignore_eos=True))
     assert finished.finish_reason == "length" and finished.usage.completion_tokens == 30
     assert text.startswith("The capital of France is Paris.")
+
+
+def test_the_backlog_reports_the_work_ahead_and_finishes_report_their_time_in_the_queue(real_engine):
+    from tests.fakes import wait_until
+
+    ids = real_engine.encode_chat([{"role": "user", "content": "Write a long story."}])
+    long = SamplingParams(max_tokens=60, temperature=0.0, ignore_eos=True)
+    run(real_engine, "Hi", SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True))
+    assert real_engine.backlog().tokens_per_second > 0  # measured
+    assert real_engine.backlog().wait_seconds() == 0.0  # an idle engine: no wait
+    handles = [real_engine.submit(f"b{i}", ids, long) for i in range(8 + 3)]  # a full batch of 8, and 3 waiting
+    try:
+        assert wait_until(lambda: real_engine.stats["running"] == 8, timeout=60)
+        backlog = real_engine.backlog()
+        assert (backlog.waiting, backlog.waiting_max_tokens, backlog.free_slots) == (3, 3 * 60, 0)
+        assert 0 < backlog.running_max_tokens <= 8 * 60
+        expected = (backlog.waiting_max_tokens + backlog.running_max_tokens) * backlog.fill / backlog.tokens_per_second
+        assert backlog.wait_seconds() == pytest.approx(expected) and expected > 0
+    finally:
+        for handle in handles:
+            handle.cancel()
+    finishes = [collect(handle, 60)[1] for handle in handles]
+    assert all(f.queue_time is not None and f.queue_time >= 0 for f in finishes)
+    assert max(f.queue_time for f in finishes[8:]) > 0  # the last three waited for a slot
+    assert real_engine.backlog().waiting == 0

@@ -235,18 +235,17 @@ def cors_client(fake_engine, settings):
     return app.test_client()
 
 
-def preflight(client, origin: str):
+def preflight(client, origin: str, headers: str = "authorization, content-type"):
     return client.options("/v1/chat/completions", headers={
-        "Origin": origin, "Access-Control-Request-Method": "POST",
-        "Access-Control-Request-Headers": "authorization, content-type"})
+        "Origin": origin, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": headers})
 
 
 def test_a_preflight_from_an_allowed_origin_passes(cors_client):
-    response = preflight(cors_client, "https://app.example")
+    response = preflight(cors_client, "https://app.example", "authorization, content-type, traceparent, tracestate")
     assert response.status_code == 200
     assert response.headers["Access-Control-Allow-Origin"] == "https://app.example"
     allowed = {h.strip().lower() for h in response.headers["Access-Control-Allow-Headers"].split(",")}
-    assert {"authorization", "content-type"} <= allowed
+    assert {"authorization", "content-type", "traceparent", "tracestate"} <= allowed
     assert "POST" in response.headers["Access-Control-Allow-Methods"]
 
 

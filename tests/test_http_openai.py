@@ -8,6 +8,8 @@ from tests.fakes import CHAT
 from tests.http import openai_error, post_json
 from tests.sse import openai_payloads, parse_sse
 
+MODEL = "fake-model"  # the name `model` must say
+
 
 def data_lines(response) -> list:
     return openai_payloads(parse_sse(response.get_data(as_text=True)))
@@ -82,11 +84,11 @@ def test_error_after_stream_began_is_one_error_line_then_done(client, fake_engin
 
 
 def test_text_completion_and_stream_with_echo(client, fake_engine):
-    body = post_json(client, "/v1/completions", {"model": "m", "prompt": "Once upon", "max_tokens": 3}).get_json()
+    body = post_json(client, "/v1/completions", {"model": MODEL, "prompt": "Once upon", "max_tokens": 3}).get_json()
     assert body["object"] == "text_completion" and body["id"].startswith("cmpl-")
     assert body["choices"][0]["text"] == "Hello from the" and body["choices"][0]["finish_reason"] == "length"
     assert fake_engine.submitted[-1].prompt_ids == fake_engine.encode_text("Once upon")  # no chat template
-    chunks = data_lines(post_json(client, "/v1/completions", {"model": "m", "prompt": ["Once upon"], "echo": True,
+    chunks = data_lines(post_json(client, "/v1/completions", {"model": MODEL, "prompt": ["Once upon"], "echo": True,
                                                               "stream": True}))
     assert chunks[-1] == "[DONE]"
     texts = [c["choices"][0]["text"] for c in chunks[:-1]]

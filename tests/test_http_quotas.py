@@ -40,7 +40,7 @@ def test_the_headers_come_on_every_answer_of_a_limited_key(app, client):
 
 def test_a_rate_limited_openai_request_gets_openais_error_type(app, client):
     key = new_key(app, rpm=1)
-    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
+    body = {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
     assert client.post("/v1/chat/completions", json=body, headers=bearer(key)).status_code == 200
     refused = client.post("/v1/chat/completions", json=body, headers=bearer(key))
     assert refused.status_code == 429

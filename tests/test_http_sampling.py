@@ -12,7 +12,7 @@ from tests.fakes import CHAT
 from tests.http import assert_error, openai_error, post, post_json
 from tests.sse import openai_payloads, parse_sse
 
-TEXT = {"model": "m", "prompt": "Once upon", "max_tokens": 3}
+TEXT = {"model": CHAT["model"], "prompt": "Once upon", "max_tokens": 3}
 
 
 def data_lines(response) -> list:

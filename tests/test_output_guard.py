@@ -311,7 +311,7 @@ def test_the_generation_is_cancelled_at_the_match(settings):
 
 def test_openai_chat_and_text_completions_report_content_filter(settings):
     _, client, engine = guarded_app(settings, ANSWER, output_filter="Paris")
-    chat = {"model": "m", "messages": [{"role": "user", "content": "capital?"}]}
+    chat = {"model": "fake-model", "messages": [{"role": "user", "content": "capital?"}]}
     body = post_json(client, "/v1/chat/completions", chat).get_json()
     assert body["choices"][0]["message"]["content"] == "The capital of France is "
     assert body["choices"][0]["finish_reason"] == "content_filter"
@@ -320,7 +320,7 @@ def test_openai_chat_and_text_completions_report_content_filter(settings):
     assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == "The capital of France is "
     assert chunks[-1]["choices"][0] == {"index": 0, "delta": {}, "logprobs": None, "finish_reason": "content_filter"}
     assert engine.handles[-1].cancelled
-    text = {"model": "m", "prompt": "The capital of France is", "max_tokens": 40}
+    text = {"model": "fake-model", "prompt": "The capital of France is", "max_tokens": 40}
     body = post_json(client, "/v1/completions", text).get_json()
     assert body["choices"][0]["text"] == "The capital of France is "
     assert body["choices"][0]["finish_reason"] == "content_filter"
@@ -351,7 +351,7 @@ def test_a_looping_answer_ends_with_repetition(settings):
     assert engine.handles[-1].cancelled and engine.handles[-1].cancel_reason == "repetition"
     stored = stored_answer(client)
     assert (stored["response"], stored["finish_reason"]) == (expected, "repetition")
-    chat = {"model": "m", "messages": [{"role": "user", "content": "sing"}]}
+    chat = {"model": "fake-model", "messages": [{"role": "user", "content": "sing"}]}
     body = post_json(client, "/v1/chat/completions", chat).get_json()
     assert body["choices"][0]["message"]["content"] == expected
     assert body["choices"][0]["finish_reason"] == "repetition"
@@ -359,7 +359,7 @@ def test_a_looping_answer_ends_with_repetition(settings):
 
 def test_ignore_eos_requests_are_not_stopped_for_repetition(settings):
     _, client, _ = guarded_app(settings, LOOP)
-    chat = {"model": "m", "messages": [{"role": "user", "content": "sing"}], "ignore_eos": True}
+    chat = {"model": "fake-model", "messages": [{"role": "user", "content": "sing"}], "ignore_eos": True}
     body = post_json(client, "/v1/chat/completions", chat).get_json()
     assert body["choices"][0]["message"]["content"] == LOOP and body["choices"][0]["finish_reason"] == "stop"
 

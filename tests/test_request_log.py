@@ -168,7 +168,7 @@ def test_the_prompt_is_logged_only_with_log_prompts(settings, log_format, log_pr
                        client.get("/chat/stream?prompt=secret%20query&max_tokens=2")):
             assert "event: finish" in stream.get_data(as_text=True)
             stream.close()
-        client.post("/v1/completions", data=json.dumps({"model": "m", "prompt": "secret raw"}))
+        client.post("/v1/completions", data=json.dumps({"model": "fake-model", "prompt": "secret raw"}))
     text = out.getvalue()
     if log_format == "json":
         json_lines(out)
@@ -183,3 +183,17 @@ def test_log_format_setting():
     assert Settings.from_env({"LLM_API_LOG_FORMAT": " JSON "}).log_format == "json"
     with pytest.raises(ConfigError, match="LLM_API_LOG_FORMAT must be one of text, json"):
         Settings.from_env({"LLM_API_LOG_FORMAT": "yaml"})
+
+
+def test_without_tracing_the_line_carries_the_trace_id_of_a_valid_traceparent(settings):
+    app = make_app(settings, log_format="json")
+    client = app.test_client()
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    with log_output() as buffer:
+        client.get("/conversations", headers={"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01",
+                                              "X-Request-ID": "with-trace"})
+        client.get("/conversations", headers={"traceparent": "00-not-a-trace-01", "X-Request-ID": "bad-trace"})
+        client.get("/conversations", headers={"X-Request-ID": "no-trace"})
+    lines = {line["request_id"]: line for line in json_lines(buffer) if line["logger"] == "llm_api.request"}
+    assert lines["with-trace"]["trace_id"] == trace_id
+    assert "trace_id" not in lines["bad-trace"] and "trace_id" not in lines["no-trace"]

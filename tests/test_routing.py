@@ -169,7 +169,7 @@ def test_the_static_degraded_answer_is_the_last_resort(settings):
     assert json.loads(events[0]["data"])["text"] == STATIC
     assert json.loads(events[-1]["data"])["engine"] == "static"
     completion = client.post("/v1/chat/completions", data=json.dumps(
-        {"model": "x", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8})).get_json()
+        {"model": "model-0", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8})).get_json()
     assert completion["choices"][0]["message"]["content"] == STATIC
     assert completion["model"] == "static" and completion["system_fingerprint"] == "static"
 
@@ -182,7 +182,7 @@ def test_without_a_last_resort_the_primary_error_is_the_answer(settings):
     assert client.get("/chat/get/messages").get_json()["messages"] == []  # nothing stored
     router, _ = chain("raise", "overload")
     response = client_for(settings, router).post("/v1/chat/completions", data=json.dumps(
-        {"model": "x", "messages": [{"role": "user", "content": "hi"}]}))
+        {"model": "model-0", "messages": [{"role": "user", "content": "hi"}]}))
     assert response.status_code == 503 and response.get_json()["error"]["code"] == "engine_unavailable"
 
 
@@ -212,7 +212,7 @@ def test_a_context_length_error_is_the_callers_not_a_fallback(settings):
 def test_openai_answers_name_the_model_and_engine_that_answered(settings):
     router, _ = chain("raise", "ok")
     client = client_for(settings, router)
-    body = {"model": "x", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
+    body = {"model": "model-0", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
     response = client.post("/v1/chat/completions", data=json.dumps(body))
     completion = response.get_json()
     assert completion["model"] == "model-1" and completion["system_fingerprint"] == "e1"
@@ -221,7 +221,7 @@ def test_openai_answers_name_the_model_and_engine_that_answered(settings):
     chunks = [json.loads(e["data"]) for e in parse_sse(response.get_data(as_text=True))
               if e["data"] not in (None, "[DONE]")]
     assert {c["system_fingerprint"] for c in chunks} == {"e1"} and {c["model"] for c in chunks} == {"model-1"}
-    text = client.post("/v1/completions", data=json.dumps({"model": "x", "prompt": "hi", "max_tokens": 8}))
+    text = client.post("/v1/completions", data=json.dumps({"model": "model-0", "prompt": "hi", "max_tokens": 8}))
     assert text.get_json()["system_fingerprint"] == "e1" and text.headers["X-LLM-API-Engine"] == "e1"
 
 

@@ -9,6 +9,8 @@ import pytest
 from llm_api.generation.types import SamplingDefaults
 from llm_api.local_model.loader import CHATGLM3_SAMPLING, EMBEDDED_SAMPLING, recommended_sampling
 
+MODEL = "fake-model"  # the name `model` must say
+
 RECOMMENDED = SamplingDefaults(temperature=0.3, top_p=0.85)
 
 
@@ -20,10 +22,10 @@ def recommending_engine(fake_engine):
 
 @pytest.mark.parametrize(("path", "body"), [
     ("/chat/new/message", {"prompt": "hello", "max_tokens": 3}),
-    ("/v1/chat/completions", {"model": "m", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 3}),
-    ("/v1/chat/completions", {"model": "m", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 3,
+    ("/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": "hello"}], "max_tokens": 3}),
+    ("/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": "hello"}], "max_tokens": 3,
                               "temperature": None, "top_p": None}),  # null: the default too
-    ("/v1/completions", {"model": "m", "prompt": "hello", "max_tokens": 3}),
+    ("/v1/completions", {"model": MODEL, "prompt": "hello", "max_tokens": 3}),
 ])
 def test_left_out_fields_get_the_models_recommended_values(recommending_engine, client, path, body):
     assert client.post(path, json=body).status_code == 200
@@ -40,11 +42,11 @@ def test_the_browser_endpoint_gets_them_too(recommending_engine, client):
 
 @pytest.mark.parametrize("path", ["/chat/new/message", "/v1/completions"])
 def test_values_sent_by_the_caller_win(recommending_engine, client, path):
-    assert client.post(path, json={"model": "m", "prompt": "hello", "max_tokens": 3, "temperature": 1.0,
+    assert client.post(path, json={"model": MODEL, "prompt": "hello", "max_tokens": 3, "temperature": 1.0,
                                    "top_p": 1.0}).status_code == 200
     params = recommending_engine.submitted[-1].params
     assert (params.temperature, params.top_p) == (1.0, 1.0)
-    only_one = {"model": "m", "prompt": "hello", "max_tokens": 3, "temperature": 0.0}
+    only_one = {"model": MODEL, "prompt": "hello", "max_tokens": 3, "temperature": 0.0}
     assert client.post(path, json=only_one).status_code == 200
     params = recommending_engine.submitted[-1].params
     assert (params.temperature, params.top_p) == (0.0, 0.85)

@@ -60,6 +60,10 @@ def test_settings_parse_every_kind():
     ("LLM_API_OUTPUT_FILTER_HOLDBACK", "-1", "LLM_API_OUTPUT_FILTER_HOLDBACK must be an integer >= 0"),
     ("LLM_API_REPETITION_NGRAM", "0", "LLM_API_REPETITION_NGRAM must be an integer >= 1"),
     ("LLM_API_REPETITION_MAX", "-2", "LLM_API_REPETITION_MAX must be an integer >= 0"),
+    ("LLM_API_MAX_QUEUE_WAIT", "-5", "LLM_API_MAX_QUEUE_WAIT must be a number >= 0"),
+    ("LLM_API_MAX_QUEUE_WAIT", "30s", "LLM_API_MAX_QUEUE_WAIT must be a number"),
+    ("LLM_API_MAX_QUEUE_WAIT", "nan", "LLM_API_MAX_QUEUE_WAIT must be a finite number"),
+    ("LLM_API_MAX_QUEUE_WAIT", "inf", "LLM_API_MAX_QUEUE_WAIT must be a finite number"),
 ])
 def test_invalid_settings_name_the_variable(name, value, expected):
     with pytest.raises(ConfigError) as raised:

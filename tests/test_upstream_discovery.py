@@ -27,6 +27,7 @@ class StubUpstream:
     def __init__(self, fail_models: int = 0) -> None:
         self.fail_models = fail_models
         self.calls: dict[str, int] = {}
+        self.post_headers: list[dict[str, str]] = []  # each POST's request headers
         self._lock = threading.Lock()
         stub = self
 
@@ -46,6 +47,7 @@ class StubUpstream:
 
             def do_POST(self) -> None:
                 stub.count("POST", self.path)
+                stub.post_headers.append(dict(self.headers))
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 chat = self.path == "/v1/chat/completions"
                 pieces = [{"delta": {"content": text}} if chat else {"text": text} for text in ("Hello", " there.")]
@@ -114,7 +116,7 @@ def test_many_requests_ask_the_upstream_for_its_models_only_at_start(stub, tmp_p
         assert client.get("/healthz").status_code == 200  # outside gunicorn, the first request starts the engines
         assert wait_until(lambda: stub.models_calls == 1)
         assert wait_until(lambda: client.get("/v1/models").get_json()["data"][0]["id"] == MODEL)
-        chat = {"model": "m", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8}
+        chat = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8}
         asked = 0
         for i in range(50):
             kind = i % 5
@@ -182,3 +184,18 @@ def test_a_request_never_asks_for_the_models_even_before_discovery_succeeded(stu
     events = [handle.next_event(5) for _ in range(3)]
     assert isinstance(events[-1], Finished) and events[-1].finish_reason == "stop"
     assert stub.models_calls == 0 and stub.calls["POST /v1/chat/completions"] == 1
+
+
+def test_the_trace_context_goes_to_the_upstream_and_nothing_else_of_it(stub):
+    engine = UpstreamEngine("remote", stub.base_url)
+    traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    handle = engine.submit("r1", [0, 0], SamplingParams(max_tokens=8), messages=[{"role": "user", "content": "Hi"}],
+                           trace_headers={"traceparent": traceparent, "tracestate": "java=svc7", "x-other": "no"})
+    while not isinstance(handle.next_event(5), Finished):
+        pass
+    handle = engine.submit("r2", [0, 0], SamplingParams(max_tokens=8), messages=[{"role": "user", "content": "Hi"}])
+    while not isinstance(handle.next_event(5), Finished):
+        pass
+    first, second = ({k.lower(): v for k, v in h.items()} for h in stub.post_headers)
+    assert first["traceparent"] == traceparent and first["tracestate"] == "java=svc7" and "x-other" not in first
+    assert "traceparent" not in second and "tracestate" not in second

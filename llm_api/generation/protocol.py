@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Literal, Protocol
 
+from .backlog import Backlog
 from .types import Finished, GenerationRequest, SamplingDefaults, SamplingParams, TextDelta
 
 EngineKind = Literal["local", "upstream", "router"]
@@ -99,6 +100,11 @@ class Engine(Protocol):
     def queued(self) -> int:
         """Requests admitted but not yet taken up by the engine."""
 
+    def backlog(self) -> Backlog:
+        """The work queued ahead of a request submitted now, and the measured decode rate: the facts for an
+        estimate of its wait (:mod:`llm_api.generation.backlog`). An engine without a queue of its own (an
+        upstream) reports an empty one."""
+
     @property
     def stats(self) -> Mapping[str, int]:
         """Counters for /readyz and the metrics (steps, tokens, requests, cancelled, running, errors)."""
@@ -120,6 +126,9 @@ class Engine(Protocol):
         """Plain text → ids, without a chat template."""
 
     def submit(self, request_id: str, prompt_ids: list[int], params: SamplingParams, *,
-               messages: Sequence[Message] | None = None, prompt_text: str | None = None) -> GenerationStream:
+               messages: Sequence[Message] | None = None, prompt_text: str | None = None,
+               trace_headers: Mapping[str, str] | None = None) -> GenerationStream:
         """Admit a request or raise at once (:mod:`llm_api.generation.errors`). An engine that takes text
-        (an upstream) uses ``messages`` or ``prompt_text``; one that generates from ids uses ``prompt_ids``."""
+        (an upstream) uses ``messages`` or ``prompt_text``; one that generates from ids uses ``prompt_ids``.
+        ``trace_headers`` are the W3C trace context (``traceparent``, ``tracestate``) of the caller's model
+        call: an engine that calls another service sends them along; the local engine has no use for them."""

@@ -103,6 +103,9 @@ class Finished:
     engine: str | None = None  # the named engine that answered (set by the engine router)
     model: str | None = None  # that engine's model name
     degraded: bool = False  # answered by a fallback engine or the static degraded answer
+    # Seconds from admission until the engine took the request from its queue (the local engine reports it;
+    # the prefill runs from then until the first token). None where the engine has no queue of its own.
+    queue_time: float | None = None
 
 
 @dataclass

@@ -11,11 +11,12 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 
+from ..generation.backlog import Backlog, RateMeter
 from ..generation.channel import Channel
 from ..generation.errors import ContextLengthError, NotReadyError, QueueFullError
 from ..generation.features import SAMPLING_FEATURES, InvalidParameterError, require_features
@@ -58,8 +59,12 @@ class LocalEngine:
         self.options = options or EngineOptions()
         self._inbox: deque[GenerationHandle] = deque()
         self._wake = NativeSignal()
-        self._lock = native_lock()  # guards _waiting and _started
+        self._lock = native_lock()  # guards _waiting, _waiting_max_tokens and _started
         self._waiting = 0  # submitted but not yet taken into the batch
+        self._waiting_max_tokens = 0  # the sum of their max_tokens
+        self._running_max_tokens = 0  # engine thread: what the running rows may still generate
+        self._free_slots = self.options.max_batch  # engine thread: batch rows free for new requests
+        self._meter = RateMeter()  # engine thread writes, greenlets read: decode rate and max_tokens used
         self._cancels = 0  # cancel() calls so far; the engine thread sweeps the inbox when it changes
         self._cancels_swept = 0
         self._started = False
@@ -111,6 +116,14 @@ class LocalEngine:
     def queued(self) -> int:
         return self._waiting
 
+    def backlog(self) -> Backlog:
+        """The work ahead of a request submitted now (``llm_api.generation.backlog``)."""
+        with self._lock:
+            waiting, waiting_max_tokens = self._waiting, self._waiting_max_tokens
+        return Backlog(waiting=waiting, waiting_max_tokens=waiting_max_tokens,
+                       running_max_tokens=self._running_max_tokens, free_slots=self._free_slots,
+                       tokens_per_second=self._meter.tokens_per_second, fill=self._meter.fill)
+
     @property
     def load_seconds(self) -> float | None:
         """Seconds the model took to load (as logged when it became ready); None until it is ready."""
@@ -135,7 +148,8 @@ class LocalEngine:
         return SAMPLING_FEATURES
 
     def submit(self, request_id: str, prompt_ids: list[int], params: SamplingParams, *,
-               messages: Sequence[Message] | None = None, prompt_text: str | None = None) -> GenerationHandle:
+               messages: Sequence[Message] | None = None, prompt_text: str | None = None,
+               trace_headers: Mapping[str, str] | None = None) -> GenerationHandle:
         """Queue a request; raise at once if it cannot be served. ``messages`` and ``prompt_text`` are for
         engines that take text (an upstream server); the ids are what this one generates from."""
         model = self._loaded()
@@ -151,6 +165,7 @@ class LocalEngine:
             if self._waiting >= self.options.max_queue:
                 raise QueueFullError(f"{self._waiting} requests are already waiting")
             self._waiting += 1
+            self._waiting_max_tokens += params.max_tokens
         handle = GenerationHandle(request, Channel(), on_cancel=self._note_cancel)
         self._inbox.append(handle)
         self._wake.set()
@@ -247,13 +262,23 @@ class LocalEngine:
     def _leave_inbox(self, handle: GenerationHandle) -> SequenceState:
         with self._lock:
             self._waiting -= 1
+            self._waiting_max_tokens -= handle.request.params.max_tokens
         model = self._model
         assert model is not None
         self.stats["requests"] += 1
-        seq = SequenceState(handle, model.decode, model.token_bytes)
+        seq = SequenceState(handle, model.decode, model.token_bytes, on_finish=self._answer_ended)
         if handle.cancelled:
             self.stats["cancelled"] += 1
         return seq
+
+    def _answer_ended(self, seq: SequenceState) -> None:
+        """Answers that ended by themselves teach the meter how much of max_tokens answers use."""
+        if seq.finish_reason in ("stop", "length"):
+            self._meter.answer(len(seq.generated), seq.request.params.max_tokens)
+
+    def _note_backlog(self, rows: list[SequenceState], free_slots: int) -> None:
+        self._running_max_tokens = sum(max(0, s.request.params.max_tokens - len(s.generated)) for s in rows)
+        self._free_slots = free_slots
 
     def _batched_iteration(self, model: LoadedModel, batch: RunningBatch) -> None:
         """One scheduling round: admit, run one prefill chunk, run one decode step for the batch."""
@@ -281,9 +306,14 @@ class LocalEngine:
         self.stats["cancelled"] += len(cancelled) + len(cancelled_rows)
         batch.retire(cancelled_rows)
         if batch.rows:
-            self._advance(batch, list(batch.rows), batch.decode())
+            rows = list(batch.rows)
+            started = time.perf_counter()
+            self._advance(batch, rows, batch.decode())
+            self._meter.step(len(rows), time.perf_counter() - started)
             self.stats["steps"] += 1
         self.stats["running"] = len(batch)
+        self._note_backlog([*batch.rows, *(p.seq for p in self._prefills)],
+                           self.options.max_batch - len(batch) - len(self._prefills))
 
     def _join_twins(self, batch: RunningBatch, prefill: Prefill) -> list[SequenceState]:
         """Waiting requests with the very prompt ``prefill`` has just run (the ``n`` answers of one request)
@@ -316,6 +346,8 @@ class LocalEngine:
             return
         seq = new[0]
         self.stats["running"] = 1
+        self._note_backlog([seq], 0)
+        started = time.perf_counter()
         try:
             run_with_generate(model.model, model.tokenizer, seq, model.device)
         except Exception as exc:
@@ -324,6 +356,8 @@ class LocalEngine:
             seq.finish("error", error=f"generation failed: {exc}")
         finally:
             self.stats["running"] = 0
+            self._note_backlog([], 1)
+        self._meter.step(len(seq.generated), time.perf_counter() - started)
         self.stats["tokens"] += len(seq.generated)
         if seq.handle.cancel_seen_at_token is not None:
             self.stats["cancelled"] += 1

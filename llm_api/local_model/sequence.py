@@ -16,8 +16,10 @@ class SequenceState:
     """Per-request state kept by the engine thread."""
 
     def __init__(self, handle: GenerationHandle, decode: Callable[[Sequence[int]], str],
-                 token_bytes: Callable[[int], bytes] | None = None) -> None:
+                 token_bytes: Callable[[int], bytes] | None = None,
+                 on_finish: Callable[[SequenceState], None] | None = None) -> None:
         self.handle = handle
+        self.taken_at = time.monotonic()  # when the engine thread took it from the queue
         self.request = handle.request
         self.sampler = Sampler(self.request.params, self.request.prompt_ids)
         self._token_bytes = token_bytes or (lambda token_id: decode([token_id]).encode())
@@ -29,6 +31,7 @@ class SequenceState:
         self._first_token_at: float | None = None
         self.finished = False
         self.finish_reason: str | None = None
+        self._on_finish = on_finish
 
     @property
     def last_token(self) -> int:
@@ -80,7 +83,10 @@ class SequenceState:
             total_time=now - self.handle.submitted_at,
             error=error,
             token_ids=tuple(self.generated),
+            queue_time=self.taken_at - self.handle.submitted_at,
         ))
+        if self._on_finish is not None:
+            self._on_finish(self)
 
     def _send(self, text: str) -> None:
         """Text, with the log-probabilities of the tokens generated since the last text (the text of a token

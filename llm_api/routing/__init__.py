@@ -4,11 +4,13 @@ circuit breakers and the static degraded answer (see docs/degradation.md)."""
 from __future__ import annotations
 
 from ..config import Settings
+from ..generation.embedding import EmbeddingEngine
 from ..generation.protocol import Engine
+from .models import ModelRegistry
 from .router import EngineRouter
 from .upstream import UpstreamEngine
 
-__all__ = ["EngineRouter", "UpstreamEngine", "build_router"]
+__all__ = ["EngineRouter", "ModelRegistry", "UpstreamEngine", "build_models", "build_router"]
 
 
 def build_router(settings: Settings, local_engine: Engine | None = None) -> EngineRouter:
@@ -43,3 +45,21 @@ def _local_engine(settings: Settings, source: str) -> Engine:
                                       prefill_chunk=settings.prefill_chunk, batching=settings.batching,
                                       torch_threads=settings.torch_threads,
                                       prefix_cache_tokens=settings.prefix_cache_tokens))
+
+
+def build_models(settings: Settings, chat: EngineRouter,
+                 embedders: dict[str, EmbeddingEngine] | None = None) -> ModelRegistry:
+    """The chat chain plus the embedding models of LLM_API_EMBEDDING_MODELS (``embedders``, given, replace
+    them: fakes in tests). Building loads nothing: the engines load when started."""
+    if embedders is None:
+        embedders = {target.name: _embedding_engine(settings, target.name, target.source)
+                     for target in settings.embedding_models}
+    return ModelRegistry(chat, embedders, chat_aliases=settings.chat_model_aliases)
+
+
+def _embedding_engine(settings: Settings, name: str, source: str) -> EmbeddingEngine:
+    from ..local_model.embedder import EmbedderOptions, LocalEmbeddingEngine
+    from ..local_model.embedding_spec import EmbeddingSpec
+
+    return LocalEmbeddingEngine(EmbeddingSpec(name, source, settings.device, settings.torch_threads),
+                                EmbedderOptions(max_queue=settings.max_queue))

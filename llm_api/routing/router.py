@@ -36,6 +36,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from ..config import STATIC_ENGINE
+from ..generation.backlog import Backlog
 from ..generation.errors import ContextLengthError, EngineError, QueueFullError
 from ..generation.features import InvalidParameterError, UnsupportedFeatureError, missing_feature
 from ..generation.protocol import Engine, EngineKind, GenerationStream, Message
@@ -120,6 +121,14 @@ class EngineRouter:
     def queued(self) -> int:
         return sum(m.engine.queued for m in self.members)
 
+    def backlog(self) -> Backlog:
+        """The backlog of the engine a request submitted now goes to first: the first whose circuit is not
+        open and that is ready (requests wait in its queue; the router moves them on only when it refuses)."""
+        for member in self.members:
+            if (member.breaker is None or member.breaker.state != "open") and member.engine.ready:
+                return member.engine.backlog()
+        return Backlog()
+
     @property
     def stats(self) -> Mapping[str, int]:
         """The local engine's counters (an upstream's when there is none)."""
@@ -182,14 +191,15 @@ class EngineRouter:
         raise first
 
     def submit(self, request_id: str, prompt_ids: list[int], params: SamplingParams, *,
-               messages: Sequence[Message] | None = None, prompt_text: str | None = None) -> RoutedHandle:
+               messages: Sequence[Message] | None = None, prompt_text: str | None = None,
+               trace_headers: Mapping[str, str] | None = None) -> RoutedHandle:
         """Hand the request to the first engine that takes it; raise when none does and no degraded answer
         is configured (the first engine's error). A request using a feature no engine of the chain honours
         is refused at once (:class:`UnsupportedFeatureError`)."""
         missing = missing_feature(self.features, params)
         if missing is not None:
             raise UnsupportedFeatureError(missing)
-        handle = RoutedHandle(self, request_id, prompt_ids, params, messages, prompt_text)
+        handle = RoutedHandle(self, request_id, prompt_ids, params, messages, prompt_text, trace_headers)
         if not handle.advance(admitting=True):
             raise handle.errors[0][1]
         return handle
@@ -249,13 +259,15 @@ class RoutedHandle:
     """A routed request's events: a :class:`GenerationStream` over whichever engine of the chain answers."""
 
     def __init__(self, router: EngineRouter, request_id: str, prompt_ids: list[int], params: SamplingParams,
-                 messages: Sequence[Message] | None, prompt_text: str | None) -> None:
+                 messages: Sequence[Message] | None, prompt_text: str | None,
+                 trace_headers: Mapping[str, str] | None = None) -> None:
         self._router = router
         self._request_id = request_id
         self._prompt_ids = prompt_ids
         self._params = params
         self._messages = messages
         self._prompt_text = prompt_text
+        self._trace_headers = trace_headers
         self.submitted_at = time.monotonic()
         self.cancelled = False
         self.cancel_reason = "cancelled"
@@ -359,7 +371,7 @@ class RoutedHandle:
             try:
                 ids = router.ids_for(member.engine, self._prompt_ids, self._messages, self._prompt_text)
                 handle = member.engine.submit(self._request_id, ids, self._params, messages=self._messages,
-                                              prompt_text=self._prompt_text)
+                                              prompt_text=self._prompt_text, trace_headers=self._trace_headers)
             except _CALLERS_FAULT as exc:
                 outcome.report("release")
                 if admitting and not any(e for _, e in self.errors if not isinstance(e, _NOT_TRIED)):

@@ -8,7 +8,7 @@ one ``Finished``, exactly like the local engine's.
 so that the router can fall back:
 
 - cannot connect, a timeout, 401, 403, 404, 408 or any 5xx → :class:`EngineUnavailableError`;
-- 429, or an error whose code is ``queue_full`` → :class:`QueueFullError` (overloaded);
+- 429, or an error whose code is ``queue_full`` or ``overloaded`` → :class:`QueueFullError` (overloaded);
 - 400, 413 and 422 → :class:`UpstreamRejectedError` (the request itself: no fallback).
 
 Then a reader (a greenlet in the gevent worker, whose sockets are cooperative; an OS thread in a process
@@ -36,13 +36,14 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
 import gevent
 from gevent import monkey
 
+from ..generation.backlog import Backlog
 from ..generation.channel import Channel
 from ..generation.errors import EngineError, QueueFullError
 from ..generation.features import SAMPLING_FEATURES
@@ -71,6 +72,11 @@ DISCOVERY_RETRY_SECONDS = 1.0
 DISCOVERY_RETRY_MAX_SECONDS = 30.0
 DISCOVERY_REFRESH_SECONDS = 300.0
 _REJECTED = (400, 413, 422)
+
+
+def _trace_context(headers: Mapping[str, str] | None) -> dict[str, str]:
+    """The W3C trace context headers to send along (nothing else a caller might have put there)."""
+    return {k: v for k, v in (headers or {}).items() if k in ("traceparent", "tracestate")}
 
 
 def estimate_tokens(text: str) -> int:
@@ -158,6 +164,10 @@ class UpstreamEngine:
     def wait_ready(self, timeout: float) -> bool:
         return True  # nothing to load
 
+    def backlog(self) -> Backlog:
+        """Unknown here: the upstream keeps its own queue, and refuses (503) when it is too long."""
+        return Backlog()
+
     def stop_token_ids(self) -> frozenset[int]:
         return frozenset()  # the upstream generates from text and knows its own stops
 
@@ -215,7 +225,8 @@ class UpstreamEngine:
 
     # ---- generating ----------------------------------------------------------------------------------
     def submit(self, request_id: str, prompt_ids: list[int], params: SamplingParams, *,
-               messages: Sequence[Message] | None = None, prompt_text: str | None = None) -> GenerationHandle:
+               messages: Sequence[Message] | None = None, prompt_text: str | None = None,
+               trace_headers: Mapping[str, str] | None = None) -> GenerationHandle:
         if messages is None and prompt_text is None:
             raise EngineError(f"engine {self.name}: an upstream needs the messages or the prompt text")
         chat = prompt_text is None
@@ -237,8 +248,8 @@ class UpstreamEngine:
         connection = self._connection()
         try:
             connection.request("POST", path, body=json.dumps(body).encode(),
-                               headers={**self._headers(), "Content-Type": "application/json",
-                                        "Accept": "text/event-stream"})
+                               headers={**_trace_context(trace_headers), **self._headers(),
+                                        "Content-Type": "application/json", "Accept": "text/event-stream"})
             sock = connection.sock
             response = connection.getresponse()
         except (OSError, http.client.HTTPException) as exc:
@@ -350,7 +361,7 @@ class UpstreamEngine:
         except (ValueError, AttributeError):
             pass
         what = f"engine {self.name}: the upstream answered {status}: {message or http.client.responses.get(status, '')}"
-        if status == 429 or code == "queue_full":
+        if status == 429 or code in ("queue_full", "overloaded"):  # an llm_api upstream sheds with `overloaded`
             return QueueFullError(what)
         if status in _REJECTED:
             return UpstreamRejectedError(what, status)

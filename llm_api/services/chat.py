@@ -28,6 +28,8 @@ from .chat_models import Admit, ChatRequest, ChatResult, ChatUnavailable, Reserv
 from .chat_stream import ChatStream, Heartbeat, Interruption, StreamItem
 from .history import ChatMessage, fit_to_context, prompt_history
 from .output_guard import OutputGuard
+from .shared_streams import LostAnswer
+from .spans import GenerationTrace
 
 __all__ = [  # the chat API in one place, for the views and renderers
     "Admit", "ChatRequest", "ChatResult", "ChatService", "ChatStream", "ChatUnavailable", "Heartbeat",
@@ -37,6 +39,8 @@ __all__ = [  # the chat API in one place, for the views and renderers
 log = logging.getLogger("llm_api.exchange")
 
 TITLE_LENGTH = 80
+# The error stored with an answer whose worker stopped mid-answer (killed, crashed): see store_lost_answer.
+LOST_ERROR = "generation_lost: the worker generating this answer stopped before it finished"
 
 
 class ChatService:
@@ -151,8 +155,13 @@ class ChatService:
         n = request.n
         admitted = admit(n * (len(prompt_ids) + params.max_tokens)) if admit is not None else None
         reservation = SharedReservation(admitted, n) if admitted is not None and n > 1 else admitted
+        trace = GenerationTrace()  # the request's span is the current one here, not on the stream's pump
         try:
-            turn = self._store_user_turn(request, owner, dropped, messages)
+            with trace.storage("store user turn"):
+                turn = self._store_user_turn(request, owner, dropped, messages)
+            trace.submitting(operation="text_completion" if request.raw else "chat", model=self._engine.model_name,
+                             params=params, prompt_tokens=len(prompt_ids), message_id=turn.message_id,
+                             conversation_id=turn.conversation_id)
             handles: list[tuple[Turn, GenerationStream]] = []
             try:
                 for i in range(n):
@@ -160,8 +169,10 @@ class ChatService:
                     # An upstream engine needs the messages (or the raw prompt text), not our token ids.
                     handles.append((answer, self._engine.submit(
                         answer.message_id, prompt_ids, _nth_seed(params, i), messages=messages,
-                        prompt_text=request.prompt if request.raw else None)))
-            except EngineError:
+                        prompt_text=request.prompt if request.raw else None,
+                        trace_headers=trace.outgoing_headers())))
+            except EngineError as exc:
+                trace.refused(exc)
                 for _, handle in handles:
                     handle.cancel()
                     handle.close()
@@ -171,8 +182,10 @@ class ChatService:
             if admitted is not None:
                 admitted.cancel()
             raise
+        # The trace follows the first answer (one span per request); the others are its siblings.
         streams = [ChatStream(self, request, handle, answer, self._heartbeat, self._request_timeout, reservation,
-                              guard=self._output_guard) for answer, handle in handles]
+                              guard=self._output_guard, trace=trace if index == 0 else None)
+                   for index, (answer, handle) in enumerate(handles)]
         for stream in streams:
             self._running.add(stream)
         self._idle.clear()
@@ -261,7 +274,7 @@ class ChatService:
             created_at=_now(), owner=turn.owner, reply_to=turn.user_message_id,
             finish_reason=finished.finish_reason, usage=finished.usage.as_dict(),
             time_to_first_token=finished.time_to_first_token, total_time=finished.total_time,
-            params=_params(request), model=finished.model or self._engine.model_name, error=finished.error,
+            params=stored_params(request), model=finished.model or self._engine.model_name, error=finished.error,
         )
         try:
             self._store.add_messages(turn.conversation_id, [answer])
@@ -274,7 +287,7 @@ class ChatService:
             except Exception:  # an observer never costs the client its answer
                 log.exception("message %s: the answer observer failed", turn.message_id)
 
-    def _log(self, answer: Message, request: ChatRequest, request_id: str | None,
+    def _log(self, answer: Message, request: ChatRequest | None, request_id: str | None,
              finished: Finished | None = None) -> None:
         usage = answer.usage or {}
         ttft = "-" if answer.time_to_first_token is None else f"{answer.time_to_first_token:.3f}s"
@@ -286,9 +299,28 @@ class ChatService:
             line += f" engine={finished.engine}" + (" degraded=1" if finished.degraded else "")
         if answer.error:
             line += f" error={answer.error!r}"
-        if self._log_prompts:
+        if self._log_prompts and request is not None:
             line += f" prompt={request.prompt!r}"
         log.info(line, extra={"request_id": request_id})  # the stream's pump greenlet has no request context
+
+    def store_lost_answer(self, lost: LostAnswer) -> None:
+        """Store an answer whose generation was lost with its worker (killed mid-answer): the text its clients
+        were sent, with ``finish_reason`` ``error``. Its user turn was stored before generation began."""
+        if self._store.get_message(lost.message_id, None) is not None:
+            return  # stored by its own worker after all
+        answer = Message(
+            id=lost.message_id, conversation_id=lost.conversation_id, role="assistant", content=lost.text,
+            created_at=_now(), owner=lost.owner, reply_to=lost.reply_to or None, finish_reason="error",
+            usage={"prompt_tokens": lost.prompt_tokens, "completion_tokens": lost.completion_tokens,
+                   "total_tokens": lost.prompt_tokens + lost.completion_tokens},
+            params=lost.params, model=lost.model or self._engine.model_name, error=LOST_ERROR,
+        )
+        try:
+            self._store.add_messages(lost.conversation_id, [answer])
+        except StorageError as exc:
+            log.error("message %s: could not store the lost answer: %s", lost.message_id, exc)
+            return
+        self._log(answer, None, None)
 
     # ---- reading -----------------------------------------------------------------------------------
     def list_exchanges(self, limit: int, before: str | None, owner: str | None = "") -> list[Exchange]:
@@ -320,7 +352,7 @@ _NEUTRAL_EXTRAS = {"top_k": 0, "min_p": 0.0, "presence_penalty": 0.0, "frequency
                    "repetition_penalty": 1.0, "logit_bias": (), "logprobs": False, "top_logprobs": 0, "n": 1}
 
 
-def _params(request: ChatRequest) -> dict[str, Any]:
+def stored_params(request: ChatRequest) -> dict[str, Any]:
     """The parameters stored with an answer: the usual ones, and each optional one that was used."""
     params: dict[str, Any] = {"max_tokens": request.max_tokens, "temperature": request.temperature,
                               "top_p": request.top_p, "seed": request.seed, "stop": list(request.stop)}

@@ -15,6 +15,7 @@ from ..generation.protocol import GenerationStream
 from ..generation.types import Finished, TextDelta, TokenLogprob, Usage
 from .chat_models import ChatRequest, Reservation, Turn
 from .output_guard import GuardStop, OutputCheck, OutputGuard
+from .spans import GenerationTrace
 
 log = logging.getLogger("llm_api.exchange")
 
@@ -58,8 +59,10 @@ class ChatStream:
 
     def __init__(self, service: AnswerRecorder, request: ChatRequest, handle: GenerationStream, turn: Turn,
                  heartbeat_seconds: float, timeout_seconds: float = 0.0,
-                 reservation: Reservation | None = None, guard: OutputGuard | None = None) -> None:
+                 reservation: Reservation | None = None, guard: OutputGuard | None = None,
+                 trace: GenerationTrace | None = None) -> None:
         self.message_id = turn.message_id
+        self._trace = trace
         self._reservation = reservation
         self.request = request
         self.turn = turn
@@ -80,6 +83,10 @@ class ChatStream:
     @property
     def conversation_id(self) -> str:
         return self.turn.conversation_id
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self._handle.request.prompt_ids)
 
     @property
     def engine(self) -> tuple[str, str, bool]:
@@ -154,7 +161,12 @@ class ChatStream:
         if self._reservation is not None:
             self._reservation.release(event.usage.prompt_tokens + event.usage.completion_tokens)
         try:
-            self._service.record(self.turn, self.request, self.text, event)
+            if self._trace is None:
+                self._service.record(self.turn, self.request, self.text, event)
+            else:
+                self._trace.finished(event)
+                with self._trace.storage("store answer"):
+                    self._service.record(self.turn, self.request, self.text, event)
         finally:
             self._service.stream_finished(self)
         return items
