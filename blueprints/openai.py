@@ -18,7 +18,14 @@ from schemas.openai import ChatCompletionRequestSchema, CompletionRequestSchema
 
 bp = Blueprint("openai", __name__, url_prefix="/v1")
 
-_SAMPLING = ("max_tokens", "temperature", "top_p", "seed", "stop", "ignore_eos")
+_SAMPLING = ("max_tokens", "temperature", "top_p", "seed", "stop", "ignore_eos", "n")
+# Left out of the loaded fields when the caller did not set them (the request's neutral values apply).
+_OPTIONAL = ("top_k", "min_p", "presence_penalty", "frequency_penalty", "repetition_penalty", "logit_bias",
+             "logprobs", "top_logprobs")
+
+
+def _sampling(fields: dict[str, Any]) -> dict[str, Any]:
+    return {**{k: fields[k] for k in _SAMPLING}, **{k: fields[k] for k in _OPTIONAL if k in fields}}
 
 
 def _load(schema: Any) -> dict[str, Any]:
@@ -31,12 +38,12 @@ def chat_completions():  # noqa: ANN201
     models = services().models
     chain = models.resolve_chat(fields["model"])  # 404 unknown, 400 an embedding model
     chat_request = ChatRequest.from_messages(fields["messages"], model=fields["model"], structured=fields["structured"],
-                                             **{k: fields[k] for k in _SAMPLING})
+                                             **_sampling(fields))
     model = models.listed_name(chain)
     if fields["stream"]:
-        return _streamed(ChatChunkStream(caller.open_stream(chat_request), model, fields["include_usage"]))
-    result = caller.complete(chat_request)
-    return mark_engine(jsonify(chat_completion(result, model)), result.engine, result.degraded)
+        return _streamed(ChatChunkStream(caller.open_streams(chat_request), model, fields["include_usage"]))
+    results = caller.complete_all(chat_request)
+    return mark_engine(jsonify(chat_completion(results, model)), results[0].engine, results[0].degraded)
 
 
 @route(bp, "/completions", ["POST"])
@@ -45,13 +52,13 @@ def completions():  # noqa: ANN201
     models = services().models
     chain = models.resolve_chat(fields["model"])
     chat_request = ChatRequest(messages=[], prompt=fields["prompt"], raw=True, model=fields["model"],
-                               **{k: fields[k] for k in _SAMPLING})
+                               **_sampling(fields))
     model = models.listed_name(chain)
     echo = fields["prompt"] if fields["echo"] else ""
     if fields["stream"]:
-        return _streamed(TextChunkStream(caller.open_stream(chat_request), model, fields["include_usage"], echo))
-    result = caller.complete(chat_request)
-    return mark_engine(jsonify(text_completion(result, model, echo)), result.engine, result.degraded)
+        return _streamed(TextChunkStream(caller.open_streams(chat_request), model, fields["include_usage"], echo))
+    results = caller.complete_all(chat_request)
+    return mark_engine(jsonify(text_completion(results, model, echo)), results[0].engine, results[0].degraded)
 
 
 def _streamed(chunks: ChatChunkStream | TextChunkStream) -> Response:

@@ -18,7 +18,7 @@ from blueprints import route
 from blueprints.page import DOCS_ASSETS, PAGE_ASSETS
 from llm_api.http_body import MAX_JSON_DEPTH
 from schemas import chat, conversations, embeddings, openai, responses, structured
-from schemas.fields import StopField
+from schemas.fields import LOGIT_BIAS_LIMIT, MAX_LOGIT_BIAS_ENTRIES, LogitBiasField, StopField
 
 bp = Blueprint("openapi", __name__)
 
@@ -29,6 +29,11 @@ CONTENT = {"oneOf": [{"type": "string"},
                                                  "required": ["type", "text"],
                                                  "properties": {"type": {"const": "text"},
                                                                 "text": {"type": "string"}}}}]}
+
+LOGIT_BIAS = {"type": ["object", "null"], "maxProperties": MAX_LOGIT_BIAS_ENTRIES,
+              "propertyNames": {"pattern": "^[0-9]{1,9}$"},
+              "additionalProperties": {"type": "number", "minimum": -LOGIT_BIAS_LIMIT, "maximum": LOGIT_BIAS_LIMIT},
+              "description": "Token id (a decimal string) → bias added to its logit."}
 
 _TOKENS = {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1}
 EMBEDDING_INPUT = {"oneOf": [
@@ -105,6 +110,8 @@ def _custom_fields(converter: Any, field: fields.Field, **kwargs: Any) -> dict[s
         return TOOL_CHOICE
     if isinstance(field, structured.ToolCallSchemaField):
         return TOOL_CALLS
+    if isinstance(field, LogitBiasField):
+        return LOGIT_BIAS
     return {}
 
 

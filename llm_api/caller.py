@@ -42,6 +42,17 @@ def complete(chat_request: ChatRequest) -> ChatResult:
     return services().chat.complete(chat_request, current_owner(), admission())
 
 
+def open_streams(chat_request: ChatRequest) -> list[ChatStream]:
+    """The request's ``n`` answers, generated together."""
+    refuse_if_overloaded()
+    return services().chat.open_streams(chat_request, current_owner(), admission())
+
+
+def complete_all(chat_request: ChatRequest) -> list[ChatResult]:
+    refuse_if_overloaded()
+    return services().chat.complete_all(chat_request, current_owner(), admission())
+
+
 def add_rate_limit_headers(response: Response) -> Response:
     """``after_request``: the key's ``x-ratelimit-*`` headers on every answer (when it has limits)."""
     key = current_key()

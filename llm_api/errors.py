@@ -17,6 +17,7 @@ from werkzeug.exceptions import HTTPException
 from .generation.embedding import EmbeddingFailed, InputTooLongError, TokenIdError, UnsupportedDimensionsError
 from .generation.errors import ContextLengthError, EngineError, GenerationError, NotReadyError, QueueFullError
 from .generation.structured import UnsupportedFieldError
+from .generation.features import InvalidParameterError, UnsupportedFeatureError
 from .local_model.errors import ModelLoadError
 from .metrics import current_metrics
 from .quota.admission import QuotaExceeded
@@ -96,6 +97,9 @@ def from_engine_error(exc: EngineError) -> ApiError:
         return ApiError(400, "context_length_exceeded", str(exc), {
             "prompt_tokens": exc.prompt_tokens, "max_tokens": exc.max_tokens,
             "context_length": exc.context_length})
+    if isinstance(exc, InvalidParameterError):  # the fields envelope of a validation error, so `param` names it
+        code = "unsupported_parameter" if isinstance(exc, UnsupportedFeatureError) else "invalid_parameter"
+        return ApiError(400, code, str(exc), {"fields": {exc.field: [str(exc)]}})
     if isinstance(exc, QueueFullError):
         return ApiError(503, "queue_full", f"The server is at capacity ({exc}); retry shortly.", headers=retry)
     if isinstance(exc, (NotReadyError, ModelLoadError)):

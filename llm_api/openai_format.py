@@ -2,18 +2,23 @@
 
 Streams are ``data: {chunk}`` lines ending with ``data: [DONE]``; an error after
 the stream began is one ``data: {"error": ...}`` line, and ``[DONE]`` still follows.
+A request for ``n`` answers has ``n`` choices (``index`` 0 to n-1); streamed, their
+chunks interleave as the tokens come, each chunk carrying one choice.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
+
+import gevent
+from gevent.queue import Queue
 
 from .errors import ApiError
 from .generation.tool_calls import ToolCallDelta
-from .generation.types import Finished, TextDelta
-from .services.chat import ChatResult, ChatStream, Heartbeat
+from .generation.types import Finished, TextDelta, TokenLogprob
+from .services.chat import ChatResult, ChatStream, Heartbeat, StreamItem
 from .streaming import sse_comment, sse_event
 
 if TYPE_CHECKING:
@@ -32,20 +37,50 @@ def _usage(usage: dict[str, int]) -> dict[str, int]:
     return {k: usage[k] for k in ("prompt_tokens", "completion_tokens", "total_tokens")}
 
 
-def chat_completion(result: ChatResult, model: str) -> dict[str, Any]:
+def _summed_usage(usages: Sequence[dict[str, int]]) -> dict[str, int]:
+    """The usage of ``n`` answers to one prompt: the prompt counted once (as OpenAI counts it), the
+    completions added up."""
+    prompt = usages[0]["prompt_tokens"]
+    completion = sum(u["completion_tokens"] for u in usages)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def chat_logprobs(entries: Sequence[TokenLogprob] | None) -> dict[str, Any] | None:
+    """A chat choice's ``logprobs``: ``{"content": [{token, logprob, bytes, top_logprobs}], "refusal": null}``."""
+    if entries is None:
+        return None
+    return {"content": [entry.as_dict() for entry in entries], "refusal": None}
+
+
+def text_logprobs(entries: Sequence[TokenLogprob] | None, offset: int = 0) -> dict[str, Any] | None:
+    """A text choice's ``logprobs`` (the legacy shape): parallel lists of tokens, their log-probabilities,
+    ``{token: logprob}`` of the alternatives, and each token's character offset in the choice's text
+    (counted over the tokens' own text, from ``offset``)."""
+    if entries is None:
+        return None
+    offsets = []
+    for entry in entries:
+        offsets.append(offset)
+        offset += len(entry.token)
+    return {"tokens": [e.token for e in entries], "token_logprobs": [e.logprob for e in entries],
+            "top_logprobs": [{t.token: t.logprob for t in e.top} for e in entries], "text_offset": offsets}
+
+
+def chat_completion(results: Sequence[ChatResult], model: str) -> dict[str, Any]:
+    first = results[0]
     return {
-        "id": CHAT_PREFIX + result.message_id,
+        "id": CHAT_PREFIX + first.message_id,
         "object": "chat.completion",
         "created": int(time.time()),
-        "model": result.model or model,  # the model that generated the text (a fallback's, when degraded)
-        **_fingerprint(result.engine),
+        "model": first.model or model,  # the model that generated the text (a fallback's, when degraded)
+        **_fingerprint(first.engine),
         "choices": [{
-            "index": 0,
+            "index": index,
             "message": _message(result),
-            "logprobs": None,
+            "logprobs": chat_logprobs(result.logprobs),
             "finish_reason": result.finish_reason,
-        }],
-        "usage": _usage(result.usage),
+        } for index, result in enumerate(results)],
+        "usage": _summed_usage([r.usage for r in results]),
     }
 
 
@@ -56,30 +91,35 @@ def _message(result: ChatResult) -> dict[str, Any]:
     return {"role": "assistant", "content": result.response or None, "refusal": None, "tool_calls": result.tool_calls}
 
 
-def text_completion(result: ChatResult, model: str, echo_prompt: str = "") -> dict[str, Any]:
+def text_completion(results: Sequence[ChatResult], model: str, echo_prompt: str = "") -> dict[str, Any]:
+    first = results[0]
     return {
-        "id": TEXT_PREFIX + result.message_id,
+        "id": TEXT_PREFIX + first.message_id,
         "object": "text_completion",
         "created": int(time.time()),
-        "model": result.model or model,
-        **_fingerprint(result.engine),
-        "choices": [{"index": 0, "text": echo_prompt + result.response, "logprobs": None,
-                     "finish_reason": result.finish_reason}],
-        "usage": _usage(result.usage),
+        "model": first.model or model,
+        **_fingerprint(first.engine),
+        "choices": [{"index": index, "text": echo_prompt + result.response,
+                     "logprobs": text_logprobs(result.logprobs, len(echo_prompt)),
+                     "finish_reason": result.finish_reason} for index, result in enumerate(results)],
+        "usage": _summed_usage([r.usage for r in results]),
     }
 
 
 class _ChunkStream:
-    """Turns a :class:`ChatStream` into OpenAI stream chunks; subclasses shape one choice."""
+    """Turns the :class:`ChatStream` of each of a request's answers into OpenAI stream chunks; subclasses
+    shape one choice."""
 
     object_name = ""
     id_prefix = ""
 
-    def __init__(self, stream: ChatStream, model: str, include_usage: bool) -> None:
-        self.stream = stream
+    def __init__(self, streams: Sequence[ChatStream], model: str, include_usage: bool) -> None:
+        self.streams = list(streams)
+        self.stream = self.streams[0]  # the first answer names the completion (its id, the engine headers)
         self.model = model
         self.include_usage = include_usage
         self.created = int(time.time())
+        self.logprobs = self.stream.request.logprobs
 
     def chunk(self, choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> str:
         engine, model, _ = self.stream.engine  # the engine generating now (after a fallback: the fallback)
@@ -93,15 +133,16 @@ class _ChunkStream:
 
     def close(self) -> None:
         """Called by the WSGI server when the response ends, read or not."""
-        self.stream.close()
+        for stream in self.streams:
+            stream.close()
 
     def opening(self) -> Iterator[str]:
         return iter(())
 
-    def choice(self, delta_text: str | None, finish_reason: str | None) -> dict[str, Any]:
+    def choice(self, index: int, delta: TextDelta | None, finish_reason: str | None) -> dict[str, Any]:
         raise NotImplementedError
 
-    def tool_choice(self, delta: ToolCallDelta) -> dict[str, Any]:
+    def tool_choice(self, index: int, delta: ToolCallDelta) -> dict[str, Any]:
         """A tool call's piece, as OpenAI streams it: index, id, type and name first, then argument fragments."""
         call: dict[str, Any] = {"index": delta.index}
         if delta.name is not None:
@@ -110,30 +151,65 @@ class _ChunkStream:
                 call["function"]["arguments"] = delta.arguments
         else:
             call["function"] = {"arguments": delta.arguments}
-        return {"index": 0, "delta": {"tool_calls": [call]}, "logprobs": None, "finish_reason": None}
+        return {"index": index, "delta": {"tool_calls": [call]}, "logprobs": None, "finish_reason": None}
 
     def __iter__(self) -> Iterator[str]:
         yield sse_comment("stream open")
         yield from self.opening()
-        for item in self.stream:
+        usages: list[dict[str, int]] = []
+        items = self._items()
+        for index, item in items:
             if isinstance(item, Heartbeat):
                 yield sse_comment("ping")
             elif isinstance(item, TextDelta):
-                yield self.chunk([self.choice(item.text, None)])
+                yield self.chunk([self.choice(index, item, None)])
             elif isinstance(item, ToolCallDelta):
-                yield self.chunk([self.tool_choice(item)])
+                yield self.chunk([self.tool_choice(index, item)])
             elif isinstance(item, Finished):
+                stream = self.streams[index]
                 if item.finish_reason == "error":
                     error = ApiError(500, "generation_failed", item.error or "generation failed")
                     yield sse_event(error.openai_body())
-                elif self.stream.interrupted is not None:  # e.g. shutting_down: stored as cancelled
-                    interrupted = self.stream.interrupted
+                    break
+                if stream.interrupted is not None:  # e.g. shutting_down: stored as cancelled
+                    interrupted = stream.interrupted
                     yield sse_event(ApiError(503, interrupted.code, interrupted.message).openai_body())
-                else:
-                    yield self.chunk([self.choice(None, item.finish_reason)])
-                    if self.include_usage:
-                        yield self.chunk([], _usage(item.usage.as_dict()))
+                    break
+                yield self.chunk([self.choice(index, None, item.finish_reason)])
+                usages.append(item.usage.as_dict())
+        else:
+            if self.include_usage:
+                yield self.chunk([], _summed_usage(usages))
+        items.close()  # after an error: the other answers are cancelled
         yield sse_event("[DONE]")
+
+    def _items(self) -> Generator[tuple[int, StreamItem], None, None]:
+        """Each answer's items with its index, as they come; the answers still running when the reader stops
+        are cancelled (and stored) on the way out."""
+        if len(self.streams) == 1:
+            for item in self.streams[0]:
+                yield 0, item
+            return
+        queue: Queue[tuple[int, StreamItem | None]] = Queue()
+
+        def pump(index: int, stream: ChatStream) -> None:
+            try:
+                for item in stream:
+                    queue.put((index, item))
+            finally:
+                queue.put((index, None))
+
+        pumps = [gevent.spawn(pump, index, stream) for index, stream in enumerate(self.streams)]
+        running = len(pumps)
+        try:
+            while running:
+                index, item = queue.get()
+                if item is None:
+                    running -= 1
+                else:
+                    yield index, item
+        finally:
+            gevent.killall(pumps)  # a pump cut short cancels its answer and waits for the engine's finish
 
 
 class ChatChunkStream(_ChunkStream):
@@ -141,28 +217,38 @@ class ChatChunkStream(_ChunkStream):
     id_prefix = CHAT_PREFIX
 
     def opening(self) -> Iterator[str]:
-        yield self.chunk([{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                           "finish_reason": None}])
+        for index in range(len(self.streams)):
+            yield self.chunk([{"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                               "finish_reason": None}])
 
-    def choice(self, delta_text: str | None, finish_reason: str | None) -> dict[str, Any]:
-        delta = {} if delta_text is None else {"content": delta_text}
-        return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+    def choice(self, index: int, delta: TextDelta | None, finish_reason: str | None) -> dict[str, Any]:
+        content = {} if delta is None else {"content": delta.text}
+        logprobs = chat_logprobs(delta.logprobs) if delta is not None and self.logprobs else None
+        return {"index": index, "delta": content, "logprobs": logprobs, "finish_reason": finish_reason}
 
 
 class TextChunkStream(_ChunkStream):
     object_name = "text_completion"
     id_prefix = TEXT_PREFIX
 
-    def __init__(self, stream: ChatStream, model: str, include_usage: bool, echo_prompt: str = "") -> None:
-        super().__init__(stream, model, include_usage)
+    def __init__(self, streams: Sequence[ChatStream], model: str, include_usage: bool, echo_prompt: str = "") -> None:
+        super().__init__(streams, model, include_usage)
         self.echo_prompt = echo_prompt
+        self.offsets = [len(echo_prompt)] * len(self.streams)  # each choice's text so far, in characters
 
     def opening(self) -> Iterator[str]:
         if self.echo_prompt:
-            yield self.chunk([self.choice(self.echo_prompt, None)])
+            for index in range(len(self.streams)):
+                yield self.chunk([{"index": index, "text": self.echo_prompt, "logprobs": None,
+                                   "finish_reason": None}])
 
-    def choice(self, delta_text: str | None, finish_reason: str | None) -> dict[str, Any]:
-        return {"index": 0, "text": delta_text or "", "logprobs": None, "finish_reason": finish_reason}
+    def choice(self, index: int, delta: TextDelta | None, finish_reason: str | None) -> dict[str, Any]:
+        logprobs = None
+        if delta is not None and self.logprobs:
+            logprobs = text_logprobs(delta.logprobs, self.offsets[index])
+            self.offsets[index] += sum(len(entry.token) for entry in delta.logprobs)
+        return {"index": index, "text": delta.text if delta is not None else "", "logprobs": logprobs,
+                "finish_reason": finish_reason}
 
 
 def model_list(models: Sequence[ModelInfo], created: int) -> dict[str, Any]:

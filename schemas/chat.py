@@ -12,8 +12,12 @@ from llm_api.time_format import format_time
 from .fields import (
     MAX_STOP_SEQUENCES,
     MAX_TOKENS_RANGE,
+    MIN_P_RANGE,
+    PENALTY_RANGE,
+    REPETITION_PENALTY_RANGE,
     SEED_RANGE,
     TEMPERATURE_RANGE,
+    TOP_K_RANGE,
     TOP_P_RANGE,
     StopField,
     StrictBoolean,
@@ -51,6 +55,17 @@ class SamplingFieldsMixin(Schema):
     top_p = StrictFloat(load_default=None, validate=TOP_P_RANGE)
     seed = StrictInteger(load_default=None, allow_none=True, validate=SEED_RANGE)
     stop = StopField(load_default=())
+    # The common extensions (as on /v1; docs/api.md): neutral when left out.
+    top_k = StrictInteger(load_default=0, validate=TOP_K_RANGE)
+    min_p = StrictFloat(load_default=0.0, validate=MIN_P_RANGE)
+    repetition_penalty = StrictFloat(load_default=1.0, validate=REPETITION_PENALTY_RANGE)
+    presence_penalty = StrictFloat(load_default=0.0, validate=PENALTY_RANGE)
+    frequency_penalty = StrictFloat(load_default=0.0, validate=PENALTY_RANGE)
+
+    @post_load
+    def _top_k_off(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        data["top_k"] = max(data.get("top_k", 0), 0)  # -1, as vLLM spells it, means no cut like 0
+        return data
 
 
 class ChatMessageRequestSchema(SamplingFieldsMixin):
@@ -151,10 +166,16 @@ class ChatStreamQuerySchema(Schema):
     seed = fields.Integer(load_default=None, validate=SEED_RANGE)
     stop = fields.List(fields.String(validate=validate.Length(min=1)), load_default=list,
                        validate=validate.Length(max=MAX_STOP_SEQUENCES))
+    top_k = fields.Integer(load_default=0, validate=TOP_K_RANGE)
+    min_p = fields.Float(load_default=0.0, allow_nan=False, validate=MIN_P_RANGE)
+    repetition_penalty = fields.Float(load_default=1.0, allow_nan=False, validate=REPETITION_PENALTY_RANGE)
+    presence_penalty = fields.Float(load_default=0.0, allow_nan=False, validate=PENALTY_RANGE)
+    frequency_penalty = fields.Float(load_default=0.0, allow_nan=False, validate=PENALTY_RANGE)
     stream_mode = fields.String(load_default="delta", validate=validate.OneOf(STREAM_MODES))
     model = fields.String(load_default=None, validate=validate.Length(min=1))  # optional: GET /v1/models lists them
 
     @post_load
     def _tuple_stop(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
         data["stop"] = tuple(data["stop"])
+        data["top_k"] = max(data["top_k"], 0)
         return data

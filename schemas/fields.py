@@ -17,6 +17,17 @@ TEMPERATURE_RANGE = validate.Range(min=0.0, max=2.0)
 TOP_P_RANGE = validate.Range(min=0.0, max=1.0, min_inclusive=False)
 SEED_RANGE = validate.Range(min=INT64_MIN, max=INT64_MAX)
 MAX_STOP_SEQUENCES = 4
+# The optional sampling knobs (docs/api.md): OpenAI's ranges for its own fields, vLLM's for the extensions.
+PENALTY_RANGE = validate.Range(min=-2.0, max=2.0)
+REPETITION_PENALTY_RANGE = validate.Range(min=0.0, max=2.0, min_inclusive=False)
+TOP_K_RANGE = validate.Range(min=-1)  # -1 and 0: no cut (vLLM accepts both)
+MIN_P_RANGE = validate.Range(min=0.0, max=1.0)
+MAX_N = 8  # answers per request: one batch's rows
+N_RANGE = validate.Range(min=1, max=MAX_N, error=f"Must be between 1 and {MAX_N}.")
+MAX_TOP_LOGPROBS = 20
+TOP_LOGPROBS_RANGE = validate.Range(min=0, max=MAX_TOP_LOGPROBS)
+MAX_LOGIT_BIAS_ENTRIES = 300
+LOGIT_BIAS_LIMIT = 100.0
 
 
 def _reject_non_number(value: Any) -> None:
@@ -59,3 +70,24 @@ class StopField(fields.Field):
         if len(stops) > MAX_STOP_SEQUENCES:
             raise ValidationError(f"At most {MAX_STOP_SEQUENCES} stop sequences.")
         return tuple(stops)
+
+
+class LogitBiasField(fields.Field):
+    """OpenAI's ``logit_bias``: ``{"token id": bias}`` with ids as decimal strings, biases from -100 to 100,
+    at most :data:`MAX_LOGIT_BIAS_ENTRIES`; loads as ``((id, bias), ...)`` sorted by id. Whether each id is
+    in the model's vocabulary is the engine's to say."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> tuple[tuple[int, float], ...]:
+        if not isinstance(value, dict):
+            raise ValidationError("Must be an object mapping token ids (as strings) to biases.")
+        if len(value) > MAX_LOGIT_BIAS_ENTRIES:
+            raise ValidationError(f"At most {MAX_LOGIT_BIAS_ENTRIES} entries.")
+        biases: dict[int, float] = {}
+        for key, bias in value.items():
+            if not (isinstance(key, str) and key.isascii() and key.isdigit() and len(key) <= 9):
+                raise ValidationError(f"Key {key!r} is not a token id (a non-negative integer, as a string).")
+            if isinstance(bias, bool) or not isinstance(bias, (int, float)) or not (
+                    -LOGIT_BIAS_LIMIT <= bias <= LOGIT_BIAS_LIMIT):
+                raise ValidationError(f"The bias of token {key} must be a number from -100 to 100.")
+            biases[int(key)] = float(bias)
+        return tuple(sorted(biases.items()))

@@ -15,9 +15,16 @@ from llm_api.generation.structured import StructuredOutput
 
 from .fields import (
     MAX_TOKENS_RANGE,
+    MIN_P_RANGE,
+    N_RANGE,
+    PENALTY_RANGE,
+    REPETITION_PENALTY_RANGE,
     SEED_RANGE,
     TEMPERATURE_RANGE,
+    TOP_K_RANGE,
+    TOP_LOGPROBS_RANGE,
     TOP_P_RANGE,
+    LogitBiasField,
     StopField,
     StrictBoolean,
     StrictFloat,
@@ -116,14 +123,17 @@ class _CommonSchema(Schema):
     top_p = StrictFloat(load_default=None, allow_none=True, validate=TOP_P_RANGE)
     stop = StopField(load_default=(), allow_none=True)
     seed = StrictInteger(load_default=None, allow_none=True, validate=SEED_RANGE)
-    n = StrictInteger(load_default=1, allow_none=True,
-                      validate=validate.Equal(1, error="Only n=1 is supported by this server."))
+    n = StrictInteger(load_default=1, allow_none=True, validate=N_RANGE)
     stream = StrictBoolean(load_default=False, allow_none=True)
     stream_options = fields.Nested(StreamOptionsSchema, load_default=None, allow_none=True)
     user = Ignored()
-    frequency_penalty = NeutralOnly(0, 0.0)
-    presence_penalty = NeutralOnly(0, 0.0)
-    logit_bias = NeutralOnly({})
+    frequency_penalty = StrictFloat(load_default=None, allow_none=True, validate=PENALTY_RANGE)
+    presence_penalty = StrictFloat(load_default=None, allow_none=True, validate=PENALTY_RANGE)
+    logit_bias = LogitBiasField(load_default=None, allow_none=True)
+    # Extensions, as in vLLM (and llama.cpp's server): see docs/api.md.
+    top_k = StrictInteger(load_default=None, allow_none=True, validate=TOP_K_RANGE)
+    min_p = StrictFloat(load_default=None, allow_none=True, validate=MIN_P_RANGE)
+    repetition_penalty = StrictFloat(load_default=None, allow_none=True, validate=REPETITION_PENALTY_RANGE)
     max_tokens = StrictInteger(load_default=None, allow_none=True, validate=MAX_TOKENS_RANGE)
     # Extension (as in vLLM and llama.cpp's server): generate exactly max_tokens, past end-of-turn tokens.
     ignore_eos = StrictBoolean(load_default=False, allow_none=True)
@@ -137,6 +147,10 @@ class _CommonSchema(Schema):
                 data[name] = default
         options = data.pop("stream_options") or {}
         data["include_usage"] = bool(options.get("include_usage"))
+        if data.get("top_k") == -1:
+            data["top_k"] = 0  # vLLM's spelling of "no cut"
+        if data.get("logit_bias") is not None and not data["logit_bias"]:
+            data["logit_bias"] = None
         kept_when_none = ("max_tokens", "seed", "temperature", "top_p")  # None: decided by the service
         for name in [k for k, v in data.items() if v is None and k not in kept_when_none]:
             del data[name]
@@ -150,8 +164,8 @@ class _CommonSchema(Schema):
 class ChatCompletionRequestSchema(_CommonSchema):
     messages = fields.List(fields.Nested(ChatMessageSchema), required=True, validate=validate.Length(min=1))
     max_completion_tokens = StrictInteger(load_default=None, allow_none=True, validate=MAX_TOKENS_RANGE)
-    logprobs = NeutralOnly(False)
-    top_logprobs = NeutralOnly(0)
+    logprobs = StrictBoolean(load_default=None, allow_none=True)
+    top_logprobs = StrictInteger(load_default=None, allow_none=True, validate=TOP_LOGPROBS_RANGE)
     response_format = ResponseFormatField(load_default=None, allow_none=True)
     tools = ToolsField(load_default=None, allow_none=True)
     tool_choice = ToolChoiceField(load_default=None, allow_none=True)
@@ -176,12 +190,19 @@ class ChatCompletionRequestSchema(_CommonSchema):
         if mode == "function" and name not in {t.name for t in tools}:
             raise ValidationError(f"tool_choice names {name!r}, which is not among the tools.", "tool_choice")
 
+    @validates_schema
+    def _top_logprobs_need_logprobs(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if data.get("top_logprobs") and not data.get("logprobs"):
+            raise ValidationError("top_logprobs needs logprobs: true.", "top_logprobs")
+
     def _adjust(self, data: dict[str, Any]) -> None:
         """``max_completion_tokens`` (the current name) wins over the deprecated ``max_tokens``; the answer's
         shape (response_format, tools, tool_choice) becomes one ``structured`` value."""
         newer = data.pop("max_completion_tokens", None)
         if newer is not None:
             data["max_tokens"] = newer
+        if not data.get("logprobs"):
+            data.pop("top_logprobs", None)
         data["structured"] = structured_output(data.pop("response_format", None), data.pop("tools", None),
                                                data.pop("tool_choice", None))
 
@@ -212,10 +233,19 @@ class CompletionRequestSchema(_CommonSchema):
     max_tokens = StrictInteger(load_default=16, allow_none=True, validate=MAX_TOKENS_RANGE)
     echo = StrictBoolean(load_default=False, allow_none=True)
     suffix = NeutralOnly()
-    logprobs = NeutralOnly()
+    # This endpoint's logprobs is a number: how many alternatives to list at each position (0: only the token's).
+    logprobs = StrictInteger(load_default=None, allow_none=True, validate=TOP_LOGPROBS_RANGE)
     best_of = NeutralOnly(1)
 
+    @validates_schema
+    def _no_prompt_logprobs(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if data.get("echo") and data.get("logprobs") is not None:
+            raise ValidationError("logprobs with echo (the prompt's log-probabilities) is not supported.", "logprobs")
+
     def _adjust(self, data: dict[str, Any]) -> None:
+        alternatives = data.pop("logprobs", None)
+        if alternatives is not None:
+            data["logprobs"], data["top_logprobs"] = True, alternatives
         if data.get("max_tokens") is None:
             data["max_tokens"] = 16  # the OpenAI default for this endpoint
         data["echo"] = bool(data.get("echo"))

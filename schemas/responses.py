@@ -142,15 +142,43 @@ class AssistantMessageSchema(Schema):
 
 
 class _ChoiceSchema(Schema):
-    """What every choice carries besides its message, delta or text."""
+    """What every choice carries besides its message, delta or text (and its log-probabilities)."""
 
     index = fields.Integer(required=True)
-    logprobs = fields.Raw(allow_none=True)
     finish_reason = fields.String(required=True, allow_none=True)
+
+
+class TopLogprobSchema(Schema):
+    token = fields.String(required=True)
+    logprob = fields.Float(required=True)
+    bytes = fields.List(fields.Integer(), required=True, allow_none=True)
+
+
+class TokenLogprobSchema(TopLogprobSchema):
+    """One position of a chat answer: the chosen token and the most likely alternatives."""
+
+    top_logprobs = fields.List(fields.Nested(TopLogprobSchema), required=True)
+
+
+class ChatLogprobsSchema(Schema):
+    """A chat choice's ``logprobs`` (null unless the request set ``logprobs: true``)."""
+
+    content = fields.List(fields.Nested(TokenLogprobSchema), required=True, allow_none=True)
+    refusal = fields.List(fields.Nested(TokenLogprobSchema), allow_none=True)
+
+
+class TextLogprobsSchema(Schema):
+    """A text choice's ``logprobs`` in the legacy shape: parallel lists, one entry per token."""
+
+    tokens = fields.List(fields.String(), required=True)
+    token_logprobs = fields.List(fields.Float(), required=True)
+    top_logprobs = fields.List(fields.Dict(keys=fields.String(), values=fields.Float()), required=True)
+    text_offset = fields.List(fields.Integer(), required=True)
 
 
 class ChatChoiceSchema(_ChoiceSchema):
     message = fields.Nested(AssistantMessageSchema, required=True)
+    logprobs = fields.Nested(ChatLogprobsSchema, required=True, allow_none=True)
 
 
 class ChatCompletionSchema(_CompletionObjectSchema):
@@ -166,6 +194,7 @@ class ChunkDeltaSchema(Schema):
 
 class ChunkChoiceSchema(_ChoiceSchema):
     delta = fields.Nested(ChunkDeltaSchema, required=True)
+    logprobs = fields.Nested(ChatLogprobsSchema, allow_none=True)
 
 
 class ChatCompletionChunkSchema(_CompletionObjectSchema):
@@ -177,6 +206,7 @@ class ChatCompletionChunkSchema(_CompletionObjectSchema):
 
 class TextChoiceSchema(_ChoiceSchema):
     text = fields.String(required=True)
+    logprobs = fields.Nested(TextLogprobsSchema, required=True, allow_none=True)
 
 
 class TextCompletionSchema(_CompletionObjectSchema):

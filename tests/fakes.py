@@ -10,10 +10,19 @@ import gevent
 from llm_api.generation.backlog import Backlog
 from llm_api.generation.channel import Channel
 from llm_api.generation.errors import ContextLengthError, QueueFullError
+from llm_api.generation.features import SAMPLING_FEATURES, require_features
 from llm_api.generation.handle import GenerationHandle
 from llm_api.generation.protocol import EngineKind, Message
 from llm_api.generation.tool_calls import ToolCallReader, ToolSyntax
-from llm_api.generation.types import Finished, GenerationRequest, SamplingDefaults, SamplingParams, TextDelta, Usage
+from llm_api.generation.types import (
+    Finished,
+    GenerationRequest,
+    SamplingDefaults,
+    SamplingParams,
+    TextDelta,
+    TokenLogprob,
+    Usage,
+)
 
 
 class FakeEngine:
@@ -45,6 +54,7 @@ class FakeEngine:
         self.started = False
         self.defaults = SamplingDefaults()  # what sampling_defaults() answers (a test may change it)
         self.encoded: list[list[dict[str, str]]] = []  # every message list given to encode_chat
+        self.features = SAMPLING_FEATURES  # what it claims to honour (a test may narrow it)
 
     def start(self, on_load_failure: Callable[[str], None] | None = None) -> None:
         self.started = True
@@ -78,6 +88,7 @@ class FakeEngine:
             raise ContextLengthError(len(prompt_ids), params.max_tokens, self.context_length)
         if self.queue_full:
             raise QueueFullError("1 requests are already waiting")
+        require_features(self.features, params)
         request = GenerationRequest(request_id, prompt_ids, params)
         handle = GenerationHandle(request, Channel(), on_cancel=lambda: None)
         self.submitted.append(request)
@@ -91,6 +102,15 @@ class FakeEngine:
     def pieces(self, max_tokens: int) -> list[str]:
         words = self.reply.split(" ")
         return [w if i == 0 else " " + w for i, w in enumerate(words)][:max_tokens]
+
+    @staticmethod
+    def logprobs(piece: str, params: SamplingParams) -> tuple[TokenLogprob, ...]:
+        """One entry per piece: logprob -0.25, and alternatives -1, -2, ... named ``alt1``, ``alt2``, ..."""
+        if not params.logprobs:
+            return ()
+        top = tuple(TokenLogprob(piece if i == 0 else f"alt{i}", -0.25 if i == 0 else -float(i),
+                                 tuple((piece if i == 0 else f"alt{i}").encode())) for i in range(params.top_logprobs))
+        return (TokenLogprob(piece, -0.25, tuple(piece.encode()), top),)
 
     def _play(self, handle: GenerationHandle) -> None:
         params, prompt = handle.request.params, len(handle.request.prompt_ids)
@@ -111,7 +131,7 @@ class FakeEngine:
             if self.fail_after is not None and sent >= self.fail_after:
                 handle.channel.put(Finished("error", Usage(prompt, sent), 0.01, 0.02, error="boom"))
                 return
-            for event in reader.feed(piece) if reader is not None else [TextDelta(piece)]:
+            for event in reader.feed(piece) if reader is not None else [TextDelta(piece, self.logprobs(piece, params))]:
                 handle.channel.put(event)
             sent += 1
         reason = "length" if len(pieces) == params.max_tokens and len(pieces) < len(self.reply.split(" ")) else "stop"

@@ -62,7 +62,7 @@ def test_same_seed_same_text(openai_client):
 
 def test_validation_error_surfaces_as_a_client_exception(openai_client):
     with pytest.raises(openai.UnprocessableEntityError) as raised:
-        openai_client.chat.completions.create(model=MODEL, messages=FRANCE, n=2)
+        openai_client.chat.completions.create(model=MODEL, messages=FRANCE, n=9)
     assert raised.value.status_code == 422
     assert raised.value.body["param"] == "n" and raised.value.body["code"] == "validation_error"
     with pytest.raises(openai.BadRequestError) as raised:

@@ -104,8 +104,8 @@ def test_models_list(client, fake_engine):
 
 
 @pytest.mark.parametrize("extra, param", [
-    ({"n": 2}, "n"), ({"tools": [{"type": "function"}]}, "tools"), ({"logprobs": True}, "logprobs"),
-    ({"frequency_penalty": 0.5}, "frequency_penalty"), ({"response_format": {"type": "xml"}},
+    ({"n": 9}, "n"), ({"tools": [{"type": "function"}]}, "tools"), ({"top_logprobs": 2}, "top_logprobs"),
+    ({"frequency_penalty": 2.5}, "frequency_penalty"), ({"response_format": {"type": "xml"}},
                                                        "response_format"),
     ({"temperature": 3}, "temperature"), ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
     ({"messages": []}, "messages"), ({"messages": [{"role": "tool", "content": "x"}]}, "messages"),

@@ -78,6 +78,11 @@ class Engine(Protocol):
     def sampling_defaults(self) -> SamplingDefaults:
         """Temperature and top_p for requests that leave them out (the model's recommended values)."""
 
+    @property
+    def features(self) -> frozenset[str]:
+        """The optional request features it honours (:mod:`llm_api.generation.features`); a request using
+        another is refused, never served without it."""
+
     # ---- readiness and counters ----------------------------------------------------------------------
     @property
     def ready(self) -> bool: ...

@@ -20,11 +20,42 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False  # keep generating past end-of-turn tokens (benchmarks: exact output lengths)
     structured: StructuredOutput | None = None  # response_format and tools (generation/structured.py)
+    # The knobs below are neutral by default; docs/api.md gives each one's range and meaning.
+    top_k: int = 0  # keep the k most likely tokens; 0: all
+    min_p: float = 0.0  # drop tokens less likely than min_p × the most likely one's probability
+    presence_penalty: float = 0.0  # OpenAI's: subtracted once from every token already generated
+    frequency_penalty: float = 0.0  # OpenAI's: subtracted per earlier occurrence in the generated text
+    repetition_penalty: float = 1.0  # Hugging Face's: divides (or multiplies) the logits of prompt and output tokens
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias added to its logit)
+    logprobs: bool = False  # report each chosen token's log-probability
+    top_logprobs: int = 0  # and this many most likely alternatives at each position
 
     @property
     def greedy(self) -> bool:
         """Temperatures this close to 0 are greedy (dividing by them overflows the logits)."""
         return self.temperature < MIN_SAMPLING_TEMPERATURE
+
+    @property
+    def penalised(self) -> bool:
+        """Some penalty changes the logits according to the tokens seen so far."""
+        return bool(self.presence_penalty or self.frequency_penalty or self.repetition_penalty != 1.0)
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One position of an answer: the chosen token (as text and as its bytes) and its log-probability
+    under the model's own distribution, with the most likely alternatives (``top``, most likely first;
+    their own ``top`` is empty)."""
+
+    token: str
+    logprob: float
+    bytes: tuple[int, ...]
+    top: tuple[TokenLogprob, ...] = ()
+
+    def as_dict(self) -> dict[str, object]:
+        """OpenAI's chat shape: ``{"token", "logprob", "bytes", "top_logprobs"}``."""
+        return {"token": self.token, "logprob": self.logprob, "bytes": list(self.bytes),
+                "top_logprobs": [{"token": t.token, "logprob": t.logprob, "bytes": list(t.bytes)} for t in self.top]}
 
 
 @dataclass(frozen=True)
@@ -55,9 +86,11 @@ class Usage:
 
 @dataclass(frozen=True)
 class TextDelta:
-    """New text for a request (never ends inside a UTF-8 character)."""
+    """New text for a request (never ends inside a UTF-8 character), and the log-probabilities of the tokens
+    generated since the last delta when the request asked for them."""
 
     text: str
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -155,6 +155,12 @@ class Prefill:
         self.cache = cache
         self.done = reused  # prompt tokens already in the cache
         self.reused = reused  # of which taken from the prefix cache
+        self.prompt_kv: KV | None = None  # the whole prompt's keys and values, once it has run
+
+    @property
+    def started(self) -> bool:
+        """Some of the prompt has been run here (not only taken from the prefix cache)."""
+        return self.done > self.reused
 
     @property
     def remaining(self) -> int:
@@ -193,6 +199,17 @@ class RunningBatch:
             layer.keys, layer.values = keys, values  # views: the next update concatenates into new tensors
         return Prefill(seq, cache, reused=length)
 
+    def join_twin(self, twin: Prefill, source: Prefill) -> None:
+        """``twin`` has the same prompt as ``source``, which has just run it: it joins the batch with
+        ``source``'s keys and values instead of running the prompt again (a request's ``n`` answers)."""
+        assert source.prompt_kv is not None and twin.seq.request.prompt_ids == source.seq.request.prompt_ids
+        cache = self._new_cache()
+        for layer, (keys, values) in zip(_layers(cache), source.prompt_kv, strict=True):
+            layer.lazy_initialization(keys, values)
+            layer.keys, layer.values = keys, values
+        twin.cache, twin.done = cache, len(twin.seq.request.prompt_ids)
+        self._join(twin.seq, cache, twin.done)
+
     def _new_cache(self) -> DynamicCache:
         cache = DynamicCache(config=self._model.config)
         if self._preallocated:
@@ -222,6 +239,7 @@ class RunningBatch:
         prefill.done = end
         if prefill.remaining:
             return None
+        prefill.prompt_kv = [_kv(layer) for layer in _layers(prefill.cache)]  # columns never written again
         self._join(prefill.seq, prefill.cache, len(prompt))
         return self._limit(out.logits[:, -1, :])[0]
 

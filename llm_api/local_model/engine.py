@@ -19,6 +19,7 @@ import torch
 from ..generation.backlog import Backlog, RateMeter
 from ..generation.channel import Channel
 from ..generation.errors import ContextLengthError, NotReadyError, QueueFullError
+from ..generation.features import SAMPLING_FEATURES, InvalidParameterError, require_features
 from ..generation.handle import GenerationHandle
 from ..generation.native import NativeSignal, native_lock, off_the_hub, start_native_thread
 from ..generation.protocol import EngineKind
@@ -78,6 +79,7 @@ class LocalEngine:
         self._prefixes = PrefixCache(self.options.prefix_cache_tokens)  # engine thread only
         self._grammar_compiler: GrammarCompiler | None = None  # built on the first constrained request
         self._compiled: dict[int, object] = {}  # id(handle) → its compiled grammar, until the engine takes it
+        self.shared_prefills = 0  # requests that joined with another's identical prompt, without a prefill
         self.load_error: str | None = None
         self.ready = False
         self.batched = False
@@ -145,6 +147,11 @@ class LocalEngine:
     def sampling_defaults(self) -> SamplingDefaults:
         return self._loaded().sampling_defaults
 
+    @property
+    def features(self) -> frozenset[str]:
+        """Every sampling feature (the batched loop's sampler); before loading, what loading will allow."""
+        return SAMPLING_FEATURES
+
     def submit(self, request_id: str, prompt_ids: list[int], params: SamplingParams, *,
                messages: Sequence[Message] | None = None, prompt_text: str | None = None,
                trace_headers: Mapping[str, str] | None = None) -> GenerationHandle:
@@ -153,6 +160,11 @@ class LocalEngine:
         model = self._loaded()
         if len(prompt_ids) + params.max_tokens > model.context_length:
             raise ContextLengthError(len(prompt_ids), params.max_tokens, model.context_length)
+        require_features(self.features, params)
+        outside = next((token for token, _ in params.logit_bias if token >= model.vocab_limit), None)
+        if outside is not None:
+            raise InvalidParameterError("logit_bias", f"logit_bias: token id {outside} is not in the model's "
+                                                      f"vocabulary (ids 0 to {model.vocab_limit - 1}).")
         request = GenerationRequest(request_id, list(prompt_ids), params, model.prompt_format.stop_token_ids)
         compiled = self._compile(model, params)
         with self._lock:
@@ -287,7 +299,8 @@ class LocalEngine:
             reader = ToolCallReader(model.prompt_format.tool_syntax, frozenset(t.name for t in structured.tools),
                                     forced=structured.forces_call)
         grammar = RowGrammar(compiled) if compiled is not None else None  # type: ignore[arg-type]
-        seq = SequenceState(handle, model.decode, grammar, reader, on_finish=self._answer_ended)
+        seq = SequenceState(handle, model.decode, model.token_bytes, grammar=grammar, tool_reader=reader,
+                            on_finish=self._answer_ended)
         if handle.cancelled:
             self.stats["cancelled"] += 1
         return seq
@@ -321,7 +334,8 @@ class LocalEngine:
             logits = batch.prefill_chunk(prefill, chunk)
             if logits is not None:
                 self._prefills.pop(0)
-                self._advance(batch, [prefill.seq], logits[None, :])
+                joined = [prefill.seq, *self._join_twins(batch, prefill)]
+                self._advance(batch, joined, logits[None, :].repeat(len(joined), 1))
         cancelled_rows = [seq for seq in batch.rows if seq.check_cancelled()]
         self.stats["cancelled"] += len(cancelled) + len(cancelled_rows)
         batch.retire(cancelled_rows)
@@ -334,6 +348,17 @@ class LocalEngine:
         self.stats["running"] = len(batch)
         self._note_backlog([*batch.rows, *(p.seq for p in self._prefills)],
                            self.options.max_batch - len(batch) - len(self._prefills))
+
+    def _join_twins(self, batch: RunningBatch, prefill: Prefill) -> list[SequenceState]:
+        """Waiting requests with the very prompt ``prefill`` has just run (the ``n`` answers of one request)
+        join the batch with its keys and values and its next-token logits: the prompt runs once."""
+        prompt = prefill.seq.request.prompt_ids
+        twins = [p for p in self._prefills if not p.started and p.seq.request.prompt_ids == prompt]
+        for twin in twins:
+            self._prefills.remove(twin)
+            batch.join_twin(twin, prefill)
+        self.shared_prefills += len(twins)
+        return [twin.seq for twin in twins]
 
     def _advance(self, batch: RunningBatch, rows: list[SequenceState], logits: torch.Tensor) -> None:
         """Sample one token per row, emit it, and retire the rows that finished."""

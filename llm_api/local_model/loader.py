@@ -7,10 +7,11 @@ from a local folder.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from .errors import ModelLoadError
 from .load_lock import LOAD_LOCK
 from .prompts import ChatGLM3Format, ChatTemplateFormat, PromptFormat
 from .spec import EMBEDDED_NAME, ModelSpec, embedded_gguf_path, is_embedded, preflight, read_config
+from .token_bytes import token_bytes_function
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,11 @@ class LoadedModel:
 
     def decode(self, ids: Sequence[int]) -> str:
         return str(self.tokenizer.decode(list(ids), skip_special_tokens=True))
+
+    @functools.cached_property
+    def token_bytes(self) -> Callable[[int], bytes]:
+        """Token id → the bytes it stands for (the ``bytes`` of a log-probability)."""
+        return token_bytes_function(self.tokenizer)
 
 
 def resolve_device(device: str) -> torch.device:

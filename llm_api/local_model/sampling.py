@@ -1,10 +1,21 @@
-"""Token choice for every row of a step in one vectorised pass: greedy rows take the argmax; sampled rows
-share one softmax (each at its own temperature), one nucleus (top-p) cut and one inverse-CDF draw, where
-each row's random number comes from its own seeded generator, so a seed repeats whatever the batch."""
+"""Token choice for every row of a step in one vectorised pass.
+
+The order, per row, is vLLM's: the log-probabilities a request asked for are read from the model's own
+distribution (the raw log-softmax, before any of the request's adjustments); then ``logit_bias`` is
+added, the penalties applied (repetition: Hugging Face's, on prompt and output tokens; presence and
+frequency: OpenAI's, on output tokens); greedy rows take the argmax of the adjusted logits; sampled rows
+share one softmax (each at its own temperature) after their top-k cut, one min-p cut, one nucleus
+(top-p) cut and one inverse-CDF draw, where each row's random number comes from its own seeded generator,
+so a seed repeats whatever the batch. Every step works row by row, so a row's choice never depends on its
+neighbours, and each adjustment runs only on the rows that use it: a step where no row asks for one
+costs what it did before these knobs existed.
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -14,21 +25,65 @@ _SEED_MASK = (1 << 64) - 1
 # The nucleus is looked for among this many most likely tokens first, which is far cheaper than sorting the
 # whole vocabulary; a row whose nucleus is not inside them (a flat distribution) falls back to a full sort.
 _NUCLEUS_CANDIDATES = 256
+# What a log-probability of minus infinity (a token the model can never produce) is reported as: JSON has
+# no infinity, and vLLM reports the same number.
+LOGPROB_FLOOR = -9999.0
+
+
+@dataclass(frozen=True)
+class ChosenLogprobs:
+    """The log-probability of the token just chosen and the ``top_logprobs`` most likely (id, logprob)."""
+
+    logprob: float
+    top: tuple[tuple[int, float], ...]
 
 
 class Sampler:
-    """One sequence's parameters and its random stream; a seed makes its choices repeatable."""
+    """One sequence's parameters, its random stream (a seed makes its choices repeatable), and what its
+    penalties need to know of the tokens so far."""
 
-    def __init__(self, params: SamplingParams) -> None:
+    def __init__(self, params: SamplingParams, prompt_ids: Sequence[int] = ()) -> None:
         self.params = params
         self._generator: torch.Generator | None = None
         if not params.greedy:
             seed = params.seed if params.seed is not None else int.from_bytes(os.urandom(8), "little")
             self._generator = torch.Generator().manual_seed(seed & _SEED_MASK)  # any int is a valid seed
+        self._prompt_ids = list(prompt_ids) if params.repetition_penalty != 1.0 else []
+        self._counts: torch.Tensor | None = None  # generated tokens [vocab] (presence and frequency penalties)
+        self._seen: torch.Tensor | None = None  # prompt or generated tokens [vocab] (repetition penalty)
+        self.chosen: ChosenLogprobs | None = None  # the last choice's log-probabilities, when asked for
+
+    @property
+    def adjusts_logits(self) -> bool:
+        return self.params.penalised or bool(self.params.logit_bias)
+
+    @property
+    def truncates(self) -> bool:
+        return self.params.top_k > 0 or self.params.min_p > 0.0
 
     def draw(self) -> torch.Tensor:
         """The next uniform number in [0, 1) of this sequence's stream, shape [1]."""
         return torch.rand(1, generator=self._generator, dtype=torch.float64)
+
+    def counts(self, vocab: int, device: torch.device) -> torch.Tensor:
+        if self._counts is None:
+            self._counts = torch.zeros(vocab, dtype=torch.float32, device=device)
+        return self._counts
+
+    def seen(self, vocab: int, device: torch.device) -> torch.Tensor:
+        if self._seen is None:
+            self._seen = torch.zeros(vocab, dtype=torch.bool, device=device)
+            ids = [i for i in self._prompt_ids if 0 <= i < vocab]
+            if ids:
+                self._seen[torch.tensor(ids, device=device)] = True
+        return self._seen
+
+    def observe(self, token: int) -> None:
+        """The token chosen for this sequence (the penalties of its next steps count it)."""
+        if self._counts is not None:
+            self._counts[token] += 1
+        if self._seen is not None:
+            self._seen[token] = True
 
     def choose(self, logits: torch.Tensor) -> int:
         """``logits``: 1-D float tensor over the vocabulary (on any device)."""
@@ -42,25 +97,133 @@ def choose_tokens(logits: torch.Tensor, samplers: list[Sampler]) -> list[int | E
     """One token per row of ``logits`` [rows, vocab].
 
     A row whose sampling fails (non-finite probabilities) gets an exception instead of a token, so one
-    bad row never takes its neighbours down with it.
+    bad row never takes its neighbours down with it. A sampler that asked for log-probabilities finds
+    them in its ``chosen`` afterwards.
     """
+    device = logits.device
+    wanting = [row for row, sampler in enumerate(samplers) if sampler.params.logprobs]
+    raw = torch.log_softmax(_select(logits, wanting).float(), dim=-1) if wanting else None
+    adjusted = [row for row, sampler in enumerate(samplers) if sampler.adjusts_logits]
+    if adjusted:
+        work = logits.float()  # a copy when the logits were half precision
+        logits = work.clone() if work is logits else work
+        chosen = [samplers[row] for row in adjusted]
+        if len(adjusted) == len(samplers):
+            logits = adjust_logits(logits, chosen)
+        else:
+            logits[_index(adjusted, device)] = adjust_logits(logits[_index(adjusted, device)], chosen)
     tokens: list[int | Exception] = list(torch.argmax(logits, dim=-1).tolist())
     sampled = [row for row, sampler in enumerate(samplers) if not sampler.params.greedy]
-    if not sampled:
-        return tokens
+    if sampled:
+        _sample(logits, samplers, sampled, tokens)
+    for row in adjusted:
+        token = tokens[row]
+        if not isinstance(token, Exception):
+            samplers[row].observe(token)
+    if raw is not None:
+        _record_logprobs(raw, [samplers[row] for row in wanting], [tokens[row] for row in wanting])
+    return tokens
+
+
+def _select(logits: torch.Tensor, rows: list[int]) -> torch.Tensor:
+    """The given rows of ``logits`` (the tensor itself when that is all of them)."""
+    if len(rows) == logits.shape[0]:
+        return logits
+    return logits[_index(rows, logits.device)]
+
+
+def _index(rows: list[int], device: torch.device) -> torch.Tensor:
+    return torch.tensor(rows, device=device)
+
+
+def _sample(logits: torch.Tensor, samplers: list[Sampler], sampled: list[int],
+            tokens: list[int | Exception]) -> None:
+    """Draw the token of every sampled row into ``tokens``."""
     device = logits.device
     params = [samplers[row].params for row in sampled]
     temperature = torch.tensor([p.temperature for p in params], dtype=torch.float32, device=device)[:, None]
     top_p = torch.tensor([p.top_p for p in params], dtype=torch.float32, device=device)
     draws = torch.cat([samplers[row].draw() for row in sampled]).to(device)
-    rows = logits if len(sampled) == len(samplers) else logits[torch.tensor(sampled, device=device)]
-    probs = torch.softmax(rows.float() / temperature, dim=-1)
+    scaled = _select(logits, sampled).float() / temperature
+    truncating = any(samplers[row].truncates for row in sampled)
+    if truncating and any(p.top_k > 0 for p in params):
+        scaled = top_k_filter(scaled, [p.top_k for p in params])
+    probs = torch.softmax(scaled, dim=-1)
+    if truncating and any(p.min_p > 0.0 for p in params):
+        probs = min_p_filter(probs, torch.tensor([p.min_p for p in params], dtype=torch.float32, device=device))
     finite = torch.isfinite(probs).all(dim=-1) & (probs.sum(dim=-1) > 0)
     probs = torch.where(finite[:, None], probs, torch.ones_like(probs))  # a failed row must not poison the draw
     chosen = sample_rows(probs, top_p, draws).tolist()
     for i, (row, ok) in enumerate(zip(sampled, finite.tolist(), strict=True)):
         tokens[row] = chosen[i] if ok else ValueError("the probabilities are not finite")
-    return tokens
+
+
+def adjust_logits(rows: torch.Tensor, samplers: list[Sampler]) -> torch.Tensor:
+    """``rows`` [n, vocab] (float, owned: changed in place) with each sampler's ``logit_bias`` added and its
+    penalties applied, from the tokens it has seen so far."""
+    vocab, device = rows.shape[-1], rows.device
+    biased = [(i, token, bias) for i, s in enumerate(samplers) for token, bias in s.params.logit_bias if token < vocab]
+    if biased:
+        where, tokens, biases = zip(*biased, strict=True)
+        rows.index_put_((_index(list(where), device), _index(list(tokens), device)),
+                        torch.tensor(biases, dtype=rows.dtype, device=device), accumulate=True)
+    repeated = [i for i, s in enumerate(samplers) if s.params.repetition_penalty != 1.0]
+    if repeated:
+        index = _index(repeated, device)
+        seen = torch.stack([samplers[i].seen(vocab, device) for i in repeated])
+        penalty = torch.tensor([samplers[i].params.repetition_penalty for i in repeated], device=device)[:, None]
+        x = rows[index]
+        rows[index] = torch.where(seen, torch.where(x > 0, x / penalty, x * penalty), x)
+    counted = [i for i, s in enumerate(samplers) if s.params.presence_penalty or s.params.frequency_penalty]
+    if counted:
+        index = _index(counted, device)
+        counts = torch.stack([samplers[i].counts(vocab, device) for i in counted])
+        frequency = torch.tensor([samplers[i].params.frequency_penalty for i in counted], device=device)[:, None]
+        presence = torch.tensor([samplers[i].params.presence_penalty for i in counted], device=device)[:, None]
+        rows[index] = rows[index] - counts * frequency - (counts > 0).float() * presence
+    return rows
+
+
+def top_k_filter(scaled: torch.Tensor, top_k: list[int]) -> torch.Tensor:
+    """Each row's logits outside its ``top_k`` most likely set to minus infinity (ties at the cut kept);
+    rows with ``top_k`` 0 (or at least the vocabulary) untouched."""
+    vocab = scaled.shape[-1]
+    ks = [k if 0 < k < vocab else 0 for k in top_k]
+    widest = max(ks)
+    if widest == 0:
+        return scaled
+    kth = torch.topk(scaled, widest, dim=-1).values  # sorted, most likely first
+    index = torch.tensor([max(k, 1) - 1 for k in ks], device=scaled.device)[:, None]
+    limit = kth.gather(-1, index)
+    cut = torch.tensor([k > 0 for k in ks], device=scaled.device)[:, None] & (scaled < limit)
+    return scaled.masked_fill(cut, float("-inf"))
+
+
+def min_p_filter(probs: torch.Tensor, min_p: torch.Tensor) -> torch.Tensor:
+    """Zero each row's probabilities below ``min_p`` × its largest one, and renormalise (``min_p`` 0: no cut)."""
+    floor = probs.max(dim=-1, keepdim=True).values * min_p[:, None]
+    kept = torch.where(probs < floor, torch.zeros_like(probs), probs)
+    return kept / kept.sum(dim=-1, keepdim=True)
+
+
+def _record_logprobs(raw: torch.Tensor, samplers: list[Sampler], tokens: list[int | Exception]) -> None:
+    """Each sampler's ``chosen``: the raw log-probability of its token and its ``top_logprobs`` alternatives."""
+    safe = [t if isinstance(t, int) else 0 for t in tokens]
+    chosen = raw.gather(-1, torch.tensor(safe, device=raw.device)[:, None])[:, 0]
+    widest = min(max(s.params.top_logprobs for s in samplers), raw.shape[-1])
+    top_values: list[list[float]] = [[] for _ in samplers]
+    top_ids: list[list[int]] = [[] for _ in samplers]
+    if widest:
+        values, ids = torch.topk(raw, widest, dim=-1)
+        top_values = _finite(values).tolist()
+        top_ids = ids.tolist()
+    for i, (sampler, logprob) in enumerate(zip(samplers, _finite(chosen).tolist(), strict=True)):
+        k = sampler.params.top_logprobs
+        sampler.chosen = ChosenLogprobs(logprob, tuple(zip(top_ids[i][:k], top_values[i][:k], strict=True)))
+
+
+def _finite(values: torch.Tensor) -> torch.Tensor:
+    return torch.nan_to_num(values, nan=LOGPROB_FLOOR, neginf=LOGPROB_FLOOR, posinf=0.0).clamp(min=LOGPROB_FLOOR)
 
 
 def sample_rows(probs: torch.Tensor, top_p: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:

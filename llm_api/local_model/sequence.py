@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 
 from ..generation.handle import GenerationHandle
 from ..generation.tool_calls import ToolCallReader
-from ..generation.types import Finished, TextDelta, Usage
+from ..generation.types import Finished, TextDelta, TokenLogprob, Usage
 from .decode import IncrementalDetokenizer
 from .grammar import RowGrammar
 from .sampling import Sampler
@@ -18,6 +18,7 @@ class SequenceState:
     """Per-request state kept by the engine thread."""
 
     def __init__(self, handle: GenerationHandle, decode: Callable[[Sequence[int]], str],
+                 token_bytes: Callable[[int], bytes] | None = None,
                  grammar: RowGrammar | None = None, tool_reader: ToolCallReader | None = None,
                  on_finish: Callable[[SequenceState], None] | None = None) -> None:
         self.handle = handle
@@ -25,7 +26,9 @@ class SequenceState:
         self.grammar = grammar  # constrained decoding (response_format, a forced tool call); None: free text
         self._tool_reader = tool_reader  # tools offered: the text is read for calls
         self.request = handle.request
-        self.sampler = Sampler(self.request.params)
+        self.sampler = Sampler(self.request.params, self.request.prompt_ids)
+        self._token_bytes = token_bytes or (lambda token_id: decode([token_id]).encode())
+        self._logprobs: list[TokenLogprob] = []  # chosen tokens' log-probabilities not yet sent
         self.generated: list[int] = []
         self.position = len(self.request.prompt_ids)  # position id of the next token fed to the model
         self._detok = IncrementalDetokenizer(decode)
@@ -47,6 +50,7 @@ class SequenceState:
         if token_id in self.request.stop_token_ids and not self.request.params.ignore_eos:
             self.finish("stop")
             return True
+        self._note_logprobs(token_id)
         self._send(self._stops.feed(self._detok.push(token_id)))
         if self._stops.stopped:
             self.finish("stop")
@@ -74,6 +78,9 @@ class SequenceState:
             self._send(self._stops.feed(self._detok.flush()))
             if not self._stops.stopped:
                 self._send(self._stops.flush())
+        if self._logprobs:  # tokens whose text was held back, or cut by a stop sequence
+            self.handle.channel.put(TextDelta("", tuple(self._logprobs)))
+            self._logprobs = []
         if self._tool_reader is not None and reason != "error":
             for piece in self._tool_reader.finish():
                 self.handle.channel.put(piece)
@@ -95,10 +102,26 @@ class SequenceState:
             self._on_finish(self)
 
     def _send(self, text: str) -> None:
+        """Text, with the log-probabilities of the tokens generated since the last text (the text of a token
+        that ends inside a character, or might begin a stop sequence, comes with a later one's). With tools
+        offered, the text goes through the tool-call reader, which sends calls as calls."""
         if not text:
             return
+        logprobs, self._logprobs = tuple(self._logprobs), []
         if self._tool_reader is None:
-            self.handle.channel.put(TextDelta(text))
+            self.handle.channel.put(TextDelta(text, logprobs))
             return
         for piece in self._tool_reader.feed(text):
             self.handle.channel.put(piece)
+
+    def _note_logprobs(self, token_id: int) -> None:
+        chosen = self.sampler.chosen
+        if not self.request.params.logprobs or chosen is None:
+            return
+        top = tuple(self._entry(token, logprob) for token, logprob in chosen.top)
+        entry = self._entry(token_id, chosen.logprob)
+        self._logprobs.append(TokenLogprob(entry.token, entry.logprob, entry.bytes, top))
+
+    def _entry(self, token_id: int, logprob: float) -> TokenLogprob:
+        raw = self._token_bytes(token_id)
+        return TokenLogprob(raw.decode("utf-8", "replace"), logprob, tuple(raw))

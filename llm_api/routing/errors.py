@@ -14,6 +14,10 @@ class CircuitOpenError(EngineUnavailableError):
     """The engine's circuit breaker is open: it is skipped without being tried."""
 
 
+class FeatureSkipError(EngineUnavailableError):
+    """The engine does not honour a feature the request uses: skipped without being tried."""
+
+
 class UpstreamRejectedError(EngineError):
     """An upstream refused the request itself (a 4xx other than 401, 403, 408 and 429): the caller's fault,
     so neither a fallback nor a breaker failure."""

@@ -38,17 +38,19 @@ from dataclasses import dataclass
 from ..config import STATIC_ENGINE
 from ..generation.backlog import Backlog
 from ..generation.errors import ContextLengthError, EngineError, QueueFullError
+from ..generation.features import InvalidParameterError, UnsupportedFeatureError, missing_feature
 from ..generation.protocol import Engine, EngineKind, GenerationStream, Message
 from ..generation.structured import ToolFunction, UnsupportedFieldError
 from ..generation.tool_calls import ToolCallDelta
 from ..generation.types import Finished, GenerationRequest, SamplingDefaults, SamplingParams, TextDelta, Usage
 from .breaker import CircuitBreaker, Pass
-from .errors import CircuitOpenError, UpstreamRejectedError
+from .errors import CircuitOpenError, FeatureSkipError, UpstreamRejectedError
 from .upstream import estimate_tokens
 
 log = logging.getLogger("llm_api.engines")
 
-_CALLERS_FAULT = (ContextLengthError, UpstreamRejectedError, UnsupportedFieldError)
+_NOT_TRIED = (CircuitOpenError, FeatureSkipError)
+_CALLERS_FAULT = (ContextLengthError, UpstreamRejectedError, UnsupportedFieldError, InvalidParameterError)
 
 
 class TokenIds(list[int]):
@@ -165,6 +167,11 @@ class EngineRouter:
     def sampling_defaults(self) -> SamplingDefaults:
         return self.primary.sampling_defaults()
 
+    @property
+    def features(self) -> frozenset[str]:
+        """What some engine of the chain honours; a request is only ever sent to one that honours all it uses."""
+        return frozenset().union(*(m.engine.features for m in self.members))
+
     def encode_chat(self, messages: Sequence[Message], tools: Sequence[ToolFunction] = ()) -> list[int]:
         return self._encode(lambda engine: engine.encode_chat(messages, tools))
 
@@ -189,7 +196,11 @@ class EngineRouter:
                messages: Sequence[Message] | None = None, prompt_text: str | None = None,
                trace_headers: Mapping[str, str] | None = None) -> RoutedHandle:
         """Hand the request to the first engine that takes it; raise when none does and no degraded answer
-        is configured (the first engine's error)."""
+        is configured (the first engine's error). A request using a feature no engine of the chain honours
+        is refused at once (:class:`UnsupportedFeatureError`)."""
+        missing = missing_feature(self.features, params)
+        if missing is not None:
+            raise UnsupportedFeatureError(missing)
         handle = RoutedHandle(self, request_id, prompt_ids, params, messages, prompt_text, trace_headers)
         if not handle.advance(admitting=True):
             raise handle.errors[0][1]
@@ -349,6 +360,11 @@ class RoutedHandle:
         while self._next < len(router.members):
             index, member = self._next, router.members[self._next]
             self._next += 1
+            missing = missing_feature(member.engine.features, self._params)
+            if missing is not None:  # skipped like an open circuit: not tried, nothing counted
+                skipped = FeatureSkipError(f"engine {member.name}: does not honour {missing}")
+                self.errors.append((member.name, skipped))
+                continue
             ticket = member.breaker.allow() if member.breaker is not None else None
             if member.breaker is not None and ticket is None:
                 self.errors.append((member.name, CircuitOpenError(f"engine {member.name}: its circuit is open")))
@@ -362,7 +378,7 @@ class RoutedHandle:
                                               prompt_text=self._prompt_text, trace_headers=self._trace_headers)
             except _CALLERS_FAULT as exc:
                 outcome.report("release")
-                if admitting and not any(e for _, e in self.errors if not isinstance(e, CircuitOpenError)):
+                if admitting and not any(e for _, e in self.errors if not isinstance(e, _NOT_TRIED)):
                     self.errors.insert(0, (member.name, exc))  # the first engine tried: the caller's error
                     return False
                 self.errors.append((member.name, exc))
@@ -377,7 +393,8 @@ class RoutedHandle:
                 continue
             self._start(_Attempt(index, member.name, member.engine.model_name, handle, outcome))
             return True
-        if router.degraded_answer and (self._attempt is None or self._attempt.name != STATIC_ENGINE):
+        if (router.degraded_answer and (self._attempt is None or self._attempt.name != STATIC_ENGINE)
+                and missing_feature(frozenset(), self._params) is None):  # the static text honours no feature
             self._next = len(router.members) + 1
             static = _StaticHandle(GenerationRequest(self._request_id, list(self._prompt_ids), self._params),
                                    router.degraded_answer)

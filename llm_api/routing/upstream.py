@@ -46,11 +46,20 @@ from gevent import monkey
 from ..generation.backlog import Backlog
 from ..generation.channel import Channel
 from ..generation.errors import EngineError, QueueFullError
+from ..generation.features import SAMPLING_FEATURES
 from ..generation.handle import GenerationHandle
 from ..generation.native import start_native_thread
 from ..generation.protocol import Engine, EngineKind, Message
 from ..generation.structured import ToolFunction, UnsupportedFieldError
-from ..generation.types import Finished, GenerationRequest, SamplingDefaults, SamplingParams, TextDelta, Usage
+from ..generation.types import (
+    Finished,
+    GenerationRequest,
+    SamplingDefaults,
+    SamplingParams,
+    TextDelta,
+    TokenLogprob,
+    Usage,
+)
 from .errors import EngineUnavailableError, UpstreamRejectedError
 
 log = logging.getLogger(__name__)
@@ -80,6 +89,9 @@ class UpstreamEngine:
 
     kind: EngineKind = "upstream"
     batched = True
+    # Forwarded unchanged (vLLM, llama.cpp's server and another llm_api honour them all); an upstream that
+    # does not (OpenAI itself has no top_k) answers 400, which reaches the caller as upstream_rejected.
+    features = SAMPLING_FEATURES
     load_seconds: float | None = None  # nothing to load
 
     def __init__(self, name: str, base_url: str, *, api_key: str = "", model: str = "", timeout: float = 10.0,
@@ -238,6 +250,7 @@ class UpstreamEngine:
             body["ignore_eos"] = True
         if structured is not None and structured.response_format is not None:
             body["response_format"] = structured.response_format.openai_dict()  # the upstream enforces it
+        body.update(sampling_fields(params, chat))
         path = self._path + ("/chat/completions" if chat else "/completions")
         connection = self._connection()
         try:
@@ -301,10 +314,11 @@ class UpstreamEngine:
                     usage = payload["usage"]
                 for choice in payload.get("choices") or ():
                     piece = (choice.get("delta") or {}).get("content") if chat else choice.get("text")
-                    if piece:
+                    logprobs = read_logprobs(choice.get("logprobs"), chat)
+                    if piece or logprobs:
                         first_at = first_at or time.monotonic()
                         sent += 1
-                        handle.channel.put(TextDelta(piece))
+                        handle.channel.put(TextDelta(piece or "", logprobs))
                     if choice.get("finish_reason"):
                         finish = choice["finish_reason"]
         except Exception as exc:  # a reset connection, a broken line: the stream is over either way
@@ -359,3 +373,53 @@ class UpstreamEngine:
         if status in _REJECTED:
             return UpstreamRejectedError(what, status)
         return EngineUnavailableError(what)
+
+
+def sampling_fields(params: SamplingParams, chat: bool) -> dict[str, Any]:
+    """The optional sampling fields a request uses, in the upstream's request shape (neutral ones left out)."""
+    body: dict[str, Any] = {}
+    for name, neutral in (("presence_penalty", 0.0), ("frequency_penalty", 0.0), ("repetition_penalty", 1.0),
+                          ("top_k", 0), ("min_p", 0.0)):
+        if getattr(params, name) != neutral:
+            body[name] = getattr(params, name)
+    if params.logit_bias:
+        body["logit_bias"] = {str(token): bias for token, bias in params.logit_bias}
+    if params.logprobs:
+        if chat:
+            body["logprobs"] = True
+            body["top_logprobs"] = params.top_logprobs
+        else:
+            body["logprobs"] = params.top_logprobs  # /completions: the number of alternatives
+    return body
+
+
+def read_logprobs(value: Any, chat: bool) -> tuple[TokenLogprob, ...]:
+    """A streamed choice's ``logprobs`` (either endpoint's shape) as :class:`TokenLogprob` entries; anything
+    malformed reads as none."""
+    if not isinstance(value, dict):
+        return ()
+    try:
+        if chat:
+            return tuple(_chat_entry(entry) for entry in value.get("content") or ())
+        tokens, logprobs = value.get("tokens") or [], value.get("token_logprobs") or []
+        tops = value.get("top_logprobs") or [None] * len(tokens)
+        return tuple(TokenLogprob(str(token), float(logprob), tuple(str(token).encode()),
+                                  tuple(_plain(t, lp) for t, lp in (top or {}).items()))
+                     for token, logprob, top in zip(tokens, logprobs, tops, strict=False))
+    except (TypeError, ValueError, AttributeError, KeyError):
+        return ()
+
+
+def _chat_entry(entry: dict[str, Any]) -> TokenLogprob:
+    def one(item: dict[str, Any]) -> TokenLogprob:
+        token = str(item["token"])
+        raw = item.get("bytes")
+        return TokenLogprob(token, float(item["logprob"]),
+                            tuple(raw) if isinstance(raw, list) else tuple(token.encode()))
+
+    first = one(entry)
+    return TokenLogprob(first.token, first.logprob, first.bytes, tuple(one(t) for t in entry.get("top_logprobs") or ()))
+
+
+def _plain(token: Any, logprob: Any) -> TokenLogprob:
+    return TokenLogprob(str(token), float(logprob), tuple(str(token).encode()))

@@ -19,7 +19,7 @@ from typing import Any
 from gevent.event import Event
 
 from ..generation.errors import ContextLengthError, EngineError, GenerationError
-from ..generation.protocol import Engine
+from ..generation.protocol import Engine, GenerationStream
 from ..generation.types import Finished, SamplingParams
 from ..logging_setup import current_request_id
 from ..storage import Conversation, ConversationNotFound, ConversationStore, Exchange, Message, StorageError
@@ -96,9 +96,21 @@ class ChatService:
     # ---- generating --------------------------------------------------------------------------------
     def complete(self, request: ChatRequest, owner: str = "", admit: Admit | None = None) -> ChatResult:
         """Generate the whole answer and return it."""
-        stream = self.open_stream(request, owner, admit)
-        for _ in stream:
-            pass
+        return self.complete_all(request, owner, admit)[0]
+
+    def complete_all(self, request: ChatRequest, owner: str = "", admit: Admit | None = None) -> list[ChatResult]:
+        """Generate the request's ``n`` answers (generated together) and return them in order."""
+        streams = self.open_streams(request, owner, admit)
+        try:
+            for stream in streams:
+                for _ in stream:
+                    pass
+            return [self._result(stream) for stream in streams]
+        finally:
+            for stream in streams:
+                stream.close()  # after a failure: the answers not read yet are cancelled and stored
+
+    def _result(self, stream: ChatStream) -> ChatResult:
         assert stream.finished is not None
         if stream.finished.finish_reason == "error":
             raise GenerationError(stream.finished.error or "generation failed")
@@ -118,6 +130,7 @@ class ChatService:
             degraded=stream.finished.degraded,
             model=stream.finished.model or stream.request.model or "",
             tool_calls=stream.tool_calls,
+            logprobs=list(stream.logprobs) if stream.request.logprobs else None,
         )
 
     def open_stream(self, request: ChatRequest, owner: str = "", admit: Admit | None = None) -> ChatStream:
@@ -129,6 +142,12 @@ class ChatService:
         ``max_tokens``) before anything is stored; it raises to refuse the request.
         After :meth:`interrupt_all` it raises :class:`ChatUnavailable` before anything is stored.
         """
+        return self.open_streams(replace(request, n=1), owner, admit)[0]
+
+    def open_streams(self, request: ChatRequest, owner: str = "", admit: Admit | None = None) -> list[ChatStream]:
+        """:meth:`open_stream` for the request's ``n`` answers: one prompt, one stored user turn, one admission
+        (for all of them), and ``n`` generations in the running batch, the i-th with seed ``seed + i`` (each
+        its own random seed without one), each stored as its own answer to the user's turn."""
         if self._refusal is not None:
             raise ChatUnavailable(self._refusal.code, self._refusal.message)
         stored = self._stored_history(request.conversation_id, owner)
@@ -138,10 +157,10 @@ class ChatService:
         messages, dropped, prompt_ids = self._prompt(engine, request, messages)
         request = self._with_model_defaults(engine, request)
         assert request.temperature is not None and request.top_p is not None
-        params = SamplingParams(max_tokens=self._max_tokens(engine, request, prompt_ids),
-                                temperature=request.temperature, top_p=request.top_p, seed=request.seed,
-                                stop=request.stop, ignore_eos=request.ignore_eos, structured=request.structured)
-        reservation = admit(len(prompt_ids) + params.max_tokens) if admit is not None else None
+        params = _sampling_params(request, self._max_tokens(engine, request, prompt_ids))
+        n = request.n
+        admitted = admit(n * (len(prompt_ids) + params.max_tokens)) if admit is not None else None
+        reservation = SharedReservation(admitted, n) if admitted is not None and n > 1 else admitted
         trace = GenerationTrace()  # the request's span is the current one here, not on the stream's pump
         try:
             with trace.storage("store user turn"):
@@ -149,26 +168,37 @@ class ChatService:
             trace.submitting(operation="text_completion" if request.raw else "chat", model=engine.model_name,
                              params=params, prompt_tokens=len(prompt_ids), message_id=turn.message_id,
                              conversation_id=turn.conversation_id)
+            handles: list[tuple[Turn, GenerationStream]] = []
             try:
-                # An upstream engine needs the messages (or the raw prompt text), not our token ids.
-                handle = engine.submit(turn.message_id, prompt_ids, params, messages=messages,
-                                       prompt_text=request.prompt if request.raw else None,
-                                       trace_headers=trace.outgoing_headers())
+                for i in range(n):
+                    answer = turn if i == 0 else replace(turn, message_id=uuid.uuid4().hex)
+                    # An upstream engine needs the messages (or the raw prompt text), not our token ids.
+                    handles.append((answer, engine.submit(
+                        answer.message_id, prompt_ids, _nth_seed(params, i), messages=messages,
+                        prompt_text=request.prompt if request.raw else None,
+                        trace_headers=trace.outgoing_headers())))
             except EngineError as exc:
                 trace.refused(exc)
+                for _, handle in handles:
+                    handle.cancel()
+                    handle.close()
                 self._forget_turn(turn)
                 raise
         except Exception:
-            if reservation is not None:
-                reservation.cancel()
+            if admitted is not None:
+                admitted.cancel()
             raise
-        stream = ChatStream(self, request, handle, turn, self._heartbeat, self._request_timeout, reservation,
-                            guard=self._output_guard, trace=trace)
-        self._running.add(stream)
+        # The trace follows the first answer (one span per request); the others are its siblings.
+        streams = [ChatStream(self, request, handle, answer, self._heartbeat, self._request_timeout, reservation,
+                              guard=self._output_guard, trace=trace if index == 0 else None)
+                   for index, (answer, handle) in enumerate(handles)]
+        for stream in streams:
+            self._running.add(stream)
         self._idle.clear()
         if self._refusal is not None:  # interrupt_all ran while this request was being stored
-            stream.interrupt(self._refusal.code, self._refusal.message)
-        return stream
+            for stream in streams:
+                stream.interrupt(self._refusal.code, self._refusal.message)
+        return streams
 
     def _engine_for(self, name: str | None, stored: list[Message]) -> Engine:
         """The chat model ``name`` selects; without one, the model that wrote a continued conversation's newest
@@ -341,7 +371,56 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+_NEUTRAL_EXTRAS = {"top_k": 0, "min_p": 0.0, "presence_penalty": 0.0, "frequency_penalty": 0.0,
+                   "repetition_penalty": 1.0, "logit_bias": (), "logprobs": False, "top_logprobs": 0, "n": 1}
+
+
 def stored_params(request: ChatRequest) -> dict[str, Any]:
-    """The sampling parameters stored with an answer."""
-    return {"max_tokens": request.max_tokens, "temperature": request.temperature, "top_p": request.top_p,
-            "seed": request.seed, "stop": list(request.stop)}
+    """The parameters stored with an answer: the usual ones, and each optional one that was used."""
+    params: dict[str, Any] = {"max_tokens": request.max_tokens, "temperature": request.temperature,
+                              "top_p": request.top_p, "seed": request.seed, "stop": list(request.stop)}
+    for name, neutral in _NEUTRAL_EXTRAS.items():
+        value = getattr(request, name)
+        if value != neutral:
+            params[name] = {str(k): v for k, v in value} if name == "logit_bias" else value
+    return params
+
+
+_SEED_SPAN = 1 << 64
+_SEED_MIN = -(1 << 63)
+
+
+def _sampling_params(request: ChatRequest, max_tokens: int) -> SamplingParams:
+    assert request.temperature is not None and request.top_p is not None
+    return SamplingParams(
+        max_tokens=max_tokens, temperature=request.temperature, top_p=request.top_p, seed=request.seed,
+        stop=request.stop, ignore_eos=request.ignore_eos, top_k=request.top_k, min_p=request.min_p,
+        presence_penalty=request.presence_penalty, frequency_penalty=request.frequency_penalty,
+        repetition_penalty=request.repetition_penalty, logit_bias=request.logit_bias, logprobs=request.logprobs,
+        top_logprobs=request.top_logprobs, structured=request.structured)
+
+
+def _nth_seed(params: SamplingParams, i: int) -> SamplingParams:
+    """The i-th answer's parameters: seed + i (wrapping within the 64-bit range), or its own random seed."""
+    if i == 0 or params.seed is None:
+        return params
+    return replace(params, seed=(params.seed + i - _SEED_MIN) % _SEED_SPAN + _SEED_MIN)
+
+
+class SharedReservation:
+    """One admission for the ``n`` answers of a request: each answer releases its share, and the tokens all
+    of them used go back once the last one has."""
+
+    def __init__(self, reservation: Reservation, shares: int) -> None:
+        self._reservation = reservation
+        self._left = shares
+        self._used = 0
+
+    def release(self, used_tokens: int) -> None:
+        self._used += used_tokens
+        self._left -= 1
+        if self._left == 0:
+            self._reservation.release(self._used)
+
+    def cancel(self) -> None:
+        self._reservation.cancel()

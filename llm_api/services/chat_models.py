@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..generation.structured import StructuredOutput
+from ..generation.types import TokenLogprob
 from .history import ChatMessage
 
 
@@ -45,6 +46,16 @@ class ChatRequest:
     fit_history: bool = False
     structured: StructuredOutput | None = None  # response_format, tools and tool_choice
     model: str | None = None  # the chat model asked for; None: a continued conversation's own, else the default
+    # Optional sampling features (docs/api.md); the neutral values change nothing.
+    top_k: int = 0
+    min_p: float = 0.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    logprobs: bool = False
+    top_logprobs: int = 0
+    n: int = 1  # answers to generate, each with its own seed (seed + i) and stored message
 
     @classmethod
     def from_messages(cls, messages: list[ChatMessage], **fields: Any) -> ChatRequest:
@@ -89,6 +100,7 @@ class ChatResult:
     degraded: bool = False  # a fallback engine, or the static degraded answer
     model: str = ""  # that engine's model name
     tool_calls: list[dict[str, Any]] = field(default_factory=list)  # OpenAI's shape: id, type, function
+    logprobs: list[TokenLogprob] | None = None  # when the request asked for them
 
 
 class ChatUnavailable(Exception):

@@ -14,7 +14,7 @@ import gevent
 
 from ..generation.protocol import Event, GenerationStream
 from ..generation.tool_calls import ToolCallDelta
-from ..generation.types import Finished, TextDelta, Usage
+from ..generation.types import Finished, TextDelta, TokenLogprob, Usage
 from .chat_models import ChatRequest, Reservation, Turn
 from .output_guard import GuardStop, OutputCheck, OutputGuard
 from .spans import GenerationTrace
@@ -74,6 +74,7 @@ class ChatStream:
         self.text = ""  # what was released to the caller (the guard may hold back or cut the engine's text)
         self.deltas = 0  # deltas received from the engine
         self.tool_calls: list[dict[str, Any]] = []  # the calls read from the answer, in OpenAI's shape
+        self.logprobs: list[TokenLogprob] = []  # every token's log-probabilities, when the request asked for them
         self._guard = guard
         self._check = guard.check(repetition=not request.ignore_eos) if guard is not None else OutputCheck()
         self._stop_reported = False
@@ -160,7 +161,9 @@ class ChatStream:
             return [event]
         if isinstance(event, TextDelta):
             self.deltas += 1
-            return self._release(self._check.feed(event.text))
+            logprobs = () if self._check.stop is not None else event.logprobs  # nothing after a guard stop
+            self.logprobs.extend(logprobs)
+            return self._release(self._check.feed(event.text), logprobs=logprobs)
         stopped_early = self._check.stop is not None
         items = [] if stopped_early else self._release(self._check.finish(), generating=False)
         stop = self._check.stop
@@ -186,8 +189,10 @@ class ChatStream:
             self._service.stream_finished(self)
         return items
 
-    def _release(self, text: str, generating: bool = True) -> list[StreamItem]:
-        """Send ``text`` on. The first time the guard has stopped the answer, log it, and cancel the
+    def _release(self, text: str, generating: bool = True,
+                 logprobs: tuple[TokenLogprob, ...] = ()) -> list[StreamItem]:
+        """Send ``text`` on (with the log-probabilities of the tokens that came with it, even when the guard
+        holds their text back). The first time the guard has stopped the answer, log it, and cancel the
         generation if it is still running."""
         self.text += text
         stop = self._check.stop
@@ -197,7 +202,7 @@ class ChatStream:
                 self._handle.cancel(stop.reason)
             if self._guard is not None:
                 self._guard.report(stop, self.message_id, self.turn.request_id)
-        return [TextDelta(text)] if text else []
+        return [TextDelta(text, logprobs)] if text or logprobs else []
 
     def _cancel_and_drain(self) -> None:
         self._handle.cancel()
