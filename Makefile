@@ -37,6 +37,7 @@ test-fast: install-test
 bench: install-test
 	$(BIN)/pip install -r bench/requirements.txt
 	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.quality
 
 bench-peers:
 	bash bench/peers/build_llama_server.sh
