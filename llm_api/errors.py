@@ -16,8 +16,8 @@ from werkzeug.exceptions import HTTPException
 
 from .generation.embedding import EmbeddingFailed, InputTooLongError, TokenIdError, UnsupportedDimensionsError
 from .generation.errors import ContextLengthError, EngineError, GenerationError, NotReadyError, QueueFullError
-from .generation.structured import UnsupportedFieldError
 from .generation.features import InvalidParameterError, UnsupportedFeatureError
+from .generation.structured import UnsupportedFieldError
 from .local_model.errors import ModelLoadError
 from .metrics import current_metrics
 from .quota.admission import QuotaExceeded
