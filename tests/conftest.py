@@ -25,8 +25,9 @@ import pytest
 
 from llm_api import create_app
 from llm_api.config import Settings
+from tests.databases import RedisServer
 from tests.fakes import FakeEngine
-from tests.servers import CACHE_DIR, LiveServer, start_server, stop_server
+from tests.servers import CACHE_DIR, LiveServer, free_port, start_server, stop_server
 
 
 def fail_if_the_app_wrote_to_the_home(who: str) -> None:
@@ -101,3 +102,12 @@ def live_server(tmp_path_factory) -> Iterator[LiveServer]:
     server = start_server(tmp_path_factory.mktemp("server"))
     yield server
     stop_server(server)
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A real Redis server of its own on a free port, for one test."""
+    server = RedisServer(free_port())
+    server.start()
+    yield server
+    server.stop()

@@ -7,22 +7,11 @@ starts its own on a free port. Without it the tests skip locally and fail in CI.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import pytest
 
 from llm_api import create_app
-from tests.databases import RedisServer
 from tests.http import assert_error, bearer, new_key, post
-from tests.servers import free_port
-
-
-@pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer(free_port())
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -11,27 +11,16 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from llm_api import create_app
-from tests.databases import RedisServer
 from tests.fakes import FakeEngine, wait_until
 from tests.http import bearer, new_key
-from tests.servers import free_port
 from tests.sse import parse_sse, read_sse
 
 LONG = " ".join(f"word{n}" for n in range(40))
-
-
-@pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer(free_port())
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture
