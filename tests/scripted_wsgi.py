@@ -9,7 +9,7 @@ prompt that contains ``UNREACHABLE`` finds the engine unreachable, so the router
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from llm_api import create_app
 from llm_api.generation.handle import GenerationHandle
@@ -21,10 +21,12 @@ from tests.fakes import FakeEngine
 
 class ScriptedEngine(FakeEngine):
     def submit(self, request_id: str, prompt_ids: list[int], params: SamplingParams, *,
-               messages: Sequence[Message] | None = None, prompt_text: str | None = None) -> GenerationHandle:
+               messages: Sequence[Message] | None = None, prompt_text: str | None = None,
+               trace_headers: Mapping[str, str] | None = None) -> GenerationHandle:
         if messages and "UNREACHABLE" in messages[-1]["content"]:
             raise EngineUnavailableError("scripted: cannot be reached")
-        return super().submit(request_id, prompt_ids, params, messages=messages, prompt_text=prompt_text)
+        return super().submit(request_id, prompt_ids, params, messages=messages, prompt_text=prompt_text,
+                              trace_headers=trace_headers)
 
 
 engine = ScriptedEngine(os.environ.get("LLM_API_TEST_REPLY", "Hello from the scripted engine."),
