@@ -1,7 +1,7 @@
 """End to end: an llm_api server whose engine is an upstream llm_api server (both real gunicorn servers):
-the upstream's models read once at start (not per request), answers passed through token by token,
-cancellation carried upstream, and an upstream that dies mid-stream, the static degraded answer, the breaker
-opening, and recovery once the upstream is back."""
+the upstream's models read once at start (not per request), answers passed through token by token, a forced
+tool call relayed, cancellation carried upstream, and an upstream that dies mid-stream, the static degraded
+answer, the breaker opening, and recovery once the upstream is back."""
 
 from __future__ import annotations
 
@@ -127,6 +127,32 @@ def test_sampling_fields_and_logprobs_reach_the_upstream_unchanged(upstream, fro
         "model": MODEL, "prompt": "The capital of France is", "max_tokens": 4, "temperature": 0, "logprobs": 1,
         "stream": True}).text
     assert '"token_logprobs": [' in streamed.replace('":[', '": [') and "text_offset" in streamed
+
+
+WEATHER_TOOL = {"type": "function", "function": {
+    "name": "get_weather", "description": "The current weather in a city.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+
+
+def test_a_forced_tool_call_is_relayed_from_the_upstream(upstream, front):
+    """The upstream constrains and parses the call; the front relays it, whole and streamed."""
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "What is the weather in Paris?"}],
+            "tools": [WEATHER_TOOL], "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+            "temperature": 0, "max_tokens": 40}
+    direct = requests.post(f"{upstream.url}/v1/chat/completions", json=body, timeout=120).json()["choices"][0]
+    via_front = requests.post(f"{front.url}/v1/chat/completions", json=body, timeout=120).json()["choices"][0]
+    assert via_front["finish_reason"] == direct["finish_reason"] == "tool_calls"
+    [call] = via_front["message"]["tool_calls"]
+    assert call["function"] == direct["message"]["tool_calls"][0]["function"]
+    assert call["function"]["name"] == "get_weather" and isinstance(json.loads(call["function"]["arguments"]), dict)
+
+    text = requests.post(f"{front.url}/v1/chat/completions", json={**body, "stream": True}, timeout=120).text
+    chunks = [json.loads(line[len("data: "):]) for line in text.splitlines()
+              if line.startswith("data: {")]
+    pieces = [p for c in chunks for choice in c["choices"] for p in choice["delta"].get("tool_calls", ())]
+    assert pieces[0]["function"]["name"] == "get_weather" and pieces[0]["id"].startswith("call_")
+    assert "".join(p["function"]["arguments"] for p in pieces) == call["function"]["arguments"]
+    assert [ch["finish_reason"] for c in chunks for ch in c["choices"] if ch["finish_reason"]] == ["tool_calls"]
 
 
 def test_a_client_leaving_cancels_the_upstream_generation(upstream, front):

@@ -12,7 +12,9 @@ so that the router can fall back:
 - 400, 413 and 422 → :class:`UpstreamRejectedError` (the request itself: no fallback).
 
 Then a reader (a greenlet in the gevent worker, whose sockets are cooperative; an OS thread in a process
-gevent has not patched) turns each ``data:`` line into a ``TextDelta``. A stream that ends without a
+gevent has not patched) turns each ``data:`` line into a ``TextDelta``, and its ``delta.tool_calls`` into
+``ToolCallDelta`` events (:class:`ToolCallRelay`): ``tools`` and ``tool_choice`` are sent as the client sent
+them, and the upstream prompts, constrains and parses the calls itself. A stream that ends without a
 finish reason (the upstream died) ends with ``Finished("error")``. ``cancel`` shuts the socket down, so
 the upstream sees its client leave and stops generating.
 
@@ -50,7 +52,8 @@ from ..generation.features import SAMPLING_FEATURES
 from ..generation.handle import GenerationHandle
 from ..generation.native import start_native_thread
 from ..generation.protocol import Engine, EngineKind, Message
-from ..generation.structured import ToolFunction, UnsupportedFieldError
+from ..generation.structured import StructuredOutput, ToolFunction
+from ..generation.tool_calls import ToolCallDelta, new_call_id
 from ..generation.types import (
     Finished,
     GenerationRequest,
@@ -232,9 +235,6 @@ class UpstreamEngine:
             raise EngineError(f"engine {self.name}: an upstream needs the messages or the prompt text")
         chat = prompt_text is None
         structured = params.structured
-        if structured is not None and structured.tools:
-            raise UnsupportedFieldError("tools", f"engine {self.name}: tool calls are not relayed from an upstream "
-                                                 "server (docs/api.md)")
         body: dict[str, Any] = {"model": self.model_name, "stream": True, "stream_options": {"include_usage": True},
                                 "max_tokens": params.max_tokens, "temperature": params.temperature,
                                 "top_p": params.top_p}
@@ -250,6 +250,8 @@ class UpstreamEngine:
             body["ignore_eos"] = True
         if structured is not None and structured.response_format is not None:
             body["response_format"] = structured.response_format.openai_dict()  # the upstream enforces it
+        if chat and structured is not None and structured.tools:
+            body.update(tool_fields(structured))  # the upstream prompts, constrains and parses the calls
         body.update(sampling_fields(params, chat))
         path = self._path + ("/chat/completions" if chat else "/completions")
         connection = self._connection()
@@ -291,6 +293,7 @@ class UpstreamEngine:
     def _read(self, handle: GenerationHandle, connection: http.client.HTTPConnection,
               response: http.client.HTTPResponse, chat: bool) -> None:
         sent = 0
+        calls = ToolCallRelay()
         first_at: float | None = None
         usage: dict[str, Any] = {}
         finish: str | None = None
@@ -313,6 +316,10 @@ class UpstreamEngine:
                 if payload.get("usage"):
                     usage = payload["usage"]
                 for choice in payload.get("choices") or ():
+                    for call in calls.feed((choice.get("delta") or {}).get("tool_calls") if chat else None):
+                        first_at = first_at or time.monotonic()
+                        sent += 1
+                        handle.channel.put(call)
                     piece = (choice.get("delta") or {}).get("content") if chat else choice.get("text")
                     logprobs = read_logprobs(choice.get("logprobs"), chat)
                     if piece or logprobs:
@@ -328,7 +335,10 @@ class UpstreamEngine:
             connection.close()
             self.stats["running"] -= 1
         if finish is not None and error is None:
-            reason = finish
+            for call in calls.finish():
+                handle.channel.put(call)
+            # Some servers end a forced call with "stop" (vLLM with a named function): a call is a call.
+            reason = "tool_calls" if calls.called and finish == "stop" else finish
         elif handle.cancelled:
             reason, error = handle.cancel_reason, None
             handle.cancel_seen_at_token = sent
@@ -391,6 +401,68 @@ def sampling_fields(params: SamplingParams, chat: bool) -> dict[str, Any]:
         else:
             body["logprobs"] = params.top_logprobs  # /completions: the number of alternatives
     return body
+
+
+def tool_fields(structured: StructuredOutput) -> dict[str, Any]:
+    """``tools`` and ``tool_choice`` in OpenAI's shape, as the client sent them (a description left out stays
+    out)."""
+    tools = []
+    for tool in structured.tools:
+        function: dict[str, Any] = {"name": tool.name}
+        if tool.description:
+            function["description"] = tool.description
+        function["parameters"] = tool.parameters_dict()
+        tools.append({"type": "function", "function": function})
+    choice: str | dict[str, Any] = structured.tool_choice
+    if structured.tool_choice == "function":
+        choice = {"type": "function", "function": {"name": structured.function_name}}
+    return {"tools": tools, "tool_choice": choice}
+
+
+class ToolCallRelay:
+    """An upstream's streamed ``delta.tool_calls`` → :class:`ToolCallDelta` events: a call opens (index, id,
+    name) once its name is known, then its argument fragments follow. Calls are numbered from 0 in the order
+    they appear, whatever indexes the upstream uses; a call without an id gets one of ours. Malformed entries
+    are skipped."""
+
+    def __init__(self) -> None:
+        self._index: dict[Any, int] = {}  # the upstream's index → ours, for calls opened
+        self._pending: dict[Any, tuple[str | None, str]] = {}  # calls whose name has not come yet: (id, arguments)
+
+    @property
+    def called(self) -> bool:
+        return bool(self._index)
+
+    def feed(self, entries: Any) -> list[ToolCallDelta]:
+        out: list[ToolCallDelta] = []
+        for entry in entries if isinstance(entries, list) else ():
+            if not isinstance(entry, dict):
+                continue
+            key = entry.get("index") if isinstance(entry.get("index"), int) else 0
+            function: dict[str, Any] = entry["function"] if isinstance(entry.get("function"), dict) else {}
+            name, arguments = function.get("name"), function.get("arguments")
+            arguments = arguments if isinstance(arguments, str) else ""
+            if key in self._index:
+                if arguments:
+                    out.append(ToolCallDelta(self._index[key], arguments))
+                continue
+            call_id, held = self._pending.pop(key, (None, ""))
+            call_id = entry.get("id") if isinstance(entry.get("id"), str) and entry.get("id") else call_id
+            if isinstance(name, str) and name:
+                out.append(self._open(key, call_id, name, held + arguments))
+            else:
+                self._pending[key] = (call_id, held + arguments)
+        return out
+
+    def finish(self) -> list[ToolCallDelta]:
+        """The stream ended: calls that never got a name are passed on with an empty one."""
+        out = [self._open(key, call_id, "", arguments) for key, (call_id, arguments) in self._pending.items()]
+        self._pending.clear()
+        return out
+
+    def _open(self, key: Any, call_id: str | None, name: str, arguments: str) -> ToolCallDelta:
+        self._index[key] = len(self._index)
+        return ToolCallDelta(self._index[key], arguments, call_id or new_call_id(), name)
 
 
 def read_logprobs(value: Any, chat: bool) -> tuple[TokenLogprob, ...]:
