@@ -29,8 +29,8 @@ const key = new URLSearchParams(location.search).get("key");
 const out = document.getElementById("out");
 const report = (name, value) => { out.dataset[name] = typeof value === "string" ? value : JSON.stringify(value); };
 fetch(api + "/v1/chat/completions", {method: "POST", headers: {"Authorization": "Bearer " + key,
-  "Content-Type": "application/json"}, body: JSON.stringify({model: "m", max_tokens: 8, temperature: 0,
-  messages: [{role: "user", content: "Say hello."}]})})
+  "Content-Type": "application/json"}, body: JSON.stringify({model: "SmolLM2-135M-Instruct", max_tokens: 8,
+  temperature: 0, messages: [{role: "user", content: "Say hello."}]})})
   .then(r => r.json().then(body => report("completion", {status: r.status, body,
     remaining: r.headers.get("x-ratelimit-remaining-requests")})))
   .catch(e => report("completion", "failed: " + e));

@@ -10,6 +10,7 @@ import openai
 import pydantic
 import pytest
 
+MODEL = "SmolLM2-135M-Instruct"  # the embedded chat model's name: what `model` must say
 pytestmark = pytest.mark.e2e
 
 WEATHER_PARAMETERS = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 24},
@@ -30,17 +31,17 @@ def _answer_with_result(client, call_message: dict, call_id: str, stream: bool) 
     """Send the tool's result back; the model answers in text."""
     messages = [*QUESTION, call_message, {"role": "tool", "tool_call_id": call_id, "content": RESULT}]
     if not stream:
-        answer = client.chat.completions.create(model="m", messages=messages, tools=TOOLS, tool_choice="none",
+        answer = client.chat.completions.create(model=MODEL, messages=messages, tools=TOOLS, tool_choice="none",
                                                 temperature=0, max_tokens=40)
         return answer.choices[0].message.content, answer.choices[0].finish_reason
-    chunks = list(client.chat.completions.create(model="m", messages=messages, tools=TOOLS, tool_choice="none",
+    chunks = list(client.chat.completions.create(model=MODEL, messages=messages, tools=TOOLS, tool_choice="none",
                                                  temperature=0, max_tokens=40, stream=True))
     return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices), chunks[-1].choices[0].finish_reason
 
 
 @pytest.mark.parametrize("tool_choice", ["required", {"type": "function", "function": {"name": "get_weather"}}])
 def test_a_tool_round_trip(client, tool_choice):
-    completion = client.chat.completions.create(model="m", messages=QUESTION, tools=TOOLS, tool_choice=tool_choice,
+    completion = client.chat.completions.create(model=MODEL, messages=QUESTION, tools=TOOLS, tool_choice=tool_choice,
                                                 temperature=0, max_tokens=60)
     choice = completion.choices[0]
     assert choice.finish_reason == "tool_calls" and choice.message.content is None
@@ -53,7 +54,7 @@ def test_a_tool_round_trip(client, tool_choice):
 
 
 def test_a_streamed_tool_round_trip(client):
-    chunks = list(client.chat.completions.create(model="m", messages=QUESTION, tools=TOOLS, tool_choice="required",
+    chunks = list(client.chat.completions.create(model=MODEL, messages=QUESTION, tools=TOOLS, tool_choice="required",
                                                  temperature=0, max_tokens=60, stream=True,
                                                  stream_options={"include_usage": True}))
     deltas = [c.choices[0].delta.tool_calls[0] for c in chunks if c.choices and c.choices[0].delta.tool_calls]
@@ -77,7 +78,7 @@ class City(pydantic.BaseModel):
 
 def test_parse_with_a_pydantic_model(client):
     completion = client.chat.completions.parse(
-        model="m", messages=[{"role": "user", "content": "Describe Paris as JSON: name, country, population."}],
+        model=MODEL, messages=[{"role": "user", "content": "Describe Paris as JSON: name, country, population."}],
         response_format=City, temperature=0, max_tokens=60)
     message = completion.choices[0].message
     assert completion.choices[0].finish_reason == "stop"
@@ -86,7 +87,7 @@ def test_parse_with_a_pydantic_model(client):
 
 def test_unsupported_schema_keyword_is_422_naming_the_field(client):
     with pytest.raises(openai.UnprocessableEntityError) as refused:
-        client.chat.completions.create(model="m", messages=QUESTION, response_format={
+        client.chat.completions.create(model=MODEL, messages=QUESTION, response_format={
             "type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "array", "uniqueItems": True}}})
     assert refused.value.body["param"] == "response_format.json_schema.schema"
     assert refused.value.body["code"] == "unsupported_field"

@@ -43,7 +43,7 @@ public final class ToolsAndJson {
         String url = args[0] + "/v1/chat/completions";
 
         // 1. The model must call get_weather.
-        String called = post(url, "{\"model\":\"m\",\"temperature\":0,\"max_tokens\":60,\"messages\":[" + QUESTION
+        String called = post(url, "{\"model\":\"chatglm3-6b\",\"temperature\":0,\"max_tokens\":60,\"messages\":[" + QUESTION
                 + "],\"tools\":" + TOOLS
                 + ",\"tool_choice\":{\"type\":\"function\",\"function\":{\"name\":\"get_weather\"}}}");
         int calls = called.indexOf("\"tool_calls\":");
@@ -58,13 +58,13 @@ public final class ToolsAndJson {
                 + Json.quote(arguments) + "}}]}";
         String result = "{\"role\":\"tool\",\"tool_call_id\":" + Json.quote(id)
                 + ",\"content\":\"{\\\"celsius\\\": 21, \\\"sky\\\": \\\"sunny\\\"}\"}";
-        String answered = post(url, "{\"model\":\"m\",\"temperature\":0,\"max_tokens\":40,\"messages\":[" + QUESTION
+        String answered = post(url, "{\"model\":\"chatglm3-6b\",\"temperature\":0,\"max_tokens\":40,\"messages\":[" + QUESTION
                 + "," + assistant + "," + result + "],\"tools\":" + TOOLS + ",\"tool_choice\":\"none\"}");
         System.out.println("answer " + Json.stringField(answered, "finish_reason", 0) + " "
                 + Json.stringField(answered, "content", 0).replace('\n', ' '));
 
         // 3. A JSON answer valid against a schema.
-        String city = post(url, "{\"model\":\"m\",\"temperature\":0,\"max_tokens\":60,\"messages\":[{\"role\":\"user\","
+        String city = post(url, "{\"model\":\"chatglm3-6b\",\"temperature\":0,\"max_tokens\":60,\"messages\":[{\"role\":\"user\","
                 + "\"content\":\"Describe Paris as JSON: name, country, population.\"}],\"response_format\":"
                 + "{\"type\":\"json_schema\",\"json_schema\":{\"name\":\"city\",\"strict\":true,\"schema\":"
                 + CITY_SCHEMA + "}}}");
