@@ -43,6 +43,14 @@ def _static(filename: str, mimetype: str | None = None):  # noqa: ANN202
     return response
 
 
+def _listed(assets: dict[str, tuple[str, str]], asset: str):  # noqa: ANN202
+    """A file of ``assets`` (public name → file and media type) by its public name; 404 for anything else."""
+    if asset not in assets:
+        abort(404)
+    filename, mimetype = assets[asset]
+    return _static(filename, mimetype)
+
+
 @route(bp, "/", ["GET"], open=True)
 def index():  # noqa: ANN201
     response = _static("index.html")
@@ -53,10 +61,7 @@ def index():  # noqa: ANN201
 
 @route(bp, "/assets/<asset>", ["GET"], open=True)
 def page_asset(asset: str):  # noqa: ANN201
-    if asset not in PAGE_ASSETS:
-        abort(404)
-    filename, mimetype = PAGE_ASSETS[asset]
-    return _static(filename, mimetype)
+    return _listed(PAGE_ASSETS, asset)
 
 
 @route(bp, "/docs", ["GET"], open=True)
@@ -68,7 +73,4 @@ def docs():  # noqa: ANN201
 
 @route(bp, "/docs/<asset>", ["GET"], open=True)
 def docs_asset(asset: str):  # noqa: ANN201
-    if asset not in DOCS_ASSETS:
-        abort(404)
-    filename, mimetype = DOCS_ASSETS[asset]
-    return _static(filename, mimetype)
+    return _listed(DOCS_ASSETS, asset)
