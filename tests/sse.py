@@ -7,6 +7,7 @@ lines (a heartbeat comment or the ``retry:`` hint), and a *data event* is one wi
 
 from __future__ import annotations
 
+import http.server
 import json
 from collections.abc import Iterable, Iterator
 
@@ -82,3 +83,15 @@ def openai_chunks(events: Iterable[dict]) -> list[dict]:
     payloads = openai_payloads(events)
     assert payloads[-1] == "[DONE]"
     return payloads[:-1]
+
+
+def send_openai_stream(handler: http.server.BaseHTTPRequestHandler, events: Iterable[dict]) -> None:
+    """Answer a stub upstream's request as an OpenAI server streams: each event a ``data:`` line, then
+    ``[DONE]``, and the connection closed."""
+    stream = "".join(f"data: {json.dumps(event)}\n\n" for event in events) + "data: [DONE]\n\n"
+    handler.send_response(200)
+    handler.send_header("Content-Type", "text/event-stream")
+    handler.send_header("Connection", "close")
+    handler.end_headers()
+    handler.wfile.write(stream.encode())
+    handler.close_connection = True

@@ -16,6 +16,7 @@ from llm_api import create_app, start_engine, stop_engine
 from llm_api.config import Settings
 from llm_api.generation.types import Finished, SamplingParams
 from llm_api.routing import UpstreamEngine
+from tests.sse import send_openai_stream
 
 MODEL = "stub-model"
 
@@ -55,13 +56,7 @@ class StubUpstream:
                 events.append({"choices": [{"delta": {}, "finish_reason": "stop"} if chat
                                            else {"text": "", "finish_reason": "stop"}],
                                "usage": {"prompt_tokens": 3, "completion_tokens": 2}, "model": body["model"]})
-                stream = "".join(f"data: {json.dumps(event)}\n\n" for event in events) + "data: [DONE]\n\n"
-                self.send_response(200)
-                self.send_header("Content-Type", "text/event-stream")
-                self.send_header("Connection", "close")
-                self.end_headers()
-                self.wfile.write(stream.encode())
-                self.close_connection = True
+                send_openai_stream(self, events)
 
             def reply(self, status: int, payload: object) -> None:
                 data = json.dumps(payload).encode()

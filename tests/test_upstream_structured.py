@@ -17,7 +17,7 @@ from llm_api.generation.structured import ResponseFormat, StructuredOutput
 from llm_api.generation.tool_calls import ToolCallDelta
 from llm_api.routing import EngineRouter
 from llm_api.routing.upstream import ToolCallRelay, UpstreamEngine
-from tests.sse import parse_sse
+from tests.sse import parse_sse, send_openai_stream
 
 SCHEMA = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
 TEXT_ANSWER = [{"choices": [{"delta": {"content": '{"a": 1}'}}]},
@@ -61,13 +61,7 @@ def upstream() -> Iterator[tuple[str, list[dict], list[list[dict]]]]:
         def do_POST(self) -> None:
             bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
             events = answers[-1] if answers else TEXT_ANSWER
-            stream = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
-            self.send_response(200)
-            self.send_header("Content-Type", "text/event-stream")
-            self.send_header("Connection", "close")
-            self.end_headers()
-            self.wfile.write(stream.encode())
-            self.close_connection = True
+            send_openai_stream(self, events)
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
