@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install install-test serve test test-fast lint bench bench-peers clean clean-cache
+.PHONY: install install-test serve test test-fast lint bench bench-peers llama-cpp clean clean-cache
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,8 +39,11 @@ bench: install-test
 	$(BIN)/python -m bench.run
 	$(BIN)/python -m bench.quality
 
-bench-peers:
-	bash bench/peers/build_llama_server.sh
+# llama.cpp, built once (about 15 minutes): LLM_API_BACKEND=llama_cpp and the llama-server benchmark peer.
+llama-cpp: install
+	bash scripts/build_llama_cpp.sh $(VENV)
+
+bench-peers: llama-cpp
 	bash bench/peers/setup_llama_cpp_python.sh
 
 # Style, types (strict on the engine packages) and the one-way import contracts (pyproject.toml).

@@ -20,11 +20,15 @@ from typing import Any
 import torch
 
 from bench.prompts import PROMPTS
+from llm_api.local_model.errors import ModelLoadError
+from llm_api.local_model.llama_cpp_model import LlamaCppModel
 from llm_api.local_model.loader import LoadedModel, ModelSpec, load_model
 
 TEXT = Path(__file__).resolve().parent / "data" / "genesis-kjv.txt"
 # What the engine offers on the CPU, as LLM_API_DTYPE values; float32 is the reference and the default.
 PRECISIONS = ("float32", "bfloat16")
+# LLM_API_BACKEND=llama_cpp: the GGUF's own 4-bit weights on llama.cpp's kernels, when it is installed.
+LLAMA_CPP = "llama_cpp-q4_1"
 # The default may lose at most this much perplexity against float32 (the issue's guard).
 MAX_PERPLEXITY_LOSS = 0.03
 
@@ -43,7 +47,7 @@ def token_nlls(loaded: LoadedModel, ids: list[int], window: int) -> torch.Tensor
         for begin in range(0, len(ids), window // 2):
             end = min(begin + window, len(ids))
             chunk = torch.tensor([ids[begin:end]], device=loaded.device)
-            logits = loaded.model(input_ids=chunk).logits[0, :-1].float()
+            logits = all_logits(loaded, ids[begin:end])[:-1].float()
             nll = torch.nn.functional.cross_entropy(logits, chunk[0, 1:], reduction="none")
             scores.append(nll[-(end - scored_up_to):])
             scored_up_to = end
@@ -52,11 +56,23 @@ def token_nlls(loaded: LoadedModel, ids: list[int], window: int) -> torch.Tensor
     return torch.cat(scores)
 
 
+def all_logits(loaded: LoadedModel, ids: list[int]) -> torch.Tensor:
+    """The logits after every token of ``ids`` [tokens, vocab], the model seeing ``ids`` alone."""
+    if isinstance(loaded.model, LlamaCppModel):
+        logits = loaded.model.run(ids, range(len(ids)), [0] * len(ids), [True] * len(ids))
+        loaded.model.forget(0)
+        return torch.from_numpy(logits)
+    out: torch.Tensor = loaded.model(input_ids=torch.tensor([ids], device=loaded.device)).logits[0]
+    return out
+
+
 def perplexity(loaded: LoadedModel, ids: list[int], window: int) -> float:
     return math.exp(float(token_nlls(loaded, ids, window).mean()))
 
 
 def greedy(loaded: LoadedModel, prompt: str, tokens: int) -> tuple[list[int], float]:
+    if isinstance(loaded.model, LlamaCppModel):
+        return llama_cpp_greedy(loaded, loaded.model, prompt, tokens)
     ids = torch.tensor([loaded.prompt_format.build([{"role": "user", "content": prompt}])])
     started = time.perf_counter()
     with torch.inference_mode():
@@ -64,6 +80,22 @@ def greedy(loaded: LoadedModel, prompt: str, tokens: int) -> tuple[list[int], fl
                                     do_sample=False, top_k=None, top_p=None,
                                     eos_token_id=sorted(loaded.prompt_format.stop_token_ids))
     return out[0, ids.shape[1]:].tolist(), time.perf_counter() - started
+
+
+def llama_cpp_greedy(loaded: LoadedModel, model: LlamaCppModel, prompt: str,
+                     tokens: int) -> tuple[list[int], float]:
+    ids = loaded.prompt_format.build([{"role": "user", "content": prompt}])
+    stops = loaded.prompt_format.stop_token_ids
+    started = time.perf_counter()
+    logits = model.run(ids, range(len(ids)), [0] * len(ids), [False] * (len(ids) - 1) + [True])
+    out: list[int] = []
+    while len(out) < tokens:
+        out.append(int(logits[-1].argmax()))
+        if out[-1] in stops:
+            break
+        logits = model.run([out[-1]], [len(ids) + len(out) - 1], [0], [True])
+    model.forget(0)
+    return out, time.perf_counter() - started
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
@@ -98,6 +130,10 @@ def main() -> None:
     parser.add_argument("--out", default="bench/results/quality.json")
     args = parser.parse_args()
     models = {name: load_model(ModelSpec("embedded", "cpu", name, cache_dir=args.cache_dir)) for name in PRECISIONS}
+    try:
+        models[LLAMA_CPP] = load_model(ModelSpec("embedded", cache_dir=args.cache_dir, backend="llama_cpp"), slots=1)
+    except ModelLoadError as exc:
+        print(f"{LLAMA_CPP}: not measured ({exc})")
     ids = text_ids(models["float32"])
     scores = {name: perplexity(loaded, ids, args.window) for name, loaded in models.items()}
     agreed, rows = agreement(models, args.tokens)

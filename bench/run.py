@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("LLM_API_BENCH_CACHE", ROOT / ".cache" / "bench"))
 MODEL_CACHE = Path(os.environ.get("LLM_API_CACHE_DIR", ROOT / ".cache" / "test-models"))
 RESULTS = ROOT / "bench" / "results"
-LLAMA_SERVER = CACHE / "llama-server-0.3.36" / "bin" / "llama-server"
+LLAMA_SERVER = CACHE / "llama.cpp-0.3.36" / "llama-server"
 LLAMA_CPP_PYTHON = CACHE / "llama-cpp-python-venv" / "bin" / "python"
 
 
@@ -196,6 +196,16 @@ def ours(env: dict[str, str] | None = None, root: Path = ROOT, name: str = "llm_
                   ready_path="/readyz", cwd=root)
 
 
+def llama_cpp_built() -> bool:
+    from llm_api.local_model.spec import check_llama_cpp_installed
+
+    try:
+        check_llama_cpp_installed()
+    except Exception:
+        return False
+    return True
+
+
 def converted_model_dir() -> str:
     return str(next(p for p in MODEL_CACHE.iterdir() if (p / "config.json").is_file()))
 
@@ -229,7 +239,7 @@ PEERS = {
     "llama-cpp-python-no-interrupt": lambda: _llama_cpp_python("llama-cpp-python-no-interrupt",
                                                                "--interrupt_requests", "False"),
 }
-SETUP = {"llama-server": (LLAMA_SERVER, "bench/peers/build_llama_server.sh"),
+SETUP = {"llama-server": (LLAMA_SERVER, "scripts/build_llama_cpp.sh"),
          "llama-cpp-python": (LLAMA_CPP_PYTHON, "bench/peers/setup_llama_cpp_python.sh"),
          "llama-cpp-python-no-interrupt": (LLAMA_CPP_PYTHON, "bench/peers/setup_llama_cpp_python.sh")}
 # How each peer is told to generate exactly max_tokens (past the end-of-turn token, id 2).
@@ -246,7 +256,7 @@ CHUNK_COUNT_SLACK = 0.95
 
 # ---- the sections ----------------------------------------------------------------------------------
 
-def single_stream(server: Server, tokens: int, runs: int) -> dict[str, Any]:
+def single_stream(server: Server, tokens: int, runs: int, backend: str = "torch") -> dict[str, Any]:
     """Over HTTP vs the same engine code in-process (this process), same prompt and length."""
     import gevent  # noqa: F401 - the engine's hand-off waits on the gevent hub
 
@@ -256,7 +266,7 @@ def single_stream(server: Server, tokens: int, runs: int) -> dict[str, Any]:
 
     prompt = PROMPTS[0]
     http = [stream_chat(server.url, prompt, tokens, EXACT_LENGTH["ours"]) for _ in range(runs)]
-    engine = LocalEngine(ModelSpec("embedded", cache_dir=str(MODEL_CACHE)), EngineOptions())
+    engine = LocalEngine(ModelSpec("embedded", cache_dir=str(MODEL_CACHE), backend=backend), EngineOptions())
     engine.start()
     engine.wait_ready(600)
     local = []
@@ -375,6 +385,9 @@ def main() -> None:
     parser.add_argument("--levels", default="1,2,4,8,16")
     parser.add_argument("--peer-levels", default="1,4,8,16")
     parser.add_argument("--peers", default="lesson,naive,llama-server,llama-cpp-python,llama-cpp-python-no-interrupt")
+    parser.add_argument("--backends", default="torch,llama_cpp",
+                        help="LLM_API_BACKEND values to sweep; the first is the report's main sweep (llama_cpp "
+                             "is skipped when it is not built: `make llama-cpp`)")
     parser.add_argument("--runs", type=int, default=5, help="single-stream repetitions")
     parser.add_argument("--idle", type=int, default=1000, help="idle SSE connections (0 to skip)")
     parser.add_argument("--rss-requests", type=int, default=1000, help="requests for the RSS check (0 to skip)")
@@ -388,15 +401,26 @@ def main() -> None:
                               "command": "python -m bench.run " + " ".join(sys.argv[1:]), "tokens": args.tokens}
     print(f"llm_api benchmark, {report['date']}, {report['machine']}", flush=True)
 
-    server = ours({"LLM_API_MAX_BATCH": str(max(levels)), "LLM_API_MAX_QUEUE": "2000"})
-    try:
-        print("ours (gunicorn gevent, embedded model):", flush=True)
-        report["single_stream"] = single_stream(server, args.tokens, args.runs)
-        report["sweep"] = [load(server.url, n, args.tokens, EXACT_LENGTH["ours"], probe=True) for n in levels]
-        if args.rss_requests:
-            report["rss_mb"] = rss_after_requests(server, (10, args.rss_requests))
-    finally:
-        server.stop()
+    backends = [b for b in args.backends.split(",") if b]
+    report["backends"] = {}
+    for index, backend in enumerate(backends):
+        if backend == "llama_cpp" and not llama_cpp_built():
+            print("ours on llama_cpp: not built, skipped (run make llama-cpp)", flush=True)
+            report["backends"][backend] = {"skipped": "not built: run make llama-cpp"}
+            continue
+        server = ours({"LLM_API_MAX_BATCH": str(max(levels)), "LLM_API_MAX_QUEUE": "2000",
+                       "LLM_API_BACKEND": backend})
+        try:
+            print(f"ours (gunicorn gevent, embedded model, LLM_API_BACKEND={backend}):", flush=True)
+            result = {"single_stream": single_stream(server, args.tokens, args.runs, backend),
+                      "sweep": [load(server.url, n, args.tokens, EXACT_LENGTH["ours"], probe=True) for n in levels]}
+            if args.rss_requests and index == 0:
+                report["rss_mb"] = rss_after_requests(server, (10, args.rss_requests))
+        finally:
+            server.stop()
+        report["backends"][backend] = result
+        if index == 0:
+            report.update(result)
     if args.baseline:
         print(f"baseline ({args.baseline}):", flush=True)
         base = ours({"LLM_API_MAX_BATCH": str(max(levels)), "LLM_API_MAX_QUEUE": "2000"}, root=Path(args.baseline),
@@ -427,12 +451,13 @@ def main() -> None:
         finally:
             peer.stop()
 
-    ours_at = {row["streams"]: row for row in report["sweep"]}
-    for result in report["peers"].values():
-        for row in result.get("levels", []):
-            mine = ours_at.get(row["streams"])
-            if mine and row["aggregate_tps"]:
-                row["ours_over_peer"] = round(mine["aggregate_tps"] / row["aggregate_tps"], 2)
+    for backend, mine in report["backends"].items():
+        ours_at = {row["streams"]: row for row in mine.get("sweep", [])}
+        for result in report["peers"].values():
+            for row in result.get("levels", []):
+                level = ours_at.get(row["streams"])
+                if level and row["aggregate_tps"]:
+                    row[f"{backend}_over_peer"] = round(level["aggregate_tps"] / row["aggregate_tps"], 2)
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     for path in (RESULTS / f"{stamp}.json", RESULTS / "latest.json"):

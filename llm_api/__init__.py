@@ -139,7 +139,7 @@ def model_spec(settings: Settings) -> ModelSpec:
     from .local_model.spec import ModelSpec
 
     return ModelSpec(settings.local_model or settings.model, settings.device, settings.dtype,
-                     settings.trust_remote_code, settings.resolved_cache_dir)
+                     settings.trust_remote_code, settings.resolved_cache_dir, settings.backend)
 
 
 def start_engine(app: Flask, on_load_failure: Callable[[str], None] | None = None, *, embedders: bool = False) -> None:

@@ -307,6 +307,11 @@ class Settings:
         "LLM_API_DTYPE", "auto", _choice("auto", "float32", "bfloat16", "float16"),
         "`auto`: float32 on CPU; bfloat16 on CUDA where supported, else float16",
     )
+    backend: str = _setting(
+        "LLM_API_BACKEND", "torch", _choice("torch", "llama_cpp"),
+        "`torch` runs the model with PyTorch (float32 copy of the embedded GGUF); `llama_cpp` runs a GGUF file's "
+        "own quantized weights on llama.cpp's kernels (CPU; install with `make llama-cpp`)",
+    )
     trust_remote_code: bool = _setting("LLM_API_TRUST_REMOTE_CODE", False, _bool,
                                        "allow a model folder's own Python code (ChatGLM3's remote code)")
     cache_dir: str = _setting("LLM_API_CACHE_DIR", "", _text,

@@ -13,6 +13,7 @@ concatenating every layer's cache into new tensors, and attention sees views of 
 from __future__ import annotations
 
 import inspect
+from collections.abc import Sequence
 from typing import Any, cast
 
 import torch
@@ -273,7 +274,7 @@ class RunningBatch:
         logits: torch.Tensor = head(padded)[: hidden.shape[0]]
         return logits
 
-    def retire(self, finished: list[SequenceState]) -> None:
+    def retire(self, finished: Sequence[SequenceState]) -> None:
         """Drop finished rows (leaving their KV state to the prefix cache) and the columns that are padding
         in every remaining row."""
         if not finished:

@@ -13,6 +13,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -26,15 +27,18 @@ from ..generation.protocol import EngineKind
 from ..generation.structured import ToolFunction, UnsupportedFieldError
 from ..generation.tool_calls import ToolCallReader
 from ..generation.types import GenerationRequest, SamplingDefaults, SamplingParams
-from .batch import Prefill, RunningBatch, supports_batched_cache
+from .batch import RunningBatch, supports_batched_cache
 from .errors import ModelLoadError
 from .generate_runner import run_with_generate
 from .grammar import GrammarCompiler, RowGrammar, apply_masks
+from .llama_cpp_model import LlamaCppModel
 from .loader import LoadedModel, load_model
 from .prefix_cache import PrefixCache
 from .prompts import Message
+from .running import Batch, PendingPrefill
 from .sampling import choose_tokens
 from .sequence import SequenceState
+from .slot_batch import SlotBatch
 from .spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -75,7 +79,7 @@ class LocalEngine:
         self._stopping = False
         self._stopped = NativeSignal()
         self._model: LoadedModel | None = None
-        self._prefills: list[Prefill] = []  # engine thread only: prompts being run into their caches
+        self._prefills: list[PendingPrefill] = []  # engine thread only: prompts being run into their caches
         self._prefixes = PrefixCache(self.options.prefix_cache_tokens)  # engine thread only
         self._grammar_compiler: GrammarCompiler | None = None  # built on the first constrained request
         self._compiled: dict[int, object] = {}  # id(handle) → its compiled grammar, until the engine takes it
@@ -225,9 +229,7 @@ class LocalEngine:
             return
         model = self._model
         assert model is not None
-        pad_head = model.device.type == "cpu" and model.dtype == torch.float32
-        batch = RunningBatch(model.model, model.device, model.vocab_limit, pad_head_rows=pad_head,
-                             prefixes=self._prefixes)
+        batch = self._new_batch(model)
         while not self._stopping:
             try:
                 if self.batched:
@@ -246,11 +248,20 @@ class LocalEngine:
         while self._inbox:
             self._leave_inbox(self._inbox.popleft()).finish("cancelled")
 
+    def _new_batch(self, model: LoadedModel) -> Batch[Any]:
+        if isinstance(model.model, LlamaCppModel):
+            return SlotBatch(model.model, model.vocab_limit, reuse_prefixes=self._prefixes.enabled)
+        pad_head = model.device.type == "cpu" and model.dtype == torch.float32
+        return RunningBatch(model.model, model.device, model.vocab_limit, pad_head_rows=pad_head,
+                            prefixes=self._prefixes)
+
     def _load(self) -> None:
         if self.options.torch_threads:
             torch.set_num_threads(self.options.torch_threads)
-        model = load_model(self.spec)
-        self.batched = self.options.batching and model.batchable and supports_batched_cache(model.model)
+        model = load_model(self.spec, slots=self.options.max_batch, threads=self.options.torch_threads)
+        # llama.cpp has no generate loop of its own here: it is always driven by the batched loop.
+        self.batched = isinstance(model.model, LlamaCppModel) or (
+            self.options.batching and model.batchable and supports_batched_cache(model.model))
         self._model = model
         self._warm_up(model)
         log.info("model %s ready on %s/%s in %.1fs (%s)", model.name, model.device, model.dtype,
@@ -259,6 +270,9 @@ class LocalEngine:
 
     def _warm_up(self, model: LoadedModel) -> None:
         ids = model.prompt_format.build([{"role": "user", "content": "Hi"}])
+        if isinstance(model.model, LlamaCppModel):
+            model.model.warm_up(ids)
+            return
         with torch.inference_mode():
             model.model(input_ids=torch.tensor([ids], device=model.device))
 
@@ -314,7 +328,7 @@ class LocalEngine:
         self._running_max_tokens = sum(max(0, s.request.params.max_tokens - len(s.generated)) for s in rows)
         self._free_slots = free_slots
 
-    def _batched_iteration(self, model: LoadedModel, batch: RunningBatch) -> None:
+    def _batched_iteration(self, model: LoadedModel, batch: Batch[Any]) -> None:
         """One scheduling round: admit, run one prefill chunk, run one decode step for the batch."""
         room = self.options.max_batch - len(batch) - len(self._prefills)
         self._prefills.extend(batch.start_prefill(seq) for seq in self._take_waiting(room))
@@ -349,7 +363,7 @@ class LocalEngine:
         self._note_backlog([*batch.rows, *(p.seq for p in self._prefills)],
                            self.options.max_batch - len(batch) - len(self._prefills))
 
-    def _join_twins(self, batch: RunningBatch, prefill: Prefill) -> list[SequenceState]:
+    def _join_twins(self, batch: Batch[Any], prefill: PendingPrefill) -> list[SequenceState]:
         """Waiting requests with the very prompt ``prefill`` has just run (the ``n`` answers of one request)
         join the batch with its keys and values and its next-token logits: the prompt runs once."""
         prompt = prefill.seq.request.prompt_ids
@@ -360,7 +374,7 @@ class LocalEngine:
         self.shared_prefills += len(twins)
         return [twin.seq for twin in twins]
 
-    def _advance(self, batch: RunningBatch, rows: list[SequenceState], logits: torch.Tensor) -> None:
+    def _advance(self, batch: Batch[Any], rows: list[SequenceState], logits: torch.Tensor) -> None:
         """Sample one token per row, emit it, and retire the rows that finished."""
         done = []
         grammars = [seq.grammar for seq in rows]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -25,7 +26,7 @@ from .cache import cached_build, content_key
 from .errors import ModelLoadError
 from .load_lock import LOAD_LOCK
 from .prompts import ChatGLM3Format, ChatTemplateFormat, PromptFormat
-from .spec import EMBEDDED_NAME, ModelSpec, embedded_gguf_path, is_embedded, preflight, read_config
+from .spec import EMBEDDED_NAME, ModelSpec, embedded_gguf_path, gguf_file, is_embedded, preflight, read_config
 from .token_bytes import token_bytes_function
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,9 @@ transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-cal
 EMBEDDED_SAMPLING = SamplingDefaults(temperature=0.2, top_p=0.9)
 # ChatGLM3 ships no generation_config.json: these are the values its own chat() uses.
 CHATGLM3_SAMPLING = SamplingDefaults(temperature=0.8, top_p=0.8)
+# Each llama.cpp slot's KV stream is allocated whole at start-up: the context a sequence may use is capped
+# so that 8 slots of the embedded model take about 0.7 GB, not the 1.4 GB its 8,192-token context would.
+LLAMA_CPP_CONTEXT_PER_SLOT = 4096
 
 
 @dataclass
@@ -82,20 +86,49 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return torch.float32
 
 
-def load_model(spec: ModelSpec) -> LoadedModel:
-    """Load tokenizer and model; raise :class:`ModelLoadError` with a clear reason on failure."""
+def load_model(spec: ModelSpec, slots: int = 8, threads: int = 0) -> LoadedModel:
+    """Load tokenizer and model; raise :class:`ModelLoadError` with a clear reason on failure. ``slots``
+    and ``threads`` (0: one per core) size the llama.cpp backend's context."""
     preflight(spec)
     with LOAD_LOCK:  # one load at a time per process (see load_lock)
         started = time.monotonic()
-        device = resolve_device(spec.device)
-        dtype = resolve_dtype(spec.dtype, device)
-        if is_embedded(spec.source):
-            loaded = _load_embedded(spec, device, dtype)
+        if spec.backend == "llama_cpp":
+            loaded = _load_llama_cpp(spec, slots, threads or os.cpu_count() or 1)
         else:
-            loaded = _load_folder(spec, device, dtype)
-        loaded.model.eval()
+            device = resolve_device(spec.device)
+            dtype = resolve_dtype(spec.dtype, device)
+            loaded = _load_embedded(spec, device, dtype) if is_embedded(spec.source) else \
+                _load_folder(spec, device, dtype)
+            loaded.model.eval()
         loaded.load_seconds = time.monotonic() - started
     return loaded
+
+
+def _load_llama_cpp(spec: ModelSpec, slots: int, threads: int) -> LoadedModel:
+    """The GGUF file's own (quantized) weights on llama.cpp; the tokenizer, chat template and config come
+    from the Hugging Face conversion of the same file (made once and cached), so prompts and token ids are
+    the same as on the torch backend."""
+    from .llama_cpp_model import LlamaCppModel
+
+    gguf = gguf_file(spec)
+    folder = _converted_gguf_cache(gguf, Path(spec.cache_dir))
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    config = transformers.AutoConfig.from_pretrained(folder, local_files_only=True)
+    generation = transformers.GenerationConfig.from_pretrained(folder, local_files_only=True)
+    context = min(_context_length(config, tokenizer), LLAMA_CPP_CONTEXT_PER_SLOT)
+    model = LlamaCppModel(gguf, slots, context, threads, config)
+    try:
+        prompt_format = ChatTemplateFormat(tokenizer, _eos_ids(generation))
+    except ValueError:
+        model.close()
+        raise ModelLoadError(f"{gguf.name}: the tokenizer has no chat template, so chat prompts cannot be built") \
+            from None
+    embedded = is_embedded(spec.source)
+    return LoadedModel(
+        name=EMBEDDED_NAME if embedded else Path(spec.source).name, model=model, tokenizer=tokenizer,
+        prompt_format=prompt_format, context_length=model.context_per_slot, device=torch.device("cpu"),
+        dtype=torch.float32, batchable=True, vocab_limit=min(model.vocab_size, len(tokenizer)),
+        sampling_defaults=EMBEDDED_SAMPLING if embedded else recommended_sampling(Path(spec.source)))
 
 
 def _load_embedded(spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> LoadedModel:
@@ -170,7 +203,11 @@ def _native(name: str, model: Any, tokenizer: Any, device: torch.device, dtype: 
 
 
 def _generation_eos_ids(model: Any) -> list[int]:
-    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    return _eos_ids(getattr(model, "generation_config", None))
+
+
+def _eos_ids(generation_config: Any) -> list[int]:
+    eos = getattr(generation_config, "eos_token_id", None)
     if eos is None:
         return []
     return list(eos) if isinstance(eos, (list, tuple)) else [eos]

@@ -31,6 +31,7 @@ class ModelSpec:
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16
     trust_remote_code: bool = False
     cache_dir: str = ""
+    backend: str = "torch"  # torch | llama_cpp (a GGUF file run by llama.cpp's kernels)
 
 
 def embedded_gguf_path() -> Path:
@@ -49,6 +50,10 @@ def embedded_gguf_path() -> Path:
 
 def preflight(spec: ModelSpec) -> None:
     """The checks that need no loading, so a bad setup fails at start-up with one clear line."""
+    if spec.backend == "llama_cpp":
+        gguf_file(spec)
+        check_llama_cpp_installed()
+        return
     if is_embedded(spec.source):
         embedded_gguf_path()
         return
@@ -72,6 +77,33 @@ def preflight(spec: ModelSpec) -> None:
             f"ChatGLM3's remote code does not run on transformers {version}: its chat and generate "
             f"paths work on transformers {' and '.join(v + '.x' for v in CHATGLM_REMOTE_CODE_TRANSFORMERS)} "
             "only (install e.g. transformers==4.41.2 in this environment)")
+
+
+def gguf_file(spec: ModelSpec) -> Path:
+    """The GGUF file the llama.cpp backend runs: the embedded model's, or the one in the model folder."""
+    if is_embedded(spec.source):
+        return embedded_gguf_path()
+    folder = Path(spec.source)
+    ggufs = sorted(folder.glob("*.gguf")) if folder.is_dir() else []
+    if not ggufs:
+        raise ModelLoadError(f"LLM_API_BACKEND=llama_cpp runs GGUF files, and {spec.source!r} is not a folder "
+                             "with a .gguf file")
+    return ggufs[0]
+
+
+LLAMA_CPP_BUILD_HINT = "run `make llama-cpp` (builds llama.cpp once, about 15 minutes on 2 cores)"
+
+
+def check_llama_cpp_installed() -> None:
+    """Raise :class:`ModelLoadError` unless llama-cpp-python and its libraries are installed (not imported:
+    it loads the libraries at import)."""
+    found = importlib.util.find_spec("llama_cpp")
+    if found is None or not found.submodule_search_locations:
+        raise ModelLoadError(f"LLM_API_BACKEND=llama_cpp needs llama-cpp-python: {LLAMA_CPP_BUILD_HINT}")
+    lib = Path(list(found.submodule_search_locations)[0]) / "lib"
+    if not any(lib.glob("libllama.so*")):
+        raise ModelLoadError(f"LLM_API_BACKEND=llama_cpp: llama-cpp-python has no llama.cpp libraries: "
+                             f"{LLAMA_CPP_BUILD_HINT}")
 
 
 def is_embedded(source: str) -> bool:

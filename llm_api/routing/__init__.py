@@ -42,7 +42,8 @@ def _local_engine(settings: Settings, source: str) -> Engine:
     from ..local_model.engine import EngineOptions, LocalEngine
     from ..local_model.spec import ModelSpec
 
-    spec = ModelSpec(source, settings.device, settings.dtype, settings.trust_remote_code, settings.resolved_cache_dir)
+    spec = ModelSpec(source, settings.device, settings.dtype, settings.trust_remote_code, settings.resolved_cache_dir,
+                     settings.backend)
     return LocalEngine(spec, EngineOptions(max_batch=settings.max_batch, max_queue=settings.max_queue,
                                       prefill_chunk=settings.prefill_chunk, batching=settings.batching,
                                       torch_threads=settings.torch_threads,

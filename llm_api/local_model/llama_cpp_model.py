@@ -1,0 +1,128 @@
+"""A GGUF model run by llama.cpp's kernels, through llama-cpp-python's low-level (ctypes) bindings.
+
+The weights stay as the file stores them (the embedded model: 4-bit Q4_1), which is what makes llama.cpp
+several times faster per token on a CPU than the float32 copy torch runs. One llama.cpp context holds a
+KV stream per sequence slot (``kv_unified`` off, as ``llama-server -np N`` has it), so a sequence's
+attention reads its own cells only. Our engine thread drives the batching; llama.cpp only runs the
+forward passes it is given and hands back logits, so sampling, grammars, stops and streaming are the
+same code as on the torch backend.
+
+Only the engine thread calls an instance. ``llama_cpp`` is imported on first use: it loads its shared
+libraries at import and is an optional install (``make llama-cpp``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import ModelLoadError
+from .spec import check_llama_cpp_installed
+
+BATCH_TOKENS = 512  # tokens per llama_decode call; a longer prompt runs in several calls
+
+
+class LlamaCppModel:
+    """One GGUF file and one context with ``slots`` sequences of ``context_per_slot`` tokens each."""
+
+    def __init__(self, gguf: Path, slots: int, context_per_slot: int, threads: int, config: Any) -> None:
+        check_llama_cpp_installed()
+        import llama_cpp
+
+        self._lib: Any = llama_cpp
+        self.config = config  # the Hugging Face config of the same model (vocabulary size for grammars)
+        self._log_callback = _quiet_log_callback(llama_cpp)  # kept alive: llama.cpp holds the pointer
+        llama_cpp.llama_log_set(self._log_callback, ctypes.c_void_p(0))
+        llama_cpp.llama_backend_init()
+        model_params = llama_cpp.llama_model_default_params()
+        self._model = llama_cpp.llama_model_load_from_file(str(gguf).encode(), model_params)
+        if not self._model:
+            raise ModelLoadError(f"llama.cpp cannot load {gguf}")
+        params = llama_cpp.llama_context_default_params()
+        params.n_seq_max = slots
+        params.n_ctx = context_per_slot * slots
+        params.n_batch = params.n_ubatch = BATCH_TOKENS
+        params.n_threads = params.n_threads_batch = threads
+        params.kv_unified = False
+        params.no_perf = True
+        self._context = llama_cpp.llama_init_from_model(self._model, params)
+        if not self._context:
+            llama_cpp.llama_model_free(self._model)
+            raise ModelLoadError(f"llama.cpp cannot make a context for {gguf} ({slots} slots of "
+                                 f"{context_per_slot} tokens)")
+        self._memory = llama_cpp.llama_get_memory(self._context)
+        self.slots = slots
+        self.context_per_slot = int(llama_cpp.llama_n_ctx_seq(self._context))
+        self.vocab_size = int(llama_cpp.llama_vocab_n_tokens(llama_cpp.llama_model_get_vocab(self._model)))
+        self._batch = llama_cpp.llama_batch_init(BATCH_TOKENS, 0, 1)
+
+    def run(self, tokens: Sequence[int], positions: Sequence[int], slots: Sequence[int],
+            outputs: Sequence[bool]) -> np.ndarray:
+        """Feed each token at its position into its slot's sequence; the logits of the tokens whose
+        ``outputs`` flag is set, in order, as a new float32 array [outputs, vocab]."""
+        wanted: list[np.ndarray] = []
+        for start in range(0, len(tokens), BATCH_TOKENS):
+            end = min(len(tokens), start + BATCH_TOKENS)
+            count = self._decode(tokens[start:end], positions[start:end], slots[start:end], outputs[start:end])
+            if count:
+                pointer = self._lib.llama_get_logits(self._context)
+                wanted.append(np.ctypeslib.as_array(pointer, shape=(count, self.vocab_size)).copy())
+        return np.concatenate(wanted) if wanted else np.empty((0, self.vocab_size), dtype=np.float32)
+
+    def _decode(self, tokens: Sequence[int], positions: Sequence[int], slots: Sequence[int],
+                outputs: Sequence[bool]) -> int:
+        batch = self._batch
+        batch.n_tokens = len(tokens)
+        for i, (token, position, slot, output) in enumerate(zip(tokens, positions, slots, outputs, strict=True)):
+            batch.token[i] = token
+            batch.pos[i] = position
+            batch.n_seq_id[i] = 1
+            batch.seq_id[i][0] = slot
+            batch.logits[i] = output
+        status = self._lib.llama_decode(self._context, batch)
+        if status != 0:
+            raise RuntimeError(f"llama_decode failed with status {status}")
+        return sum(1 for output in outputs if output)
+
+    def warm_up(self, ids: Sequence[int]) -> None:
+        """Run a short prompt once (first-call allocations happen before the first request), then drop it."""
+        self.run(ids, range(len(ids)), [0] * len(ids), [False] * (len(ids) - 1) + [True])
+        self.forget(0)
+
+    def forget(self, slot: int, start: int = 0) -> bool:
+        """Drop ``slot``'s cells from position ``start`` on; False when the model cannot cut there (then
+        the caller drops the whole slot)."""
+        return bool(self._lib.llama_memory_seq_rm(self._memory, slot, start, -1))
+
+    def copy(self, source: int, target: int) -> None:
+        """``target`` becomes a copy of ``source`` (all its cells)."""
+        self._lib.llama_memory_seq_rm(self._memory, target, -1, -1)
+        self._lib.llama_memory_seq_cp(self._memory, source, target, -1, -1)
+
+    def clear(self) -> None:
+        self._lib.llama_memory_clear(self._memory, True)
+
+    def close(self) -> None:
+        if self._context:
+            self._lib.llama_batch_free(self._batch)
+            self._lib.llama_free(self._context)
+            self._lib.llama_model_free(self._model)
+            self._context = self._model = None
+
+
+def _quiet_log_callback(llama_cpp: Any) -> Any:
+    """llama.cpp logs every load detail to stderr; keep its warnings and errors only."""
+    import logging
+
+    log = logging.getLogger("llama_cpp")
+    warn = 3  # GGML_LOG_LEVEL_WARN; ERROR is 4, CONT (5) continues the previous line
+
+    def callback(level: int, text: bytes, _user_data: Any) -> None:
+        if level in (warn, warn + 1):
+            log.warning("%s", text.decode("utf-8", "replace").rstrip())
+
+    return llama_cpp.llama_log_callback(callback)

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Builds llama.cpp once: its shared libraries (for the optional `llama_cpp` backend and for the
+# llama-cpp-python benchmark peer) and its own `llama-server` (a benchmark peer), into one folder.
+#
+# No prebuilt llama.cpp loads here: llama-cpp-python is source-only on PyPI. Its sdist vendors the
+# whole llama.cpp source (tools/server included), so that sdist is the one download. A native build
+# (GGML_NATIVE=ON) crashes at the first decode on CPUs that report AMX tiles it cannot use, so the
+# build enables AVX-512 explicitly and turns AMX off. About 15 minutes on 2 cores.
+#
+# Usage: scripts/build_llama_cpp.sh [VENV] [EXTRAS]
+# VENV (default .venv) also gets the llama-cpp-python bindings (with pip extras EXTRAS, e.g. "[server]"),
+# installed without compiling anything, and a copy of the libraries built here in their lib/ folder.
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+VERSION="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
+CACHE="${LLM_API_BENCH_CACHE:-$ROOT/.cache/bench}"
+OUT="$CACHE/llama.cpp-$VERSION"
+VENV="${1:-$ROOT/.venv}"
+PYTHON="${PYTHON:-python3}"
+
+if [ ! -x "$OUT/llama-server" ] || [ ! -f "$OUT/libllama.so" ]; then
+  WORK="$(mktemp -d)"
+  trap 'rm -rf "$WORK"' EXIT
+  "$PYTHON" -m pip download --no-deps --no-binary :all: --dest "$WORK" "llama-cpp-python==$VERSION"
+  tar -xzf "$WORK"/llama_cpp_python-"$VERSION".tar.gz -C "$WORK"
+  SRC="$WORK/llama_cpp_python-$VERSION/vendor/llama.cpp"
+  cmake -S "$SRC" -B "$WORK/build" -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=ON \
+    -DCMAKE_BUILD_RPATH='$ORIGIN' -DGGML_NATIVE=OFF \
+    -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
+    -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON \
+    -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF -DGGML_OPENMP=ON \
+    -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF
+  cmake --build "$WORK/build" --target llama llama-server -j "$(nproc)"
+  mkdir -p "$OUT.tmp"
+  cp -a "$WORK/build/bin/llama-server" "$WORK"/build/bin/lib*.so* "$OUT.tmp/"
+  rm -rf "$OUT" && mv "$OUT.tmp" "$OUT"
+  echo "built: $OUT"
+fi
+
+# The Python bindings alone (LLAMA_BUILD=OFF compiles nothing), then the libraries where they look first.
+EXTRAS="${2:-}"
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+CMAKE_ARGS="-DLLAMA_BUILD=OFF -DLLAVA_BUILD=OFF" "$VENV/bin/pip" install "llama-cpp-python$EXTRAS==$VERSION"
+PACKAGE="$("$VENV/bin/python" -c 'import importlib.util; print(importlib.util.find_spec("llama_cpp").submodule_search_locations[0])')"
+mkdir -p "$PACKAGE/lib"
+cp -a "$OUT"/lib*.so* "$PACKAGE/lib/"
+"$VENV/bin/python" -c "import llama_cpp; print('llama_cpp', llama_cpp.__version__, 'loads its libraries')"
