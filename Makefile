@@ -26,7 +26,7 @@ install-test: $(VENV)/.installed-test
 serve: install
 	$(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
 
-test: lint
+test: lint llama-cpp
 	$(BIN)/python -m pytest
 
 # Without the tests that load the embedded model (-m model) or start real servers (-m e2e).

@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("LLM_API_BENCH_CACHE", ROOT / ".cache" / "bench"))
 MODEL_CACHE = Path(os.environ.get("LLM_API_CACHE_DIR", ROOT / ".cache" / "test-models"))
 RESULTS = ROOT / "bench" / "results"
-LLAMA_SERVER = CACHE / "llama.cpp-0.3.36" / "llama-server"
+LLAMA_SERVER = ROOT / ".cache" / "llama.cpp-0.3.36" / "llama-server"  # scripts/build_llama_cpp.sh
 LLAMA_CPP_PYTHON = CACHE / "llama-cpp-python-venv" / "bin" / "python"
 
 
@@ -207,7 +207,7 @@ def llama_cpp_built() -> bool:
 
 
 def converted_model_dir() -> str:
-    return str(next(p for p in MODEL_CACHE.iterdir() if (p / "config.json").is_file()))
+    return str(next(p for p in MODEL_CACHE.iterdir() if (p / "config.json").is_file() and p.name.startswith("SmolLM2")))
 
 
 def gguf_path() -> str:

@@ -112,6 +112,9 @@ class Metrics:
                                      "LLM_API_MAX_QUEUE_WAIT.", **on)
         self.running_batch_size = Gauge("llm_api_running_batch_size", "Sequences in the running batch.",
                                         multiprocess_mode="livesum", **on)
+        self.prefix_tokens_reused = Gauge(
+            "llm_api_prefix_tokens_reused", "Prompt tokens whose KV state was reused instead of run again (prefix "
+            "reuse), since each worker's engine started.", multiprocess_mode="livesum", **on)
         self.active_streams = Gauge("llm_api_active_streams", "Streamed (SSE) responses now open.",
                                     multiprocess_mode="livesum", **on)
         self.model_load_seconds = Gauge("llm_api_model_load_seconds",
@@ -186,6 +189,7 @@ class Metrics:
         self.queue_depth.set(engine.queued)
         self.queue_wait.set(engine.backlog().wait_seconds())
         self.running_batch_size.set(engine.stats.get("running", 0))
+        self.prefix_tokens_reused.set(engine.stats.get("prefix_tokens_reused", 0))
         load_seconds = engine.load_seconds
         if load_seconds is not None:
             self.model_load_seconds.set(load_seconds)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds llama.cpp once: its shared libraries (for the optional `llama_cpp` backend and for the
+# Builds llama.cpp once (into .cache/llama.cpp-VERSION): its shared libraries (for the optional `llama_cpp` backend and for the
 # llama-cpp-python benchmark peer) and its own `llama-server` (a benchmark peer), into one folder.
 #
 # No prebuilt llama.cpp loads here: llama-cpp-python is source-only on PyPI. Its sdist vendors the
@@ -13,8 +13,7 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 VERSION="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
-CACHE="${LLM_API_BENCH_CACHE:-$ROOT/.cache/bench}"
-OUT="$CACHE/llama.cpp-$VERSION"
+OUT="${LLAMA_CPP_BUILD_DIR:-$ROOT/.cache/llama.cpp-$VERSION}"
 VENV="${1:-$ROOT/.venv}"
 PYTHON="${PYTHON:-python3}"
 

@@ -134,7 +134,7 @@ def test_real_tokenizer_splits_characters_and_the_detokenizer_holds_them_back(re
 
 def test_any_local_hugging_face_chat_model_folder_loads(real_engine):
     """A plain local folder (config.json, safetensors, tokenizer with a chat template) runs in the batch."""
-    folder = next(p for p in CACHE_DIR.iterdir() if (p / "config.json").is_file())
+    folder = next(p for p in CACHE_DIR.iterdir() if (p / "config.json").is_file() and p.name.startswith("SmolLM2"))
     engine = LocalEngine(ModelSpec(str(folder), cache_dir=str(CACHE_DIR)), EngineOptions())
     engine.start()
     assert engine.wait_ready(300), engine.load_error

@@ -71,6 +71,14 @@ def test_a_model_that_fails_to_load_stops_the_server(gunicorn, tmp_path):
     assert "App failed to load" in result.stdout + result.stderr
 
 
+def test_the_llama_cpp_backend_on_a_folder_without_a_gguf_file_is_one_line(gunicorn, chatglm_folder):
+    result = gunicorn({"LLM_API_MODEL": str(chatglm_folder), "LLM_API_BACKEND": "llama_cpp"})
+    assert result.returncode == 2
+    assert refusal(result) == (
+        f"llm_api: cannot serve the model: LLM_API_BACKEND=llama_cpp runs GGUF files, and {str(chatglm_folder)!r} "
+        "is not a folder with a .gguf file")
+
+
 def test_an_unsupported_database_url_is_one_configuration_line(gunicorn):
     result = gunicorn({"LLM_API_DATABASE_URL": "mysql://root@localhost/chat"})
     assert result.returncode == 2

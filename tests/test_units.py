@@ -43,6 +43,7 @@ def test_settings_parse_every_kind():
 @pytest.mark.parametrize("name, value, expected", [
     ("LLM_API_DEVICE", "gpu", "LLM_API_DEVICE must be one of auto, cpu, cuda"),
     ("LLM_API_DTYPE", "fp8", "LLM_API_DTYPE must be one of auto, float32, bfloat16, float16"),
+    ("LLM_API_BACKEND", "vllm", "LLM_API_BACKEND must be one of torch, llama_cpp"),
     ("LLM_API_MAX_QUEUE", "0", "LLM_API_MAX_QUEUE must be an integer >= 1"),
     ("LLM_API_MAX_QUEUE", "many", "LLM_API_MAX_QUEUE must be an integer"),
     ("LLM_API_TRUST_REMOTE_CODE", "maybe", "LLM_API_TRUST_REMOTE_CODE must be a boolean"),

@@ -26,6 +26,7 @@ except ImportError:  # pragma: no cover - only with an old transformers (ChatGLM
     _HAS_LAYERS = False
 
 from .prefix_cache import KV, PrefixCache
+from .running import StepResult
 from .sequence import SequenceState
 
 
@@ -263,6 +264,18 @@ class RunningBatch:
         for row in self.rows:
             row.position += 1
         return self._limit(logits)
+
+    def step(self, prefills: Sequence[Prefill], chunk: int) -> StepResult[Prefill]:
+        """The rows' decode step, then one chunk of the first prefill (a prompt runs alone: no padding)."""
+        result: StepResult[Prefill] = StepResult()
+        if self.rows:
+            result.rows, result.logits = list(self.rows), self.decode()
+        if prefills:
+            prefill = prefills[0]
+            logits = self.prefill_chunk(prefill, chunk if result.rows else prefill.remaining)
+            if logits is not None:
+                result.completed.append((prefill, logits))
+        return result
 
     def _padded_head_logits(self, inputs: dict[str, Any]) -> torch.Tensor:
         """Decoder body as usual, then the output projection on 4 rows: fp32 GEMM with 2–3 rows is

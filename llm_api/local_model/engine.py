@@ -247,6 +247,8 @@ class LocalEngine:
             seq.finish("cancelled")
         while self._inbox:
             self._leave_inbox(self._inbox.popleft()).finish("cancelled")
+        if isinstance(model.model, LlamaCppModel):
+            model.model.close()  # its KV streams were allocated whole: give the memory back now
 
     def _new_batch(self, model: LoadedModel) -> Batch[Any]:
         if isinstance(model.model, LlamaCppModel):
@@ -329,7 +331,8 @@ class LocalEngine:
         self._free_slots = free_slots
 
     def _batched_iteration(self, model: LoadedModel, batch: Batch[Any]) -> None:
-        """One scheduling round: admit, run one prefill chunk, run one decode step for the batch."""
+        """One scheduling round: admit, then one step: the batch's rows decode and waiting prompts run (alone,
+        a prompt runs whole; while others decode, in chunks between their steps)."""
         room = self.options.max_batch - len(batch) - len(self._prefills)
         self._prefills.extend(batch.start_prefill(seq) for seq in self._take_waiting(room))
         self.stats["prefix_hits"] = batch.prefixes.hits
@@ -341,24 +344,22 @@ class LocalEngine:
         self._prefills = [p for p in self._prefills if p not in cancelled]
         for prefill in cancelled:
             batch.abandon_prefill(prefill)
-        if self._prefills:
-            # Alone, a prompt runs whole; while others decode, it runs in chunks between their steps.
-            prefill = self._prefills[0]
-            chunk = self.options.prefill_chunk if batch.rows else prefill.remaining
-            logits = batch.prefill_chunk(prefill, chunk)
-            if logits is not None:
-                self._prefills.pop(0)
-                joined = [prefill.seq, *self._join_twins(batch, prefill)]
-                self._advance(batch, joined, logits[None, :].repeat(len(joined), 1))
         cancelled_rows = [seq for seq in batch.rows if seq.check_cancelled()]
         self.stats["cancelled"] += len(cancelled) + len(cancelled_rows)
         batch.retire(cancelled_rows)
-        if batch.rows:
-            rows = list(batch.rows)
-            started = time.perf_counter()
-            self._advance(batch, rows, batch.decode())
-            self._meter.step(len(rows), time.perf_counter() - started)
+        # A request's n answers share one prompt: only the first runs it, the others join as its twins.
+        prompts = [p.seq.request.prompt_ids for p in self._prefills]
+        running = [p for i, p in enumerate(self._prefills) if p.started or prompts[i] not in prompts[:i]]
+        started = time.perf_counter()
+        step = batch.step(running, self.options.prefill_chunk)
+        if step.logits is not None:
+            self._advance(batch, step.rows, step.logits)
+            self._meter.step(len(step.rows), time.perf_counter() - started)
             self.stats["steps"] += 1
+        for prefill, logits in step.completed:
+            self._prefills.remove(prefill)
+            joined = [prefill.seq, *self._join_twins(batch, prefill)]
+            self._advance(batch, joined, logits[None, :].repeat(len(joined), 1))
         self.stats["running"] = len(batch)
         self._note_backlog([*batch.rows, *(p.seq for p in self._prefills)],
                            self.options.max_batch - len(batch) - len(self._prefills))

@@ -14,6 +14,7 @@ libraries at import and is an optional install (``make llama-cpp``).
 from __future__ import annotations
 
 import ctypes
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -35,8 +36,7 @@ class LlamaCppModel:
 
         self._lib: Any = llama_cpp
         self.config = config  # the Hugging Face config of the same model (vocabulary size for grammars)
-        self._log_callback = _quiet_log_callback(llama_cpp)  # kept alive: llama.cpp holds the pointer
-        llama_cpp.llama_log_set(self._log_callback, ctypes.c_void_p(0))
+        _quiet_logs(llama_cpp)
         llama_cpp.llama_backend_init()
         model_params = llama_cpp.llama_model_default_params()
         self._model = llama_cpp.llama_model_load_from_file(str(gguf).encode(), model_params)
@@ -114,10 +114,18 @@ class LlamaCppModel:
             self._context = self._model = None
 
 
-def _quiet_log_callback(llama_cpp: Any) -> Any:
-    """llama.cpp logs every load detail to stderr; keep its warnings and errors only."""
-    import logging
+_log_callback: Any = None  # process-wide, like llama.cpp's logger: it must outlive every model
 
+
+def _quiet_logs(llama_cpp: Any) -> None:
+    """llama.cpp logs every load detail to stderr; keep its warnings and errors only (in our log)."""
+    global _log_callback
+    if _log_callback is None:
+        _log_callback = _log_callback_for(llama_cpp)
+        llama_cpp.llama_log_set(_log_callback, ctypes.c_void_p(0))
+
+
+def _log_callback_for(llama_cpp: Any) -> Any:
     log = logging.getLogger("llama_cpp")
     warn = 3  # GGML_LOG_LEVEL_WARN; ERROR is 4, CONT (5) continues the previous line
 

@@ -5,7 +5,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol, TypeVar
+from dataclasses import dataclass, field
+from typing import Generic, Protocol, TypeVar
 
 import torch
 
@@ -38,6 +39,16 @@ class ReuseCounters(Protocol):
 P = TypeVar("P", bound=PendingPrefill)
 
 
+@dataclass
+class StepResult(Generic[P]):
+    """What one step computed: the next-token logits of the rows that were decoded, and of the prefills
+    whose prompt is now complete (they have joined the batch; their rows decode from the next step on)."""
+
+    rows: list[SequenceState] = field(default_factory=list)
+    logits: torch.Tensor | None = None  # [rows, vocab]
+    completed: list[tuple[P, torch.Tensor]] = field(default_factory=list)  # (prefill, logits [vocab])
+
+
 class Batch(Protocol[P]):
     """Sequences decoded together one step at a time; they join after their prefill and leave when done."""
 
@@ -54,9 +65,9 @@ class Batch(Protocol[P]):
 
     def abandon_prefill(self, prefill: P) -> None: ...
 
-    def prefill_chunk(self, prefill: P, max_tokens: int) -> torch.Tensor | None: ...
-
-    def decode(self) -> torch.Tensor: ...
+    def step(self, prefills: Sequence[P], chunk: int) -> StepResult[P]:
+        """Decode every row once and run prompt tokens of ``prefills`` (in order; at most ``chunk`` of them
+        while rows are decoding, every one when none is)."""
 
     def retire(self, finished: Sequence[SequenceState]) -> None: ...
 

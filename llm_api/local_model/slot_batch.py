@@ -19,6 +19,7 @@ import torch
 
 from .llama_cpp_model import LlamaCppModel
 from .prefix_cache import MIN_MATCH_TOKENS, common_prefix
+from .running import StepResult
 from .sequence import SequenceState
 
 
@@ -48,6 +49,11 @@ class SlotPrefill:
     def remaining(self) -> int:
         return len(self.seq.request.prompt_ids) - self.done
 
+    @property
+    def fed(self) -> int:
+        """Tokens in the slot: the prompt's so far, then (once it decodes) every token fed to the model."""
+        return self.seq.position if not self.remaining else self.done
+
 
 class SlotBatch:
     def __init__(self, model: LlamaCppModel, vocab_limit: int, reuse_prefixes: bool = True) -> None:
@@ -57,21 +63,31 @@ class SlotBatch:
         self._slot_of: dict[SequenceState, int] = {}
         self._free: list[int] = list(range(model.slots))  # released longest ago first
         self._held: dict[int, tuple[int, ...]] = {}  # free slot → the token ids its cells hold
+        self._busy: dict[int, SlotPrefill] = {}  # slot → the sequence that owns it (in prefill or a row)
         self.prefixes = SlotReuse(enabled=reuse_prefixes)
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def start_prefill(self, seq: SequenceState) -> SlotPrefill:
-        """A free slot for a new sequence, holding the longest prefix of its prompt that a slot has."""
+        """A free slot for a new sequence, holding the longest prefix of its prompt that any slot has: a free
+        slot that holds it is taken as it is; one busy with another sequence is copied into the free slot
+        released longest ago (a copy of a slot costs far less than running a shared system prompt again)."""
         prompt = tuple(seq.request.prompt_ids)
-        slot, reused = self._free[0], 0
+        slot, reused, source = self._free[0], 0, None
         if self.prefixes.enabled:
-            for candidate in self._free:
-                length = common_prefix(self._held.get(candidate, ()), prompt, len(prompt) - 1)
+            for candidate, held in self._histories():
+                length = common_prefix(held, prompt, len(prompt) - 1)
                 if length > reused:
-                    slot, reused = candidate, length
-        if reused < MIN_MATCH_TOKENS or not self._model.forget(slot, reused):
+                    reused, source = length, candidate
+        if source is not None and reused >= MIN_MATCH_TOKENS:
+            if source in self._free:
+                slot = source
+            else:
+                self._model.copy(source, slot)
+        else:
+            reused = 0
+        if not reused or not self._model.forget(slot, reused):
             reused = 0
             self._model.forget(slot)
         if reused:
@@ -79,7 +95,14 @@ class SlotBatch:
             self.prefixes.reused_tokens += reused
         self._free.remove(slot)
         self._held.pop(slot, None)
-        return SlotPrefill(seq, slot, reused)
+        prefill = self._busy[slot] = SlotPrefill(seq, slot, reused)
+        return prefill
+
+    def _histories(self) -> list[tuple[int, tuple[int, ...]]]:
+        """(slot, the token ids its cells hold) for every slot that holds some: free ones first."""
+        busy = [(slot, tuple([*owner.seq.request.prompt_ids, *owner.seq.generated][:owner.fed]))
+                for slot, owner in self._busy.items()]
+        return [(slot, self._held.get(slot, ())) for slot in self._free] + busy
 
     def join_twin(self, twin: SlotPrefill, source: SlotPrefill) -> None:
         """``twin`` has the prompt ``source`` has just run: its slot gets a copy of those cells and it joins
@@ -93,30 +116,41 @@ class SlotBatch:
         """A prefill that ends before joining (cancelled): its slot keeps what it computed."""
         self._release(prefill.slot, tuple(prefill.seq.request.prompt_ids[:prefill.done]))
 
-    def prefill_chunk(self, prefill: SlotPrefill, max_tokens: int) -> torch.Tensor | None:
-        """Run up to ``max_tokens`` more prompt tokens; when the prompt is complete the sequence joins the
-        batch and its next-token logits are returned, until then ``None``."""
-        prompt = prefill.seq.request.prompt_ids
-        end = min(len(prompt), prefill.done + max_tokens)
-        count = end - prefill.done
-        outputs = [False] * count
-        outputs[-1] = end == len(prompt)
-        logits = self._model.run(prompt[prefill.done:end], range(prefill.done, end), [prefill.slot] * count,
-                                 outputs)
-        prefill.done = end
-        if prefill.remaining:
-            return None
-        self._join(prefill)
-        return self._limit(logits)[0]
-
-    def decode(self) -> torch.Tensor:
-        """One step for every row; returns next-token logits [rows, vocab]."""
-        rows = self.rows
-        logits = self._model.run([row.last_token for row in rows], [row.position for row in rows],
-                                 [self._slot_of[row] for row in rows], [True] * len(rows))
+    def step(self, prefills: Sequence[SlotPrefill], chunk: int) -> StepResult[SlotPrefill]:
+        """One ``llama_decode`` for every row's next token and the prompt tokens of ``prefills``: at most
+        ``chunk`` of them while rows decode (the step stays short), all of them when none does."""
+        tokens: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        outputs: list[bool] = []
+        rows = list(self.rows)
+        for row in rows:
+            tokens.append(row.last_token)
+            positions.append(row.position)
+            slots.append(self._slot_of[row])
+            outputs.append(True)
+        budget = chunk if rows else sum(p.remaining for p in prefills)
+        completing: list[SlotPrefill] = []
+        for prefill in prefills:
+            if budget <= 0:
+                break
+            prompt = prefill.seq.request.prompt_ids
+            end = min(len(prompt), prefill.done + budget)
+            tokens.extend(prompt[prefill.done:end])
+            positions.extend(range(prefill.done, end))
+            slots.extend([prefill.slot] * (end - prefill.done))
+            outputs.extend([False] * (end - prefill.done - 1) + [end == len(prompt)])
+            budget -= end - prefill.done
+            prefill.done = end
+            if not prefill.remaining:
+                completing.append(prefill)
+        logits = self._limit(self._model.run(tokens, positions, slots, outputs))
         for row in rows:
             row.position += 1
-        return self._limit(logits)
+        for prefill in completing:
+            self._join(prefill)
+        return StepResult(rows=rows, logits=logits[:len(rows)] if rows else None,
+                          completed=[(p, logits[len(rows) + i]) for i, p in enumerate(completing)])
 
     def retire(self, finished: Sequence[SequenceState]) -> None:
         """Drop finished rows; their slots keep the cells of every token fed (not after an error)."""
@@ -134,7 +168,7 @@ class SlotBatch:
     def clear(self) -> None:
         """Forget every row, prefill and cell (after a failed step)."""
         self._model.clear()
-        self.rows, self._slot_of, self._held = [], {}, {}
+        self.rows, self._slot_of, self._held, self._busy = [], {}, {}, {}
         self._free = list(range(self._model.slots))
 
     def _join(self, prefill: SlotPrefill) -> None:
@@ -142,6 +176,7 @@ class SlotBatch:
         self._slot_of[prefill.seq] = prefill.slot
 
     def _release(self, slot: int, held: tuple[int, ...]) -> None:
+        del self._busy[slot]
         self._held[slot] = held
         self._free.append(slot)
 

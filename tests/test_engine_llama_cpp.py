@@ -1,0 +1,161 @@
+"""The engine on LLM_API_BACKEND=llama_cpp, in-process: the embedded GGUF's own 4-bit weights on llama.cpp's
+kernels (built by `make llama-cpp`, which `make test` runs first), driven by our batching loop."""
+
+from __future__ import annotations
+
+import json
+
+import gevent
+import pytest
+
+from llm_api.generation.errors import ContextLengthError
+from llm_api.generation.structured import ResponseFormat, StructuredOutput
+from llm_api.generation.types import SamplingParams
+from llm_api.local_model.engine import EngineOptions, LocalEngine
+from llm_api.local_model.errors import ModelLoadError
+from llm_api.local_model.loader import ModelSpec
+from llm_api.local_model.spec import preflight
+from tests.generation import collect
+from tests.servers import CACHE_DIR
+
+pytestmark = pytest.mark.model
+
+PROMPTS = ["What is the capital of France?", "Write a haiku about the sea.", "Explain gravity in one sentence.",
+           "List three fruits.", "What is 2+2?", "Who wrote Hamlet?", "Say hello in French.", "Describe a cat."]
+GREEDY = SamplingParams(max_tokens=40, temperature=0.0)
+SPEC = ModelSpec("embedded", cache_dir=str(CACHE_DIR), backend="llama_cpp")
+
+
+def _engine(**options) -> LocalEngine:
+    engine = LocalEngine(SPEC, EngineOptions(**{"max_batch": 8, "max_queue": 32, **options}))
+    engine.start()
+    assert engine.wait_ready(300), engine.load_error
+    return engine
+
+
+@pytest.fixture(scope="module")
+def llama_engine():
+    engine = _engine()
+    yield engine
+    engine.stop()
+
+
+def run(engine, messages, params: SamplingParams, delay: float = 0.0, cancel_after: int | None = None):
+    gevent.sleep(delay)
+    if isinstance(messages, str):
+        messages = [{"role": "user", "content": messages}]
+    handle = engine.submit("t", engine.encode_chat(messages), params)
+    text, finished, deltas = collect(handle, 60, cancel_after)
+    return text, finished, deltas, handle
+
+
+def test_it_runs_the_gguf_on_llama_cpp_in_the_batched_loop(llama_engine):
+    model = llama_engine._loaded()
+    assert type(model.model).__name__ == "LlamaCppModel"
+    assert llama_engine.batched
+    assert llama_engine.context_length == 4096  # the per-slot cap, below the model's 8,192
+    text, finished, deltas, _ = run(llama_engine, "Count from one to five.", SamplingParams(max_tokens=30,
+                                                                                         temperature=0.0))
+    assert finished.finish_reason in ("stop", "length") and deltas > 3 and text.strip()
+    assert finished.usage.completion_tokens == len(finished.token_ids)
+
+
+def test_greedy_tokens_identical_alone_and_in_a_staggered_batch_of_8(llama_engine):
+    alone = [run(llama_engine, p, GREEDY)[1].token_ids for p in PROMPTS]
+    jobs = [gevent.spawn(run, llama_engine, p, GREEDY, i * 0.05) for i, p in enumerate(PROMPTS)]
+    gevent.joinall(jobs, raise_error=True)
+    assert [job.value[1].token_ids for job in jobs] == alone
+    assert sum(len(t) for t in alone) > 8 * 10
+
+
+def test_a_continued_conversation_reuses_its_slot_and_answers_the_same_as_without_reuse(llama_engine):
+    cold = _engine(prefix_cache_tokens=0)
+    try:
+        history = [{"role": "system", "content": "You are a terse assistant. " * 8},
+                   {"role": "user", "content": "Name a large animal."}]
+        first = run(llama_engine, history, GREEDY)[0]
+        history += [{"role": "assistant", "content": first}, {"role": "user", "content": "And a small one?"}]
+        hits, reused = llama_engine.stats["prefix_hits"], llama_engine.stats["prefix_tokens_reused"]
+        warm = run(llama_engine, history, GREEDY)[1].token_ids
+        assert llama_engine.stats["prefix_hits"] == hits + 1
+        assert llama_engine.stats["prefix_tokens_reused"] - reused > 60  # the system prompt and the first turn
+        assert run(cold, history, GREEDY)[1].token_ids == warm
+        assert cold.stats["prefix_hits"] == 0
+    finally:
+        cold.stop()
+
+
+def test_concurrent_prompts_sharing_a_system_prompt_copy_it_from_a_busy_slot(llama_engine):
+    system = {"role": "system", "content": "You answer questions about geography in one short sentence. " * 4}
+    slow = gevent.spawn(run, llama_engine, [system, {"role": "user", "content": "Describe the Alps."}],
+                        SamplingParams(max_tokens=60, temperature=0.0, ignore_eos=True))
+    gevent.sleep(0.3)  # the first is decoding: its slot is busy when the others arrive
+    hits = llama_engine.stats["prefix_hits"]
+    jobs = [gevent.spawn(run, llama_engine, [system, {"role": "user", "content": f"Where is {city}?"}], GREEDY)
+            for city in ("Lima", "Oslo", "Hanoi")]
+    gevent.joinall([slow, *jobs], raise_error=True)
+    assert llama_engine.stats["prefix_hits"] >= hits + 3
+    alone = [run(llama_engine, [system, {"role": "user", "content": f"Where is {city}?"}], GREEDY)[1].token_ids
+             for city in ("Lima", "Oslo", "Hanoi")]
+    assert [job.value[1].token_ids for job in jobs] == alone
+
+
+def test_n_answers_share_one_prompt_run_and_a_seed_repeats(llama_engine):
+    seeded = SamplingParams(max_tokens=24, temperature=0.9, top_p=0.9, seed=77)
+    shared = llama_engine.shared_prefills
+    jobs = [gevent.spawn(run, llama_engine, "Tell me a story about a fox.", seeded) for _ in range(2)]
+    gevent.joinall(jobs, raise_error=True)
+    (a, fa, *_), (b, fb, *_) = [job.value for job in jobs]
+    assert fa.token_ids == fb.token_ids and a == b
+    assert llama_engine.shared_prefills == shared + 1
+
+
+def test_cancel_stops_generation_within_a_few_steps(llama_engine):
+    params = SamplingParams(max_tokens=300, temperature=0.0, ignore_eos=True)
+    _, finished, deltas, handle = run(llama_engine, "Write a long story about a dragon.", params, cancel_after=3)
+    assert finished.finish_reason == "cancelled" and handle.cancel_seen_at_token is not None
+    assert finished.usage.completion_tokens < 30
+
+
+def test_a_json_schema_answer_validates(llama_engine):
+    schema = {"type": "object", "properties": {"city": {"type": "string"}, "population": {"type": "integer"}},
+              "required": ["city", "population"], "additionalProperties": False}
+    structured = StructuredOutput(ResponseFormat("json_schema", json.dumps(schema), "city"))
+    ids = llama_engine.encode_chat([{"role": "user", "content": "Give the largest city of Japan as JSON."}])
+    handle = llama_engine.submit("s", ids, SamplingParams(max_tokens=60, temperature=0.0, structured=structured))
+    text, finished, _ = collect(handle, 60)
+    answer = json.loads(text)
+    assert finished.finish_reason == "stop" and set(answer) == {"city", "population"}
+    assert isinstance(answer["population"], int)
+
+
+def test_logprobs_are_log_probabilities_of_the_chosen_tokens(llama_engine):
+    ids = llama_engine.encode_chat([{"role": "user", "content": "Say yes."}])
+    handle = llama_engine.submit("l", ids, SamplingParams(max_tokens=5, temperature=0.0, logprobs=True,
+                                                          top_logprobs=3))
+    logprobs = []
+    while (event := handle.next_event(60)) is not None and not hasattr(event, "finish_reason"):
+        logprobs.extend(getattr(event, "logprobs", ()) or ())
+    assert logprobs and all(entry.logprob <= 0 for entry in logprobs)
+    assert all(entry.top and entry.top[0].logprob >= entry.logprob - 1e-4 for entry in logprobs)
+
+
+def test_a_prompt_past_the_slot_context_is_refused(llama_engine):
+    ids = llama_engine.encode_chat([{"role": "user", "content": "Hi"}])
+    with pytest.raises(ContextLengthError):
+        llama_engine.submit("c", ids, SamplingParams(max_tokens=4096))
+
+
+def test_the_backend_needs_a_gguf_file(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(ModelLoadError, match="LLM_API_BACKEND=llama_cpp runs GGUF files"):
+        preflight(ModelSpec(str(tmp_path), backend="llama_cpp"))
+
+
+def test_without_llama_cpp_installed_start_up_says_how_to_build_it(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llama_cpp" else real(name, *a))
+    with pytest.raises(ModelLoadError, match="make llama-cpp"):
+        preflight(SPEC)
