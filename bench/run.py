@@ -244,7 +244,8 @@ SETUP = {"llama-server": (LLAMA_SERVER, "scripts/build_llama_cpp.sh"),
          "llama-cpp-python-no-interrupt": (LLAMA_CPP_PYTHON, "bench/peers/setup_llama_cpp_python.sh")}
 # How each peer is told to generate exactly max_tokens (past the end-of-turn token, id 2).
 _NO_EOS = {"logit_bias": {"2": -100}}
-EXACT_LENGTH = {"ours": {"ignore_eos": True, "stream_options": {"include_usage": True}},
+OUR_MODEL = "SmolLM2-135M-Instruct"  # the embedded model's name: our server answers 404 to any other `model`
+EXACT_LENGTH = {"ours": {"model": OUR_MODEL, "ignore_eos": True, "stream_options": {"include_usage": True}},
                 "lesson": {"ignore_eos": True}, "naive": {"ignore_eos": True}, "llama-server": {"ignore_eos": True},
                 "llama-cpp-python": _NO_EOS, "llama-cpp-python-no-interrupt": _NO_EOS}
 
@@ -305,7 +306,7 @@ def rss_after_requests(server: Server, counts: tuple[int, ...], concurrency: int
 
     def one(i: int) -> None:
         requests.post(f"{server.url}/v1/chat/completions", timeout=600, json={
-            "model": "b", "messages": [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}],
+            "model": OUR_MODEL, "messages": [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}],
             "max_tokens": 8, "ignore_eos": True})
 
     for count in counts:

@@ -41,3 +41,15 @@ def test_sliding_windows_score_every_token_once_with_the_context_they_promise(lo
     # Tokens 64..95 are scored by the window starting at 32: the same numbers as that window alone.
     second_window = token_nlls(loaded, ids[32:96], window=64)
     assert torch.allclose(nlls[63:95], second_window[-32:], atol=1e-4)
+
+
+def test_the_llama_cpp_backend_is_scored_on_the_same_tokens_and_stays_close(loaded):
+    llama = load_model(ModelSpec("embedded", cache_dir=str(CACHE_DIR), backend="llama_cpp"), slots=1)
+    try:
+        ids = text_ids(loaded)[:300]
+        assert text_ids(llama)[:300] == ids  # the same tokenizer: the same text, the same tokens
+        q4, f32 = token_nlls(llama, ids, window=128), token_nlls(loaded, ids, window=128)
+        assert len(q4) == len(f32) == len(ids) - 1
+        assert abs(float(q4.mean()) / float(f32.mean()) - 1) < 0.25  # 4-bit weights: close, not equal
+    finally:
+        llama.model.close()

@@ -182,9 +182,10 @@ class LocalEmbeddingEngine:
         import torch
         from sentence_transformers import SentenceTransformer  # imported by start() already
 
+        from .torch_threads import use_threads
+
         started = time.monotonic()
-        if self.spec.torch_threads:
-            torch.set_num_threads(self.spec.torch_threads)
+        use_threads(self.spec.torch_threads or 1)  # one: beside the chat engine's team (see torch_threads)
         folder = embedding_folder(self.spec)
         device = self.spec.device
         if device == "auto":

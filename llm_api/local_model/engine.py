@@ -9,6 +9,7 @@ and cancelled ones, and checks each row's cancel flag every step.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -40,6 +41,7 @@ from .sampling import choose_tokens
 from .sequence import SequenceState
 from .slot_batch import SlotBatch
 from .spec import ModelSpec
+from .torch_threads import use_threads
 
 log = logging.getLogger(__name__)
 
@@ -258,9 +260,9 @@ class LocalEngine:
                             prefixes=self._prefixes)
 
     def _load(self) -> None:
-        if self.options.torch_threads:
-            torch.set_num_threads(self.options.torch_threads)
-        model = load_model(self.spec, slots=self.options.max_batch, threads=self.options.torch_threads)
+        threads = self.options.torch_threads or os.cpu_count() or 1
+        use_threads(threads)
+        model = load_model(self.spec, slots=self.options.max_batch, threads=threads)
         # llama.cpp has no generate loop of its own here: it is always driven by the batched loop.
         self.batched = isinstance(model.model, LlamaCppModel) or (
             self.options.batching and model.batchable and supports_batched_cache(model.model))
