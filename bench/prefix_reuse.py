@@ -1,7 +1,7 @@
 """Prefix reuse: time to first token of a conversation's next turn after ~1,500 tokens of history, against
 the same turn with no history, with the prefix cache on and off, side by side in ONE run.
 
-Usage:  python -m bench.prefix_reuse [--history 1500] [--http] [--runs 3]
+Usage:  python -m bench.prefix_reuse [--history 1500] [--http] [--runs 3] [--backend torch|llama_cpp]
 
 In-process, a real greedy conversation is held on the embedded model until its history passes
 ``--history`` tokens; every turn reports how many of its prompt tokens came from the cache (the
@@ -45,12 +45,15 @@ GREEDY_TURN = 200  # tokens per history turn
 
 # ---- in-process -------------------------------------------------------------------------------------
 
+BACKEND = os.environ.get("LLM_API_BACKEND", "torch")  # --backend sets it, for the server too
+
+
 def engine(prefix_tokens: int) -> Any:
     from bench.run import MODEL_CACHE
     from llm_api.local_model.engine import EngineOptions, LocalEngine
     from llm_api.local_model.loader import ModelSpec
 
-    result = LocalEngine(ModelSpec("embedded", cache_dir=str(MODEL_CACHE)),
+    result = LocalEngine(ModelSpec("embedded", cache_dir=str(MODEL_CACHE), backend=BACKEND),
                          EngineOptions(prefix_cache_tokens=prefix_tokens))
     result.start()
     if not result.wait_ready(600):
@@ -170,7 +173,10 @@ def main() -> None:
     parser.add_argument("--history", type=int, default=1500, help="history tokens before the timed turn")
     parser.add_argument("--runs", type=int, default=3, help="final questions timed (median)")
     parser.add_argument("--http", action="store_true", help="also through the server")
+    parser.add_argument("--backend", default=BACKEND, choices=("torch", "llama_cpp"), help="LLM_API_BACKEND")
     args = parser.parse_args()
+    global BACKEND
+    BACKEND = os.environ["LLM_API_BACKEND"] = args.backend  # the servers inherit the environment
     from bench.run import CACHE, RESULTS, machine
 
     CACHE.mkdir(parents=True, exist_ok=True)

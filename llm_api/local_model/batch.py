@@ -26,7 +26,7 @@ except ImportError:  # pragma: no cover - only with an old transformers (ChatGLM
     _HAS_LAYERS = False
 
 from .prefix_cache import KV, PrefixCache
-from .running import StepResult
+from .running import PendingPrefill, StepResult
 from .sequence import SequenceState
 
 
@@ -149,24 +149,13 @@ class _MaskBuffer:
         return self.view
 
 
-class Prefill:
+class Prefill(PendingPrefill):
     """A new sequence whose prompt is being run, possibly in chunks, into its own cache."""
 
     def __init__(self, seq: SequenceState, cache: DynamicCache, reused: int = 0) -> None:
-        self.seq = seq
+        super().__init__(seq, reused)
         self.cache = cache
-        self.done = reused  # prompt tokens already in the cache
-        self.reused = reused  # of which taken from the prefix cache
         self.prompt_kv: KV | None = None  # the whole prompt's keys and values, once it has run
-
-    @property
-    def started(self) -> bool:
-        """Some of the prompt has been run here (not only taken from the prefix cache)."""
-        return self.done > self.reused
-
-    @property
-    def remaining(self) -> int:
-        return len(self.seq.request.prompt_ids) - self.done
 
 
 class RunningBatch:

@@ -13,19 +13,23 @@ import torch
 from .sequence import SequenceState
 
 
-class PendingPrefill(Protocol):
-    """A new sequence whose prompt is being run before it joins the batch."""
+class PendingPrefill:
+    """A new sequence whose prompt is being run, possibly in chunks, before it joins the batch."""
 
-    @property
-    def seq(self) -> SequenceState: ...
+    def __init__(self, seq: SequenceState, reused: int = 0) -> None:
+        self.seq = seq
+        self.done = reused  # prompt tokens already in its cache
+        self.reused = reused  # of which left there by an earlier sequence (prefix reuse)
 
     @property
     def started(self) -> bool:
         """Some of the prompt has been run here (not only reused from an earlier sequence)."""
+        return self.done > self.reused
 
     @property
     def remaining(self) -> int:
         """Prompt tokens still to run."""
+        return len(self.seq.request.prompt_ids) - self.done
 
 
 class ReuseCounters(Protocol):

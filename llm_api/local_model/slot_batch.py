@@ -19,7 +19,7 @@ import torch
 
 from .llama_cpp_model import LlamaCppModel
 from .prefix_cache import MIN_MATCH_TOKENS, common_prefix
-from .running import StepResult
+from .running import PendingPrefill, StepResult
 from .sequence import SequenceState
 
 
@@ -32,22 +32,12 @@ class SlotReuse:
     reused_tokens: int = 0
 
 
-class SlotPrefill:
+class SlotPrefill(PendingPrefill):
     """A new sequence whose prompt is being run, possibly in chunks, into its slot."""
 
     def __init__(self, seq: SequenceState, slot: int, reused: int) -> None:
-        self.seq = seq
+        super().__init__(seq, reused)
         self.slot = slot
-        self.done = reused  # prompt tokens already in the slot
-        self.reused = reused  # of which left there by an earlier sequence
-
-    @property
-    def started(self) -> bool:
-        return self.done > self.reused
-
-    @property
-    def remaining(self) -> int:
-        return len(self.seq.request.prompt_ids) - self.done
 
     @property
     def fed(self) -> int:
