@@ -169,13 +169,13 @@ def over_http(history_tokens: int, runs: int) -> dict[str, Any]:
 
 
 def main() -> None:
+    global BACKEND
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--history", type=int, default=1500, help="history tokens before the timed turn")
     parser.add_argument("--runs", type=int, default=3, help="final questions timed (median)")
     parser.add_argument("--http", action="store_true", help="also through the server")
     parser.add_argument("--backend", default=BACKEND, choices=("torch", "llama_cpp"), help="LLM_API_BACKEND")
     args = parser.parse_args()
-    global BACKEND
     BACKEND = os.environ["LLM_API_BACKEND"] = args.backend  # the servers inherit the environment
     from bench.run import CACHE, RESULTS, machine
 

@@ -100,6 +100,17 @@ def test_concurrent_prompts_sharing_a_system_prompt_copy_it_from_a_busy_slot(lla
     assert [job.value[1].token_ids for job in jobs] == alone
 
 
+def test_a_request_sharing_only_the_system_prompt_leaves_a_conversations_slot_whole(llama_engine):
+    system = {"role": "system", "content": "You are a careful historian who answers at length. " * 5}
+    history = [system, {"role": "user", "content": "Tell me about the Roman Republic."}]
+    answer = run(llama_engine, history, SamplingParams(max_tokens=80, temperature=0.0))[0]
+    history += [{"role": "assistant", "content": answer}, {"role": "user", "content": "And the Empire?"}]
+    run(llama_engine, [system, {"role": "user", "content": "Hi!"}], GREEDY)  # shares the system prompt only
+    reused = llama_engine.stats["prefix_tokens_reused"]
+    run(llama_engine, history, GREEDY)
+    assert llama_engine.stats["prefix_tokens_reused"] - reused > len(llama_engine.encode_chat(history[:2])) + 40
+
+
 def test_n_answers_share_one_prompt_run_and_a_seed_repeats(llama_engine):
     seeded = SamplingParams(max_tokens=24, temperature=0.9, top_p=0.9, seed=77)
     shared = llama_engine.shared_prefills

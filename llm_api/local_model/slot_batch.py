@@ -5,8 +5,9 @@ padding, no masks, no cache reshaping when rows join or leave. A finished sequen
 its slot, and the slot remembers which token ids they hold. A new prompt takes the free slot that holds
 the longest prefix of it (a conversation's next turn, OpenAI messages resent with one more turn, a shared
 system prompt), cuts the cells after that prefix and runs only the rest; with no match it takes the slot
-released longest ago. So prefix reuse is bounded by the slots (``LLM_API_MAX_BATCH``) and each slot's
-context, and evicts least recently used, without copying any state.
+released longest ago. A prefix that sits in a busy slot, or in a slot holding much more than the match,
+is copied into that free slot instead, so the longer state is not cut. So prefix reuse is bounded by
+the slots (``LLM_API_MAX_BATCH``) and each slot's context, and evicts least recently used.
 """
 
 from __future__ import annotations
@@ -60,23 +61,27 @@ class SlotBatch:
         return len(self.rows)
 
     def start_prefill(self, seq: SequenceState) -> SlotPrefill:
-        """A free slot for a new sequence, holding the longest prefix of its prompt that any slot has: a free
-        slot that holds it is taken as it is; one busy with another sequence is copied into the free slot
-        released longest ago (a copy of a slot costs far less than running a shared system prompt again)."""
+        """A free slot for a new sequence, holding the longest prefix of its prompt that any slot has.
+
+        A free slot whose cells the prompt continues (a conversation's next turn) is taken as it is. A
+        prefix held by a busy slot, or by a slot holding much more (a long conversation whose system
+        prompt a new request shares), is copied into the free slot released longest ago instead, so the
+        longer state survives: a copy costs far less than running the prefix again."""
         prompt = tuple(seq.request.prompt_ids)
-        slot, reused, source = self._free[0], 0, None
+        reused, source = 0, None
         if self.prefixes.enabled:
             for candidate, held in self._histories():
                 length = common_prefix(held, prompt, len(prompt) - 1)
                 if length > reused:
                     reused, source = length, candidate
-        if source is not None and reused >= MIN_MATCH_TOKENS:
-            if source in self._free:
-                slot = source
-            else:
-                self._model.copy(source, slot)
+        if source is None or reused < MIN_MATCH_TOKENS:
+            slot, reused = self._free[0], 0
+        elif source in self._free and (len(self._held.get(source, ())) - reused < MIN_MATCH_TOKENS
+                                       or len(self._free) == 1):
+            slot = source
         else:
-            reused = 0
+            slot = next(free for free in self._free if free != source)
+            self._model.copy(source, slot)
         if not reused or not self._model.forget(slot, reused):
             reused = 0
             self._model.forget(slot)
