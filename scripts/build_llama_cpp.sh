@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Builds llama.cpp once (into .cache/llama.cpp-VERSION): its shared libraries (for the optional `llama_cpp` backend and for the
-# llama-cpp-python benchmark peer) and its own `llama-server` (a benchmark peer), into one folder.
+# Builds llama.cpp once, into .cache/llama.cpp-VERSION: its shared libraries (for the optional
+# `llama_cpp` backend and the llama-cpp-python benchmark peer) and its own `llama-server` (a peer).
 #
 # No prebuilt llama.cpp loads here: llama-cpp-python is source-only on PyPI. Its sdist vendors the
 # whole llama.cpp source (tools/server included), so that sdist is the one download. A native build
 # (GGML_NATIVE=ON) crashes at the first decode on CPUs that report AMX tiles it cannot use, so the
-# build enables AVX-512 explicitly and turns AMX off. About 15 minutes on 2 cores.
+# build enables AVX-512 explicitly and turns AMX off. Nothing is downloaded but the sdist (llama-server's
+# web UI is not fetched: the server runs without it). About 6 minutes on 2 cores.
 #
 # Usage: scripts/build_llama_cpp.sh [VENV] [EXTRAS]
 # VENV (default .venv) also gets the llama-cpp-python bindings (with pip extras EXTRAS, e.g. "[server]"),
@@ -28,7 +29,7 @@ if [ ! -x "$OUT/llama-server" ] || [ ! -f "$OUT/libllama.so" ]; then
     -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
     -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON \
     -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF -DGGML_OPENMP=ON \
-    -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF
+    -DLLAMA_CURL=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF
   cmake --build "$WORK/build" --target llama llama-server -j "$(nproc)"
   mkdir -p "$OUT.tmp"
   cp -a "$WORK/build/bin/llama-server" "$WORK"/build/bin/lib*.so* "$OUT.tmp/"
