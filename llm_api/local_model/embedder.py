@@ -20,7 +20,7 @@ from typing import Any
 
 from ..generation.embedding import EmbeddingFailed, EmbeddingHandle, InputTooLongError, TokenIdError
 from ..generation.errors import NotReadyError, QueueFullError
-from ..generation.native import NativeSignal, native_lock, start_native_thread
+from ..generation.native import ModelThread
 from .embedding_spec import EmbeddingSpec, embedding_folder
 from .errors import ModelLoadError
 from .load_lock import LOAD_LOCK
@@ -51,23 +51,18 @@ class _Loaded:
     load_seconds: float
 
 
-class LocalEmbeddingEngine:
+class LocalEmbeddingEngine(ModelThread):
     """Loads an embedding model on its own thread and embeds for greenlets."""
 
+    _kind = "embedding model"
+
     def __init__(self, spec: EmbeddingSpec, options: EmbedderOptions | None = None) -> None:
+        super().__init__()
         self.spec = spec
         self.options = options or EmbedderOptions()
         self._inbox: deque[EmbeddingHandle] = deque()
-        self._wake = NativeSignal()
-        self._lock = native_lock()
         self._waiting = 0
-        self._started = False
-        self._stopping = False
-        self._stopped = NativeSignal()
-        self._on_load_failure: Callable[[str], None] | None = None
         self._loaded: _Loaded | None = None
-        self.ready = False
-        self.load_error: str | None = None
         self.stats: dict[str, int] = {"requests": 0, "inputs": 0, "tokens": 0, "passes": 0, "errors": 0}
 
     # ---- facts ---------------------------------------------------------------------------------------
@@ -99,26 +94,7 @@ class LocalEmbeddingEngine:
         a gevent-patched process fails (huggingface_hub asks for a child watcher off the main loop)."""
         import sentence_transformers  # noqa: F401
 
-        with self._lock:
-            if self._started:
-                return
-            self._started = True
-            self._on_load_failure = on_load_failure
-        start_native_thread(self._run)
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self._stopping = True
-        self._wake.set()
-        if self._started:
-            self._stopped.wait(timeout)
-
-    def wait_ready(self, timeout: float) -> bool:
-        import gevent
-
-        deadline = time.monotonic() + timeout
-        while not self.ready and self.load_error is None and time.monotonic() < deadline:
-            gevent.sleep(0.05)
-        return self.ready
+        super().start(on_load_failure)
 
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
         loaded = self._ready()
@@ -154,22 +130,11 @@ class LocalEmbeddingEngine:
         return self._loaded
 
     # ---- engine thread ---------------------------------------------------------------------------------
-    def _run(self) -> None:
-        try:
-            self._serve()
-        finally:
-            self._stopped.set()
+    def _load_failure(self, exc: Exception) -> str:
+        return (str(exc) if isinstance(exc, ModelLoadError)
+                else f"embedding model {self.spec.name!r} failed to load: {exc!r}")
 
     def _serve(self) -> None:
-        try:
-            self._load()
-        except Exception as exc:  # keep serving /healthz; /readyz reports the reason
-            self.load_error = (str(exc) if isinstance(exc, ModelLoadError)
-                               else f"embedding model {self.spec.name!r} failed to load: {exc!r}")
-            log.error("embedding model load failed: %s", self.load_error)
-            if self._on_load_failure is not None:
-                self._on_load_failure(self.load_error)
-            return
         while not self._stopping:
             if not self._inbox:
                 self._wake.wait(_IDLE_WAIT_SECONDS)

@@ -12,7 +12,7 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +23,7 @@ from ..generation.channel import Channel
 from ..generation.errors import ContextLengthError, NotReadyError, QueueFullError
 from ..generation.features import SAMPLING_FEATURES, InvalidParameterError, require_features
 from ..generation.handle import GenerationHandle
-from ..generation.native import NativeSignal, native_lock, off_the_hub, start_native_thread
+from ..generation.native import ModelThread, off_the_hub
 from ..generation.protocol import EngineKind
 from ..generation.structured import ToolFunction, UnsupportedFieldError
 from ..generation.tool_calls import ToolCallReader
@@ -58,17 +58,16 @@ class EngineOptions:
     prefix_cache_tokens: int = 8192  # KV state of recent sequences kept for prefix reuse; 0: off
 
 
-class LocalEngine:
+class LocalEngine(ModelThread):
     """Loads a model on its own thread and serves generation requests from greenlets."""
 
     kind: EngineKind = "local"
 
     def __init__(self, spec: ModelSpec, options: EngineOptions | None = None) -> None:
+        super().__init__()  # self._lock also guards _waiting and _waiting_max_tokens
         self.spec = spec
         self.options = options or EngineOptions()
         self._inbox: deque[GenerationHandle] = deque()
-        self._wake = NativeSignal()
-        self._lock = native_lock()  # guards _waiting, _waiting_max_tokens and _started
         self._waiting = 0  # submitted but not yet taken into the batch
         self._waiting_max_tokens = 0  # the sum of their max_tokens
         self._running_max_tokens = 0  # engine thread: what the running rows may still generate
@@ -76,44 +75,17 @@ class LocalEngine:
         self._meter = RateMeter()  # engine thread writes, greenlets read: decode rate and max_tokens used
         self._cancels = 0  # cancel() calls so far; the engine thread sweeps the inbox when it changes
         self._cancels_swept = 0
-        self._started = False
-        self._on_load_failure: Callable[[str], None] | None = None
-        self._stopping = False
-        self._stopped = NativeSignal()
         self._model: LoadedModel | None = None
         self._prefills: list[PendingPrefill] = []  # engine thread only: prompts being run into their caches
         self._prefixes = PrefixCache(self.options.prefix_cache_tokens)  # engine thread only
         self._grammar_compiler: GrammarCompiler | None = None  # built on the first constrained request
         self._compiled: dict[int, object] = {}  # id(handle) → its compiled grammar, until the engine takes it
         self.shared_prefills = 0  # requests that joined with another's identical prompt, without a prefill
-        self.load_error: str | None = None
-        self.ready = False
         self.batched = False
         self.stats: dict[str, int] = {"steps": 0, "tokens": 0, "requests": 0, "cancelled": 0, "running": 0, "errors": 0,
                                       "prefix_hits": 0, "prefix_tokens_reused": 0}
 
     # ---- caller side (greenlets) -------------------------------------------------
-
-    def start(self, on_load_failure: Callable[[str], None] | None = None) -> None:
-        """Start loading the model on the engine thread (idempotent, returns at once).
-
-        ``on_load_failure`` runs on the engine thread with the reason if loading fails
-        (the gunicorn worker uses it to stop the server); without it the engine keeps
-        answering ``NotReadyError`` with the reason.
-        """
-        with self._lock:
-            if self._started:
-                return
-            self._started = True
-            self._on_load_failure = on_load_failure
-        start_native_thread(self._run)
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Ask the engine thread to end (running requests finish as cancelled) and wait for it."""
-        self._stopping = True
-        self._wake.set()
-        if self._started:
-            self._stopped.wait(timeout)
 
     @property
     def model_name(self) -> str:
@@ -214,21 +186,10 @@ class LocalEngine:
 
     # ---- engine thread -----------------------------------------------------------
 
-    def _run(self) -> None:
-        try:
-            self._serve()
-        finally:
-            self._stopped.set()
+    def _load_failure(self, exc: Exception) -> str:
+        return str(exc) if isinstance(exc, ModelLoadError) else f"model load failed: {exc!r}"
 
     def _serve(self) -> None:
-        try:
-            self._load()
-        except Exception as exc:  # keep serving /healthz; /readyz reports the reason
-            self.load_error = str(exc) if isinstance(exc, ModelLoadError) else f"model load failed: {exc!r}"
-            log.error("model load failed: %s", self.load_error)
-            if self._on_load_failure is not None:
-                self._on_load_failure(self.load_error)
-            return
         model = self._model
         assert model is not None
         batch = self._new_batch(model)
@@ -419,12 +380,3 @@ class LocalEngine:
         self.stats["tokens"] += len(seq.generated)
         if seq.handle.cancel_seen_at_token is not None:
             self.stats["cancelled"] += 1
-
-    def wait_ready(self, timeout: float) -> bool:
-        """Block (cooperatively) until the model is ready or failed; for tools and tests."""
-        import gevent
-
-        deadline = time.monotonic() + timeout
-        while not self.ready and self.load_error is None and time.monotonic() < deadline:
-            gevent.sleep(0.05)
-        return self.ready
