@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import gevent
+import numpy as np
 import pytest
 
 from llm_api.generation.errors import ContextLengthError
@@ -13,7 +14,7 @@ from llm_api.generation.structured import ResponseFormat, StructuredOutput
 from llm_api.generation.types import SamplingParams
 from llm_api.local_model.engine import EngineOptions, LocalEngine
 from llm_api.local_model.errors import ModelLoadError
-from llm_api.local_model.loader import ModelSpec
+from llm_api.local_model.loader import ModelSpec, load_model
 from llm_api.local_model.spec import preflight
 from tests.generation import collect
 from tests.servers import CACHE_DIR
@@ -151,6 +152,32 @@ def test_logprobs_are_log_probabilities_of_the_chosen_tokens(llama_engine):
         logprobs.extend(getattr(event, "logprobs", ()) or ())
     assert logprobs and all(entry.logprob <= 0 for entry in logprobs)
     assert all(entry.top and entry.top[0].logprob >= entry.logprob - 1e-4 for entry in logprobs)
+
+
+def test_a_step_given_in_any_slot_order_returns_each_rows_logits_where_it_was_asked():
+    """llama.cpp computes a batch in groups of adjacent slots taken in the order given, so the model feeds a
+    step sorted by slot; the logits must still come back in the caller's order."""
+    model = load_model(SPEC, slots=4).model
+    try:
+        prompts = [[1, 504, 3000 + slot, 42] for slot in range(4)]
+        for slot, prompt in enumerate(prompts):
+            model.run(prompt, range(4), [slot] * 4, [False] * 3 + [True])
+
+        def step(slots: list[int]):
+            logits = model.run([7] * len(slots), [4] * len(slots), slots, [True] * len(slots))
+            for slot in slots:
+                model.forget(slot, 4)  # back to the prompt, for the next order
+            return logits
+
+        in_order = step([0, 1, 2, 3])
+        shuffled = step([2, 0, 3, 1])
+        assert in_order.shape == (4, model.vocab_size)
+        assert not np.allclose(in_order[0], in_order[2])  # the rows differ, so a mix-up would show
+        np.testing.assert_allclose(shuffled, in_order[[2, 0, 3, 1]], rtol=1e-5, atol=1e-5)
+        mixed = model.run([7, 9, 7], [4, 4, 5], [3, 0, 3], [True, False, True])  # a slot's two tokens, and one
+        np.testing.assert_allclose(mixed[0], in_order[3], rtol=1e-5, atol=1e-5)  # without logits between
+    finally:
+        model.close()
 
 
 def test_a_prompt_past_the_slot_context_is_refused(llama_engine):

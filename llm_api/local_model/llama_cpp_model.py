@@ -63,21 +63,31 @@ class LlamaCppModel:
     def run(self, tokens: Sequence[int], positions: Sequence[int], slots: Sequence[int],
             outputs: Sequence[bool]) -> np.ndarray:
         """Feed each token at its position into its slot's sequence; the logits of the tokens whose
-        ``outputs`` flag is set, in order, as a new float32 array [outputs, vocab]."""
+        ``outputs`` flag is set, in the order given, as a new float32 array [outputs, vocab]. The tokens
+        reach llama.cpp in :func:`slot_order`, whatever order they come in."""
+        order = slot_order(slots, positions)
         wanted: list[np.ndarray] = []
-        for start in range(0, len(tokens), BATCH_TOKENS):
-            end = min(len(tokens), start + BATCH_TOKENS)
-            count = self._decode(tokens[start:end], positions[start:end], slots[start:end], outputs[start:end])
+        for start in range(0, len(order), BATCH_TOKENS):
+            part = order[start:start + BATCH_TOKENS]
+            count = self._decode([(tokens[i], positions[i], slots[i], outputs[i]) for i in part])
             if count:
                 pointer = self._lib.llama_get_logits(self._context)
                 wanted.append(np.ctypeslib.as_array(pointer, shape=(count, self.vocab_size)).copy())
-        return np.concatenate(wanted) if wanted else np.empty((0, self.vocab_size), dtype=np.float32)
+        if not wanted:
+            return np.empty((0, self.vocab_size), dtype=np.float32)
+        logits = np.concatenate(wanted)
+        returned = [index for index in order if outputs[index]]  # whose logits each row is, as they came
+        asked = sorted(returned)
+        if returned == asked:
+            return logits
+        row_of = {index: row for row, index in enumerate(returned)}
+        return logits[[row_of[index] for index in asked]]
 
-    def _decode(self, tokens: Sequence[int], positions: Sequence[int], slots: Sequence[int],
-                outputs: Sequence[bool]) -> int:
+    def _decode(self, entries: Sequence[tuple[int, int, int, bool]]) -> int:
+        """One ``llama_decode`` of (token, position, slot, wants logits) entries; how many logits it made."""
         batch = self._batch
-        batch.n_tokens = len(tokens)
-        for i, (token, position, slot, output) in enumerate(zip(tokens, positions, slots, outputs, strict=True)):
+        batch.n_tokens = len(entries)
+        for i, (token, position, slot, output) in enumerate(entries):
             batch.token[i] = token
             batch.pos[i] = position
             batch.n_seq_id[i] = 1
@@ -86,7 +96,7 @@ class LlamaCppModel:
         status = self._lib.llama_decode(self._context, batch)
         if status != 0:
             raise RuntimeError(f"llama_decode failed with status {status}")
-        return sum(1 for output in outputs if output)
+        return sum(1 for *_, output in entries if output)
 
     def warm_up(self, ids: Sequence[int]) -> None:
         """Run a short prompt once (first-call allocations happen before the first request), then drop it."""
@@ -115,6 +125,17 @@ class LlamaCppModel:
 
 
 _log_callback: Any = None  # process-wide, like llama.cpp's logger: it must outlive every model
+
+
+def slot_order(slots: Sequence[int], positions: Sequence[int]) -> list[int]:
+    """The order to feed a batch's tokens to llama.cpp in: by slot, then by position.
+
+    With a KV stream per slot, llama.cpp splits a batch into parts of consecutive slot ids, taken in the
+    order the tokens come (slots 0, 1, 2 make one part; 2, 0, 1 or 0, 2 make two), and each part is one
+    more pass over all the weights. Sixteen rows in shuffled slot order took 108 ms a step here against
+    60 ms sorted. :class:`~llm_api.local_model.slot_batch.SlotBatch` keeps busy slots adjacent for the same
+    reason."""
+    return sorted(range(len(slots)), key=lambda index: (slots[index], positions[index]))
 
 
 def _quiet_logs(llama_cpp: Any) -> None:
