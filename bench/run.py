@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import selectors
@@ -90,27 +91,34 @@ def percentile(values: list[float], q: float) -> float | None:
 
 
 class HealthProbe:
-    """Times GET /healthz every 50 ms on its own thread while a load runs."""
+    """Times GET /healthz every 50 ms while a load runs, from a process of its own: in this process the probe
+    would wait for the GIL behind the load's client threads, and time them as much as the server."""
 
     def __init__(self, url: str) -> None:
-        self.url, self.samples, self._stop = url, [], threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        session = requests.Session()
-        while not self._stop.is_set():
-            started = time.perf_counter()
-            session.get(f"{self.url}/healthz", timeout=10)
-            self.samples.append(time.perf_counter() - started)
-            self._stop.wait(0.05)
+        context = multiprocessing.get_context("spawn")
+        self.samples: list[float] = []
+        self._stop, self._results = context.Event(), context.Queue()
+        self._process = context.Process(target=_probe_health, args=(url, self._stop, self._results), daemon=True)
 
     def __enter__(self) -> HealthProbe:
-        self._thread.start()
+        self._process.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        self._thread.join()
+        self.samples = self._results.get(timeout=60)
+        self._process.join()
+
+
+def _probe_health(url: str, stop: Any, results: Any) -> None:
+    session, samples = requests.Session(), []
+    session.get(f"{url}/healthz", timeout=10)  # the connection is open before the first timed request
+    while not stop.is_set():
+        started = time.perf_counter()
+        session.get(f"{url}/healthz", timeout=10)
+        samples.append(time.perf_counter() - started)
+        stop.wait(0.05)
+    results.put(samples)
 
 
 def load(url: str, streams: int, tokens: int, extra: dict[str, Any], probe: bool = False,
