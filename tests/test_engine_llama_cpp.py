@@ -176,6 +176,8 @@ def test_a_step_given_in_any_slot_order_returns_each_rows_logits_where_it_was_as
         np.testing.assert_allclose(shuffled, in_order[[2, 0, 3, 1]], rtol=1e-5, atol=1e-5)
         mixed = model.run([7, 9, 7], [4, 4, 5], [3, 0, 3], [True, False, True])  # a slot's two tokens, and one
         np.testing.assert_allclose(mixed[0], in_order[3], rtol=1e-5, atol=1e-5)  # without logits between
+        model.copy(2, 0)  # slot 0 now holds slot 2's prompt, and slot 2 still does
+        np.testing.assert_allclose(step([0, 2]), in_order[[2, 2]], rtol=1e-5, atol=1e-5)
     finally:
         model.close()
 

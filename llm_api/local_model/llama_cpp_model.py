@@ -109,7 +109,17 @@ class LlamaCppModel:
         return bool(self._lib.llama_memory_seq_rm(self._memory, slot, start, -1))
 
     def copy(self, source: int, target: int) -> None:
-        """``target`` becomes a copy of ``source`` (all its cells)."""
+        """``target`` becomes a copy of ``source`` (all its cells).
+
+        The cells go through llama.cpp's per-sequence state (about 1.5 ms for 170 tokens here): its own copy
+        between two slots' KV streams copies the whole stream, every cell of the slot's context, which took
+        15 ms whatever the sequence's length. That copy stays as the fallback."""
+        size = self._lib.llama_state_seq_get_size(self._context, source)
+        state = (ctypes.c_uint8 * size)()
+        written = self._lib.llama_state_seq_get_data(self._context, state, size, source)
+        self._lib.llama_memory_seq_rm(self._memory, target, -1, -1)
+        if written and self._lib.llama_state_seq_set_data(self._context, state, written, target):
+            return
         self._lib.llama_memory_seq_rm(self._memory, target, -1, -1)
         self._lib.llama_memory_seq_cp(self._memory, source, target, -1, -1)
 

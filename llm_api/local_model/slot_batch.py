@@ -8,7 +8,7 @@ system prompt), cuts the cells after that prefix and runs only the rest; with no
 slot beside busy ones (released longest ago among those), because llama.cpp runs each group of adjacent
 busy slots as its own pass over the weights. A prefix that sits in a busy slot, in a slot holding much
 more than the match, or in a slot that would split the busy ones, is copied into that better placed free
-slot instead (a copy costs about as much as a step). So prefix reuse is bounded by the slots
+slot instead (a copy takes a millisecond or two). So prefix reuse is bounded by the slots
 (``LLM_API_MAX_BATCH``) and each slot's context, and evicts least recently used among equally placed
 slots.
 """
