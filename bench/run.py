@@ -274,12 +274,11 @@ def single_stream(server: Server, tokens: int, runs: int, backend: str = "torch"
     from llm_api.local_model.loader import ModelSpec
 
     prompt = PROMPTS[0]
-    http = [stream_chat(server.url, prompt, tokens, EXACT_LENGTH["ours"]) for _ in range(runs)]
     engine = LocalEngine(ModelSpec("embedded", cache_dir=str(MODEL_CACHE), backend=backend), EngineOptions())
     engine.start()
     engine.wait_ready(600)
-    local = []
-    for _ in range(runs):
+
+    def in_process() -> StreamResult:
         handle = engine.submit("b", engine.encode_chat([{"role": "user", "content": prompt}]),
                                SamplingParams(max_tokens=tokens, temperature=0.7, ignore_eos=True))
         started, ttft = time.perf_counter(), None
@@ -288,8 +287,12 @@ def single_stream(server: Server, tokens: int, runs: int, backend: str = "torch"
             if isinstance(event, TextDelta) and ttft is None:
                 ttft = time.perf_counter() - started
             elif event is not None and not isinstance(event, TextDelta):
-                local.append(StreamResult(ttft, time.perf_counter() - started, event.usage.completion_tokens, False))
-                break
+                return StreamResult(ttft, time.perf_counter() - started, event.usage.completion_tokens, False)
+
+    http, local = [], []
+    for _ in range(runs):  # taken in turn, so that the machine's drift during the runs falls on both alike
+        http.append(stream_chat(server.url, prompt, tokens, EXACT_LENGTH["ours"]))
+        local.append(in_process())
     engine.stop()
 
     def decode_tps(results: list[StreamResult]) -> float:
