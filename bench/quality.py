@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from bench.prompts import PROMPTS
+from llm_api.config import QUANTIZATIONS
 from llm_api.local_model.errors import ModelLoadError
 from llm_api.local_model.llama_cpp_model import LlamaCppModel
 from llm_api.local_model.loader import LoadedModel, ModelSpec, load_model
@@ -27,8 +28,9 @@ from llm_api.local_model.loader import LoadedModel, ModelSpec, load_model
 TEXT = Path(__file__).resolve().parent / "data" / "genesis-kjv.txt"
 # What the engine offers on the CPU, as LLM_API_DTYPE values; float32 is the reference and the default.
 PRECISIONS = ("float32", "bfloat16")
-# LLM_API_BACKEND=llama_cpp: the GGUF's own 4-bit weights on llama.cpp's kernels, when it is installed.
-LLAMA_CPP = "llama_cpp-q4_1"
+# LLM_API_BACKEND=llama_cpp, when it is installed: the GGUF's own 4-bit weights (Q4_1) on llama.cpp's kernels, and
+# the file re-quantized to each LLM_API_QUANTIZATION format.
+LLAMA_CPP = {"llama_cpp-q4_1": "none", **{f"llama_cpp-{name}": name for name in QUANTIZATIONS}}
 # The default may lose at most this much perplexity against float32 (the guard).
 MAX_PERPLEXITY_LOSS = 0.03
 
@@ -130,10 +132,12 @@ def main() -> None:
     parser.add_argument("--out", default="bench/results/quality.json")
     args = parser.parse_args()
     models = {name: load_model(ModelSpec("embedded", "cpu", name, cache_dir=args.cache_dir)) for name in PRECISIONS}
-    try:
-        models[LLAMA_CPP] = load_model(ModelSpec("embedded", cache_dir=args.cache_dir, backend="llama_cpp"), slots=1)
-    except ModelLoadError as exc:
-        print(f"{LLAMA_CPP}: not measured ({exc})")
+    for name, quantization in LLAMA_CPP.items():
+        spec = ModelSpec("embedded", cache_dir=args.cache_dir, backend="llama_cpp", quantization=quantization)
+        try:
+            models[name] = load_model(spec, slots=1)
+        except ModelLoadError as exc:
+            print(f"{name}: not measured ({exc})")
     ids = text_ids(models["float32"])
     scores = {name: perplexity(loaded, ids, args.window) for name, loaded in models.items()}
     agreed, rows = agreement(models, args.tokens)

@@ -136,10 +136,9 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
 
 def model_spec(settings: Settings) -> ModelSpec:
     """The local model's spec (LLM_API_MODEL, or the local engine of LLM_API_ENGINES)."""
-    from .local_model.spec import ModelSpec
+    from .routing import local_model_spec
 
-    return ModelSpec(settings.local_model or settings.model, settings.device, settings.dtype,
-                     settings.trust_remote_code, settings.resolved_cache_dir, settings.backend)
+    return local_model_spec(settings, settings.local_model or settings.model)
 
 
 def start_engine(app: Flask, on_load_failure: Callable[[str], None] | None = None, *, embedders: bool = False) -> None:

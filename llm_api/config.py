@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
+QUANTIZATIONS = ("iq4_nl", "q4_0", "q8_0")  # LLM_API_QUANTIZATION's formats (llama.cpp type names)
 
 
 class ConfigError(ValueError):
@@ -312,6 +313,12 @@ class Settings:
         "`torch` runs the model with PyTorch (float32 copy of the embedded GGUF); `llama_cpp` runs a GGUF file's "
         "own quantized weights on llama.cpp's kernels (CPU; install with `make llama-cpp`)",
     )
+    quantization: str = _setting(
+        "LLM_API_QUANTIZATION", "none", _choice("none", *QUANTIZATIONS),
+        "`none`: the weights as the model file stores them; `iq4_nl`, `q4_0` or `q8_0`: the GGUF file re-quantized "
+        "once at first start (cached) to a format llama.cpp's CPU kernels run fastest; "
+        "needs `LLM_API_BACKEND=llama_cpp`",
+    )
     trust_remote_code: bool = _setting("LLM_API_TRUST_REMOTE_CODE", False, _bool,
                                        "allow a model folder's own Python code (ChatGLM3's remote code)")
     cache_dir: str = _setting("LLM_API_CACHE_DIR", "", _text,
@@ -464,7 +471,11 @@ class Settings:
         if values.get("engines"):
             values["engines"] = _with_engine_variables(values["engines"], environ)
         values.update(overrides)
-        return cls(**values)
+        settings = cls(**values)
+        if settings.quantization != "none" and settings.backend != "llama_cpp":
+            raise ConfigError(f"LLM_API_QUANTIZATION={settings.quantization} re-quantizes a GGUF file for llama.cpp: "
+                              "it needs LLM_API_BACKEND=llama_cpp (the torch backend's precision is LLM_API_DTYPE)")
+        return settings
 
     @property
     def engine_chain(self) -> tuple[EngineTarget, ...]:

@@ -8,6 +8,7 @@ from a local folder.
 from __future__ import annotations
 
 import functools
+import importlib.metadata
 import json
 import logging
 import os
@@ -116,7 +117,10 @@ def _load_llama_cpp(spec: ModelSpec, slots: int, threads: int) -> LoadedModel:
     config = transformers.AutoConfig.from_pretrained(folder, local_files_only=True)
     generation = transformers.GenerationConfig.from_pretrained(folder, local_files_only=True)
     context = min(_context_length(config, tokenizer), LLAMA_CPP_CONTEXT_PER_SLOT)
-    model = LlamaCppModel(gguf, slots, context, threads, config)
+    weights = gguf
+    if spec.quantization != "none":
+        weights = _requantized_gguf(gguf, spec.quantization, Path(spec.cache_dir), threads)
+    model = LlamaCppModel(weights, slots, context, threads, config)
     try:
         prompt_format = ChatTemplateFormat(tokenizer, _eos_ids(generation))
     except ValueError:
@@ -158,6 +162,24 @@ def _converted_gguf_cache(gguf: Path, cache_dir: Path) -> Path:
 
     return cached_build(cache_dir / f"{gguf.stem}-{key}", build,
                         {"source": gguf.name, "transformers": transformers.__version__})
+
+
+def _requantized_gguf(gguf: Path, quantization: str, cache_dir: Path, threads: int) -> Path:
+    """``gguf`` re-quantized to ``quantization`` once (seconds for the embedded model), keyed by the file's
+    content and llama.cpp's version; every checkout and virtual environment reuses it."""
+    from .llama_cpp_model import quantize
+
+    version = importlib.metadata.version("llama_cpp_python")
+    key = content_key([gguf], cache_dir, f"llama.cpp {version}", quantization)
+    name = f"{gguf.stem}.{quantization}.gguf"
+
+    def build(scratch: Path) -> None:
+        log.info("re-quantizing %s to %s (first start only)", gguf.name, quantization)
+        quantize(gguf, scratch / name, quantization, threads)
+
+    folder = cached_build(cache_dir / f"{gguf.stem}-{quantization}-{key}", build,
+                          {"source": gguf.name, "quantization": quantization, "llama.cpp": version})
+    return folder / name
 
 
 def _load_folder(spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> LoadedModel:

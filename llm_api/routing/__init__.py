@@ -3,12 +3,17 @@ circuit breakers and the static degraded answer (see docs/degradation.md)."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ..config import EngineTarget, Settings
 from ..generation.embedding import EmbeddingEngine
 from ..generation.protocol import Engine
 from .models import ModelRegistry
 from .router import EngineRouter
 from .upstream import UpstreamEngine
+
+if TYPE_CHECKING:
+    from ..local_model.spec import ModelSpec
 
 __all__ = ["EngineRouter", "ModelRegistry", "UpstreamEngine", "build_models", "build_router"]
 
@@ -38,16 +43,21 @@ def build_router(settings: Settings, local_engine: Engine | None = None,
                         breaker_window=settings.breaker_window, breaker_cooldown=settings.breaker_cooldown)
 
 
-def _local_engine(settings: Settings, source: str) -> Engine:
-    from ..local_model.engine import EngineOptions, LocalEngine
+def local_model_spec(settings: Settings, source: str) -> ModelSpec:
+    """How the settings load the local model at ``source`` (LLM_API_MODEL's, or one of LLM_API_CHAT_MODELS)."""
     from ..local_model.spec import ModelSpec
 
-    spec = ModelSpec(source, settings.device, settings.dtype, settings.trust_remote_code, settings.resolved_cache_dir,
-                     settings.backend)
-    return LocalEngine(spec, EngineOptions(max_batch=settings.max_batch, max_queue=settings.max_queue,
-                                      prefill_chunk=settings.prefill_chunk, batching=settings.batching,
-                                      torch_threads=settings.torch_threads,
-                                      prefix_cache_tokens=settings.prefix_cache_tokens))
+    return ModelSpec(source, settings.device, settings.dtype, settings.trust_remote_code, settings.resolved_cache_dir,
+                     settings.backend, settings.quantization)
+
+
+def _local_engine(settings: Settings, source: str) -> Engine:
+    from ..local_model.engine import EngineOptions, LocalEngine
+
+    options = EngineOptions(max_batch=settings.max_batch, max_queue=settings.max_queue,
+                            prefill_chunk=settings.prefill_chunk, batching=settings.batching,
+                            torch_threads=settings.torch_threads, prefix_cache_tokens=settings.prefix_cache_tokens)
+    return LocalEngine(local_model_spec(settings, source), options)
 
 
 def build_models(settings: Settings, chat: EngineRouter, embedders: dict[str, EmbeddingEngine] | None = None,
