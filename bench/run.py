@@ -1,7 +1,8 @@
 """The benchmark suite: the real server under gunicorn, the same engine in-process, and the peers,
 side by side in ONE run so that ratios are fair on a noisy machine.
 
-Usage:  python -m bench.run [--tokens 128] [--peers ours,lesson,naive,llama-server,llama-cpp-python]
+Usage:  python -m bench.run [--tokens 128] [--peers ours,lesson,naive,llama-server,llama-server:q4_0,llama-cpp-python]
+                            [--backends torch,llama_cpp,llama_cpp:q4_0]
                             [--baseline PATH]   (the same sweep on another checkout of this code, e.g. before a change)
 Prints every figure and writes them all to bench/results/<timestamp>.json (and latest.json).
 """
@@ -218,10 +219,20 @@ def converted_model_dir() -> str:
     return str(next(p for p in MODEL_CACHE.iterdir() if (p / "config.json").is_file() and p.name.startswith("SmolLM2")))
 
 
-def gguf_path() -> str:
-    from llm_api.local_model.loader import embedded_gguf_path
+def gguf_path(quantization: str = "none") -> str:
+    """The embedded GGUF file, or (LLM_API_QUANTIZATION) its re-quantized copy that our server runs too."""
+    from llm_api.local_model.loader import embedded_gguf_path, requantized_gguf
 
-    return str(embedded_gguf_path())
+    gguf = embedded_gguf_path()
+    if quantization == "none":
+        return str(gguf)
+    return str(requantized_gguf(gguf, quantization, MODEL_CACHE, os.cpu_count() or 1))
+
+
+def variant(name: str) -> tuple[str, str]:
+    """``llama_cpp:q4_0`` or ``llama-server:q4_0``: (the backend or peer, the LLM_API_QUANTIZATION it runs)."""
+    base, _, quantization = name.partition(":")
+    return base, quantization or "none"
 
 
 def _baseline(name: str, command: list[str]) -> Server:
@@ -240,9 +251,9 @@ PEERS = {
     "naive": lambda: _baseline("naive-flask", [sys.executable, "-m", "gunicorn", "-c",
                                                "bench/peers/gunicorn_naive.conf.py", "-b", "127.0.0.1:{port}",
                                                "--no-control-socket", "bench.peers.naive_flask:app"]),
-    "llama-server": lambda: Server("llama-server", [str(LLAMA_SERVER), "-m", gguf_path(), "-np", "8", "-c", "8192",
-                                                    "--host", "127.0.0.1", "--port", "{port}",
-                                                    "-t", str(os.cpu_count())], {}, ready_path="/health"),
+    "llama-server": lambda quantization="none": Server(
+        "llama-server", [str(LLAMA_SERVER), "-m", gguf_path(quantization), "-np", "8", "-c", "8192", "--host",
+                         "127.0.0.1", "--port", "{port}", "-t", str(os.cpu_count())], {}, ready_path="/health"),
     "llama-cpp-python": lambda: _llama_cpp_python("llama-cpp-python"),
     "llama-cpp-python-no-interrupt": lambda: _llama_cpp_python("llama-cpp-python-no-interrupt",
                                                                "--interrupt_requests", "False"),
@@ -265,7 +276,8 @@ CHUNK_COUNT_SLACK = 0.95
 
 # ---- the sections ----------------------------------------------------------------------------------
 
-def single_stream(server: Server, tokens: int, runs: int, backend: str = "torch") -> dict[str, Any]:
+def single_stream(server: Server, tokens: int, runs: int, backend: str = "torch",
+                  quantization: str = "none") -> dict[str, Any]:
     """Over HTTP vs the same engine code in-process (this process), same prompt and length."""
     import gevent  # noqa: F401 - the engine's hand-off waits on the gevent hub
 
@@ -274,7 +286,8 @@ def single_stream(server: Server, tokens: int, runs: int, backend: str = "torch"
     from llm_api.local_model.loader import ModelSpec
 
     prompt = PROMPTS[0]
-    engine = LocalEngine(ModelSpec("embedded", cache_dir=str(MODEL_CACHE), backend=backend), EngineOptions())
+    spec = ModelSpec("embedded", cache_dir=str(MODEL_CACHE), backend=backend, quantization=quantization)
+    engine = LocalEngine(spec, EngineOptions())
     engine.start()
     engine.wait_ready(600)
 
@@ -396,10 +409,13 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--levels", default="1,2,4,8,16")
     parser.add_argument("--peer-levels", default="1,4,8,16")
-    parser.add_argument("--peers", default="lesson,naive,llama-server,llama-cpp-python,llama-cpp-python-no-interrupt")
-    parser.add_argument("--backends", default="torch,llama_cpp",
-                        help="LLM_API_BACKEND values to sweep; the first is the report's main sweep (llama_cpp "
-                             "is skipped when it is not built: `make llama-cpp`)")
+    parser.add_argument("--peers", default="lesson,naive,llama-server,llama-server:q4_0,llama-cpp-python,"
+                                            "llama-cpp-python-no-interrupt",
+                        help="`llama-server:QUANTIZATION` runs llama-server on the file LLM_API_QUANTIZATION makes")
+    parser.add_argument("--backends", default="torch,llama_cpp,llama_cpp:q4_0",
+                        help="LLM_API_BACKEND values to sweep, `:QUANTIZATION` after llama_cpp for an "
+                             "LLM_API_QUANTIZATION; the first is the report's main sweep (llama_cpp is skipped when "
+                             "it is not built: `make llama-cpp`)")
     parser.add_argument("--runs", type=int, default=5, help="single-stream repetitions")
     parser.add_argument("--idle", type=int, default=1000, help="idle SSE connections (0 to skip)")
     parser.add_argument("--rss-requests", type=int, default=1000, help="requests for the RSS check (0 to skip)")
@@ -413,24 +429,26 @@ def main() -> None:
                               "command": "python -m bench.run " + " ".join(sys.argv[1:]), "tokens": args.tokens}
     print(f"llm_api benchmark, {report['date']}, {report['machine']}", flush=True)
 
-    backends = [b for b in args.backends.split(",") if b]
+    names = [b for b in args.backends.split(",") if b]
     report["backends"] = {}
-    for index, backend in enumerate(backends):
+    for index, name in enumerate(names):
+        backend, quantization = variant(name)
         if backend == "llama_cpp" and not llama_cpp_built():
-            print("ours on llama_cpp: not built, skipped (run make llama-cpp)", flush=True)
-            report["backends"][backend] = {"skipped": "not built: run make llama-cpp"}
+            print(f"ours on {name}: not built, skipped (run make llama-cpp)", flush=True)
+            report["backends"][name] = {"skipped": "not built: run make llama-cpp"}
             continue
         server = ours({"LLM_API_MAX_BATCH": str(max(levels)), "LLM_API_MAX_QUEUE": "2000",
-                       "LLM_API_BACKEND": backend})
+                       "LLM_API_BACKEND": backend, "LLM_API_QUANTIZATION": quantization})
         try:
-            print(f"ours (gunicorn gevent, embedded model, LLM_API_BACKEND={backend}):", flush=True)
-            result = {"single_stream": single_stream(server, args.tokens, args.runs, backend),
+            print(f"ours (gunicorn gevent, embedded model, LLM_API_BACKEND={backend}, "
+                  f"LLM_API_QUANTIZATION={quantization}):", flush=True)
+            result = {"single_stream": single_stream(server, args.tokens, args.runs, backend, quantization),
                       "sweep": [load(server.url, n, args.tokens, EXACT_LENGTH["ours"], probe=True) for n in levels]}
             if args.rss_requests and index == 0:
                 report["rss_mb"] = rss_after_requests(server, (10, args.rss_requests))
         finally:
             server.stop()
-        report["backends"][backend] = result
+        report["backends"][name] = result
         if index == 0:
             report.update(result)
     if args.baseline:
@@ -449,15 +467,16 @@ def main() -> None:
 
     report["peers"] = {}
     for name in [p for p in args.peers.split(",") if p]:
-        binary, setup = SETUP.get(name, (None, ""))
+        kind, quantization = variant(name)
+        binary, setup = SETUP.get(kind, (None, ""))
         if binary is not None and not binary.exists():
             print(f"{name}: not built, skipped (run {setup})", flush=True)
             report["peers"][name] = {"skipped": f"not built: run {setup}"}
             continue
         print(f"{name}:", flush=True)
-        peer = PEERS[name]()
+        peer = PEERS[kind](quantization) if quantization != "none" else PEERS[kind]()
         try:
-            rows = [load(peer.url, n, args.tokens, EXACT_LENGTH[name], count_chunks=name in COUNTED_BY_CHUNKS)
+            rows = [load(peer.url, n, args.tokens, EXACT_LENGTH[kind], count_chunks=kind in COUNTED_BY_CHUNKS)
                     for n in peer_levels]
             report["peers"][name] = {"levels": rows}
         finally:

@@ -119,7 +119,7 @@ def _load_llama_cpp(spec: ModelSpec, slots: int, threads: int) -> LoadedModel:
     context = min(_context_length(config, tokenizer), LLAMA_CPP_CONTEXT_PER_SLOT)
     weights = gguf
     if spec.quantization != "none":
-        weights = _requantized_gguf(gguf, spec.quantization, Path(spec.cache_dir), threads)
+        weights = requantized_gguf(gguf, spec.quantization, Path(spec.cache_dir), threads)
     model = LlamaCppModel(weights, slots, context, threads, config)
     try:
         prompt_format = ChatTemplateFormat(tokenizer, _eos_ids(generation))
@@ -164,7 +164,7 @@ def _converted_gguf_cache(gguf: Path, cache_dir: Path) -> Path:
                         {"source": gguf.name, "transformers": transformers.__version__})
 
 
-def _requantized_gguf(gguf: Path, quantization: str, cache_dir: Path, threads: int) -> Path:
+def requantized_gguf(gguf: Path, quantization: str, cache_dir: Path, threads: int) -> Path:
     """``gguf`` re-quantized to ``quantization`` once (seconds for the embedded model), keyed by the file's
     content and llama.cpp's version; every checkout and virtual environment reuses it."""
     from .llama_cpp_model import quantize
