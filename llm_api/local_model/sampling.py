@@ -151,8 +151,10 @@ def _sample(logits: torch.Tensor, samplers: list[Sampler], sampled: list[int],
     probs = torch.softmax(scaled, dim=-1)
     if truncating and any(p.min_p > 0.0 for p in params):
         probs = min_p_filter(probs, torch.tensor([p.min_p for p in params], dtype=torch.float32, device=device))
-    finite = torch.isfinite(probs).all(dim=-1) & (probs.sum(dim=-1) > 0)
-    probs = torch.where(finite[:, None], probs, torch.ones_like(probs))  # a failed row must not poison the draw
+    totals = probs.sum(dim=-1)  # NaN when any probability is: softmax's output is otherwise in [0, 1]
+    finite = torch.isfinite(totals) & (totals > 0)
+    if not bool(finite.all()):  # a failed row must not poison the draw
+        probs = torch.where(finite[:, None], probs, torch.ones_like(probs))
     chosen = sample_rows(probs, top_p, draws).tolist()
     for i, (row, ok) in enumerate(zip(sampled, finite.tolist(), strict=True)):
         tokens[row] = chosen[i] if ok else ValueError("the probabilities are not finite")
