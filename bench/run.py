@@ -1,8 +1,8 @@
 """The benchmark suite: the real server under gunicorn, the same engine in-process, and the peers,
 side by side in ONE run so that ratios are fair on a noisy machine.
 
-Usage:  python -m bench.run [--tokens 128] [--peers ours,lesson,naive,llama-server,llama-server:q4_0,llama-cpp-python]
-                            [--backends torch,llama_cpp,llama_cpp:q4_0]
+Usage:  python -m bench.run [--tokens 128] [--peers ours,lesson,naive,llama-server,llama-server:q8_0,llama-cpp-python]
+                            [--backends torch,llama_cpp,llama_cpp:q8_0]
                             [--baseline PATH]   (the same sweep on another checkout of this code, e.g. before a change)
 Prints every figure and writes them all to bench/results/<timestamp>.json (and latest.json).
 """
@@ -230,7 +230,7 @@ def gguf_path(quantization: str = "none") -> str:
 
 
 def variant(name: str) -> tuple[str, str]:
-    """``llama_cpp:q4_0`` or ``llama-server:q4_0``: (the backend or peer, the LLM_API_QUANTIZATION it runs)."""
+    """``llama_cpp:q8_0`` or ``llama-server:q8_0``: (the backend or peer, the LLM_API_QUANTIZATION it runs)."""
     base, _, quantization = name.partition(":")
     return base, quantization or "none"
 
@@ -409,10 +409,10 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--levels", default="1,2,4,8,16")
     parser.add_argument("--peer-levels", default="1,4,8,16")
-    parser.add_argument("--peers", default="lesson,naive,llama-server,llama-server:q4_0,llama-cpp-python,"
+    parser.add_argument("--peers", default="lesson,naive,llama-server,llama-server:q8_0,llama-cpp-python,"
                                             "llama-cpp-python-no-interrupt",
                         help="`llama-server:QUANTIZATION` runs llama-server on the file LLM_API_QUANTIZATION makes")
-    parser.add_argument("--backends", default="torch,llama_cpp,llama_cpp:q4_0",
+    parser.add_argument("--backends", default="torch,llama_cpp,llama_cpp:q8_0",
                         help="LLM_API_BACKEND values to sweep, `:QUANTIZATION` after llama_cpp for an "
                              "LLM_API_QUANTIZATION; the first is the report's main sweep (llama_cpp is skipped when "
                              "it is not built: `make llama-cpp`)")

@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
-QUANTIZATIONS = ("iq4_nl", "q4_0", "q8_0")  # LLM_API_QUANTIZATION's formats (llama.cpp type names)
+QUANTIZATIONS = ("q8_0",)  # LLM_API_QUANTIZATION's formats (llama.cpp type names)
 
 
 class ConfigError(ValueError):
@@ -315,9 +315,8 @@ class Settings:
     )
     quantization: str = _setting(
         "LLM_API_QUANTIZATION", "none", _choice("none", *QUANTIZATIONS),
-        "`none`: the weights as the model file stores them; `iq4_nl`, `q4_0` or `q8_0`: the GGUF file re-quantized "
-        "once at first start (cached) to a format llama.cpp's CPU kernels run fastest; "
-        "needs `LLM_API_BACKEND=llama_cpp`",
+        "`none`: the weights as the model file stores them; `q8_0`: the GGUF file re-quantized once at first start "
+        "(cached) to 8 bits, which llama.cpp's CPU kernels run faster on a batch; needs `LLM_API_BACKEND=llama_cpp`",
     )
     trust_remote_code: bool = _setting("LLM_API_TRUST_REMOTE_CODE", False, _bool,
                                        "allow a model folder's own Python code (ChatGLM3's remote code)")

@@ -45,7 +45,7 @@ def test_settings_parse_every_kind():
     ("LLM_API_DEVICE", "gpu", "LLM_API_DEVICE must be one of auto, cpu, cuda"),
     ("LLM_API_DTYPE", "fp8", "LLM_API_DTYPE must be one of auto, float32, bfloat16, float16"),
     ("LLM_API_BACKEND", "vllm", "LLM_API_BACKEND must be one of torch, llama_cpp"),
-    ("LLM_API_QUANTIZATION", "int3", "LLM_API_QUANTIZATION must be one of none, iq4_nl, q4_0, q8_0"),
+    ("LLM_API_QUANTIZATION", "int3", "LLM_API_QUANTIZATION must be one of none, q8_0"),
     ("LLM_API_MAX_QUEUE", "0", "LLM_API_MAX_QUEUE must be an integer >= 1"),
     ("LLM_API_MAX_QUEUE", "many", "LLM_API_MAX_QUEUE must be an integer"),
     ("LLM_API_TRUST_REMOTE_CODE", "maybe", "LLM_API_TRUST_REMOTE_CODE must be a boolean"),
@@ -77,12 +77,12 @@ def test_invalid_settings_name_the_variable(name, value, expected):
 
 def test_a_quantization_is_for_the_llama_cpp_backend_only():
     with pytest.raises(ConfigError) as raised:
-        Settings.from_env({"LLM_API_QUANTIZATION": "iq4_nl"})
-    assert str(raised.value) == ("LLM_API_QUANTIZATION=iq4_nl re-quantizes a GGUF file for llama.cpp: it needs "
+        Settings.from_env({"LLM_API_QUANTIZATION": "q8_0"})
+    assert str(raised.value) == ("LLM_API_QUANTIZATION=q8_0 re-quantizes a GGUF file for llama.cpp: it needs "
                                  "LLM_API_BACKEND=llama_cpp (the torch backend's precision is LLM_API_DTYPE)")
-    settings = Settings.from_env({"LLM_API_QUANTIZATION": " IQ4_NL", "LLM_API_BACKEND": "llama_cpp"})
-    assert settings.quantization == "iq4_nl"
-    assert model_spec(settings).quantization == "iq4_nl"
+    settings = Settings.from_env({"LLM_API_QUANTIZATION": " Q8_0", "LLM_API_BACKEND": "llama_cpp"})
+    assert settings.quantization == "q8_0"
+    assert model_spec(settings).quantization == "q8_0"
     assert model_spec(Settings.from_env({})).quantization == "none"
 
 

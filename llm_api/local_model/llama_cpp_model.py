@@ -139,12 +139,11 @@ _log_callback: Any = None  # process-wide, like llama.cpp's logger: it must outl
 
 
 def quantize(source: Path, target: Path, quantization: str, threads: int) -> None:
-    """Write ``source`` re-quantized to ``quantization`` (a llama.cpp type name, e.g. ``iq4_nl``) as ``target``.
+    """Write ``source`` re-quantized to ``quantization`` (a llama.cpp type name, e.g. ``q8_0``) as ``target``.
 
-    The formats offered are those llama.cpp's CPU backend repacks into interleaved blocks at load, whose
-    matrix kernels run about twice as fast on a batch as the embedded file's Q4_1 (which it does not repack).
-    A file that is already quantized is quantized again (llama.cpp's ``allow_requantize``): the benchmark's
-    quality guard measures what that costs."""
+    llama.cpp's CPU backend repacks Q8_0 weights into interleaved blocks at load, and its kernels for them run
+    a batch faster than the embedded file's Q4_1, which it does not repack. A file that is already quantized
+    is quantized again (llama.cpp's ``allow_requantize``): the benchmark's quality guard measures the cost."""
     check_llama_cpp_installed()
     import llama_cpp
 
