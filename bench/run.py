@@ -277,8 +277,8 @@ CHUNK_COUNT_SLACK = 0.95
 # ---- the sections ----------------------------------------------------------------------------------
 
 def single_stream(server: Server, tokens: int, runs: int, backend: str = "torch",
-                  quantization: str = "none") -> dict[str, Any]:
-    """Over HTTP vs the same engine code in-process (this process), same prompt and length."""
+                  quantization: str = "none", max_batch: int = 8) -> dict[str, Any]:
+    """Over HTTP vs the same engine code in-process (this process), same prompt, length and options."""
     import gevent  # noqa: F401 - the engine's hand-off waits on the gevent hub
 
     from llm_api.generation.types import SamplingParams, TextDelta
@@ -287,7 +287,7 @@ def single_stream(server: Server, tokens: int, runs: int, backend: str = "torch"
 
     prompt = PROMPTS[0]
     spec = ModelSpec("embedded", cache_dir=str(MODEL_CACHE), backend=backend, quantization=quantization)
-    engine = LocalEngine(spec, EngineOptions())
+    engine = LocalEngine(spec, EngineOptions(max_batch=max_batch))
     engine.start()
     engine.wait_ready(600)
 
@@ -442,7 +442,8 @@ def main() -> None:
         try:
             print(f"ours (gunicorn gevent, embedded model, LLM_API_BACKEND={backend}, "
                   f"LLM_API_QUANTIZATION={quantization}):", flush=True)
-            result = {"single_stream": single_stream(server, args.tokens, args.runs, backend, quantization),
+            result = {"single_stream": single_stream(server, args.tokens, args.runs, backend, quantization,
+                                                     max(levels)),
                       "sweep": [load(server.url, n, args.tokens, EXACT_LENGTH["ours"], probe=True) for n in levels]}
             if args.rss_requests and index == 0:
                 report["rss_mb"] = rss_after_requests(server, (10, args.rss_requests))
