@@ -121,7 +121,7 @@ class LlamaCppModel:
         self._lib.llama_memory_seq_rm(self._memory, target, -1, -1)
         if written and self._lib.llama_state_seq_set_data(self._context, state, written, target):
             return
-        self._lib.llama_memory_seq_rm(self._memory, target, -1, -1)
+        self._lib.llama_memory_seq_rm(self._memory, target, -1, -1)  # whatever a failed write left
         self._lib.llama_memory_seq_cp(self._memory, source, target, -1, -1)
 
     def clear(self) -> None:
