@@ -71,13 +71,21 @@ def test_slot_order_sorts_by_slot_then_position():
     assert slot_order([], []) == []
 
 
-def test_a_new_sequence_fills_the_gap_a_finished_one_left():
-    batch = SlotBatch(RecordingModel(slots=6), VOCAB)
-    started = [start(batch, distinct_prompt(100 * i)) for i in range(4)]
-    assert [slot for _, slot in started] == [0, 1, 2, 3]
-    batch.retire([started[1][0]])  # slot 1 frees up between busy slots 0 and 2
-    _, slot = start(batch, distinct_prompt(1000))
-    assert slot == 1  # not 4 or 5, released longer ago: those would split the batch into two passes
+def six_rows_then_three_left() -> tuple[RecordingModel, SlotBatch, list[Seq]]:
+    """Six rows in slots 0-5; those in 0, 5 and 1 finish, in that order: busy 2-4, free 0, 5, 1 (released
+    longest ago first)."""
+    model = RecordingModel(slots=6)
+    batch = SlotBatch(model, VOCAB)
+    seqs = [start(batch, distinct_prompt(100 * i))[0] for i in range(6)]
+    for index in (0, 5, 1):
+        batch.retire([seqs[index]])
+    assert model.copies == [] and sorted(batch._busy) == [2, 3, 4]
+    return model, batch, seqs
+
+
+def test_a_new_sequence_goes_beside_the_busy_slots():
+    _, batch, _ = six_rows_then_three_left()
+    assert start(batch, distinct_prompt(1000))[1] == 5  # not 0, released longest ago: it would stand apart
 
 
 def test_with_no_busy_slot_the_slot_released_longest_ago_is_taken():
@@ -87,14 +95,10 @@ def test_with_no_busy_slot_the_slot_released_longest_ago_is_taken():
     assert start(batch, distinct_prompt(5000))[1] == 2
 
 
-def test_a_prefix_in_a_slot_that_would_split_the_batch_is_copied_beside_the_busy_ones():
-    model = RecordingModel(slots=6)
-    batch = SlotBatch(model, VOCAB)
-    seqs = [start(batch, distinct_prompt(100 * i))[0] for i in range(4)]
-    conversation = seqs[0].prompt + [7]  # the next turn of the sequence in slot 0
-    batch.retire([seqs[0], seqs[2]])  # busy: 1 and 3; free: 4, 5, 0, 2
-    seq, slot = start(batch, conversation)
-    assert slot == 2 and model.copies == [(0, 2)]  # 2 joins 1 and 3 into one group; 0 would stand apart
+def test_a_prefix_in_a_slot_apart_from_the_busy_ones_is_copied_beside_them():
+    model, batch, seqs = six_rows_then_three_left()
+    seq, slot = start(batch, seqs[0].prompt + [7])  # the next turn of what slot 0 holds
+    assert slot == 5 and model.copies == [(0, 5)]  # 0 itself would stand apart from 2-4
     assert batch.prefixes.hits == 1 and batch.prefixes.reused_tokens == len(seqs[0].prompt)
 
 
@@ -102,6 +106,26 @@ def test_a_prefix_in_a_well_placed_free_slot_is_taken_in_place():
     model = RecordingModel(slots=4)
     batch = SlotBatch(model, VOCAB)
     seqs = [start(batch, distinct_prompt(100 * i))[0] for i in range(3)]
-    batch.retire([seqs[1]])
-    _, slot = start(batch, seqs[1].prompt + [1, 9])  # continues exactly what slot 1 holds
-    assert slot == 1 and model.copies == []
+    batch.retire([seqs[2]])
+    _, slot = start(batch, seqs[2].prompt + [1, 9])  # continues exactly what slot 2 holds, beside 0-1
+    assert slot == 2 and model.copies == []
+
+
+def test_scattered_rows_are_moved_together_once_rows_between_them_finish():
+    model = RecordingModel(slots=6)
+    batch = SlotBatch(model, VOCAB)
+    seqs = [start(batch, distinct_prompt(100 * i))[0] for i in range(5)]
+    batch.retire([seqs[1], seqs[3]])  # busy 0, 2 and 4: three groups, three passes over the weights a step
+    assert model.copies == [(0, 5), (2, 3)]  # into free slots beside the others, released longest ago first
+    assert sorted(batch._busy) == [3, 4, 5]
+    assert {batch._slot_of[seq] for seq in (seqs[0], seqs[2], seqs[4])} == {5, 3, 4}
+    seq, slot = start(batch, seqs[0].prompt + [1, 9])  # slot 0 still holds what seqs[0] had: reused
+    assert batch.prefixes.hits == 1 and slot == 2  # copied beside the busy ones, not taken apart in slot 0
+
+
+def test_rows_that_sit_together_are_not_moved():
+    model = RecordingModel(slots=6)
+    batch = SlotBatch(model, VOCAB)
+    seqs = [start(batch, distinct_prompt(100 * i))[0] for i in range(4)]
+    batch.retire([seqs[0], seqs[3]])
+    assert model.copies == [] and sorted(batch._busy) == [1, 2]

@@ -48,6 +48,10 @@ class SlotPrefill(PendingPrefill):
         """Tokens in the slot: the prompt's so far, then (once it decodes) every token fed to the model."""
         return self.seq.position if not self.remaining else self.done
 
+    def cells(self) -> tuple[int, ...]:
+        """The token ids the slot's cells hold."""
+        return tuple([*self.seq.request.prompt_ids, *self.seq.generated][:self.fed])
+
 
 class SlotBatch:
     def __init__(self, model: LlamaCppModel, vocab_limit: int, reuse_prefixes: bool = True) -> None:
@@ -111,9 +115,39 @@ class SlotBatch:
 
     def _histories(self) -> list[tuple[int, tuple[int, ...]]]:
         """(slot, the token ids its cells hold) for every slot that holds some: free ones first."""
-        busy = [(slot, tuple([*owner.seq.request.prompt_ids, *owner.seq.generated][:owner.fed]))
-                for slot, owner in self._busy.items()]
+        busy = [(slot, owner.cells()) for slot, owner in self._busy.items()]
         return [(slot, self._held.get(slot, ())) for slot in self._free] + busy
+
+    def _compact(self) -> None:
+        """Move sequences out of the smallest group of adjacent busy slots, one at a time, while a move leaves
+        fewer groups or a smaller smallest group. Sequences that finish at different times leave busy slots
+        scattered; a move copies one sequence's cells once (a few milliseconds), a group apart costs another
+        pass over the weights on every step. The slot left behind keeps its cells for prefix reuse."""
+        while (move := self._compacting_move()) is not None:
+            source, target = move
+            owner = self._busy.pop(source)
+            self._model.copy(source, target)
+            self._free.remove(target)
+            self._held.pop(target, None)
+            self._busy[target], owner.slot = owner, target
+            if owner.seq in self._slot_of:
+                self._slot_of[owner.seq] = target
+            self._held[source] = owner.cells()
+            self._free.append(source)
+
+    def _compacting_move(self) -> tuple[int, int] | None:
+        """(busy slot, free slot): the first move, free slots released longest ago first, that lowers
+        :func:`_scatter`; None when none does (each move lowers it, so moves end)."""
+        busy = set(self._busy)
+        now = _scatter(busy)
+        if now[0] < 2:
+            return None
+        smallest = min(_groups(busy), key=len)
+        for source in dict.fromkeys((smallest[0], smallest[-1])):
+            for target in self._free:
+                if _scatter(busy - {source} | {target}) < now:
+                    return source, target
+        return None
 
     def join_twin(self, twin: SlotPrefill, source: SlotPrefill) -> None:
         """``twin`` has the prompt ``source`` has just run: its slot gets a copy of those cells and it joins
@@ -126,6 +160,7 @@ class SlotBatch:
     def abandon_prefill(self, prefill: SlotPrefill) -> None:
         """A prefill that ends before joining (cancelled): its slot keeps what it computed."""
         self._release(prefill.slot, tuple(prefill.seq.request.prompt_ids[:prefill.done]))
+        self._compact()
 
     def step(self, prefills: Sequence[SlotPrefill], chunk: int) -> StepResult[SlotPrefill]:
         """One ``llama_decode`` for every row's next token and the prompt tokens of ``prefills``: at most
@@ -175,6 +210,7 @@ class SlotBatch:
                 self._release(slot, ())
             else:
                 self._release(slot, tuple([*seq.request.prompt_ids, *seq.generated][:seq.position]))
+        self._compact()
 
     def clear(self) -> None:
         """Forget every row, prefill and cell (after a failed step)."""
@@ -196,3 +232,20 @@ class SlotBatch:
         if tensor.shape[-1] > self._vocab_limit:
             tensor[..., self._vocab_limit:] = float("-inf")
         return tensor
+
+
+def _groups(slots: set[int]) -> list[list[int]]:
+    """``slots`` as runs of consecutive ids, in order."""
+    runs: list[list[int]] = []
+    for slot in sorted(slots):
+        if runs and runs[-1][-1] == slot - 1:
+            runs[-1].append(slot)
+        else:
+            runs.append([slot])
+    return runs
+
+
+def _scatter(slots: set[int]) -> tuple[int, int]:
+    """How scattered busy ``slots`` are: (groups, size of the smallest group); lower is better."""
+    groups = _groups(slots)
+    return len(groups), min((len(group) for group in groups), default=0)
