@@ -10,7 +10,7 @@ busy slots as its own pass over the weights. A prefix that sits in a busy slot, 
 more than the match, or in a slot that would split the busy ones, is copied into that better placed free
 slot instead (a copy takes a millisecond or two). So prefix reuse is bounded by the slots
 (``LLM_API_MAX_BATCH``) and each slot's context, and evicts least recently used among equally placed
-slots.
+slots. When finished sequences leave the busy slots scattered, the others are moved together.
 """
 
 from __future__ import annotations
