@@ -14,7 +14,7 @@ import argparse
 import statistics
 
 from bench.prompts import PROMPTS
-from bench.run import EXACT_LENGTH, PEERS, ours, stream_chat
+from bench.run import EXACT_LENGTH, PEERS, decode_speed, ours, stream_chat
 
 
 def main() -> None:
@@ -32,8 +32,7 @@ def main() -> None:
                 prompt = PROMPTS[run % len(PROMPTS)]
                 for name, server, extra in (("llm_api", mine, EXACT_LENGTH["ours"]),
                                             ("llama-server", peer, EXACT_LENGTH["llama-server"])):
-                    result = stream_chat(server.url, prompt, args.tokens, extra)
-                    speeds[name].append((result.tokens - 1) / (result.seconds - (result.ttft or 0.0)))
+                    speeds[name].append(decode_speed(stream_chat(server.url, prompt, args.tokens, extra)))
         finally:
             peer.stop()
     finally:

@@ -84,6 +84,11 @@ def stream_chat(url: str, prompt: str, tokens: int, extra: dict[str, Any], count
     return StreamResult(ttft, time.perf_counter() - started, counted, cut=not done or shortfall)
 
 
+def decode_speed(result: StreamResult) -> float:
+    """Tokens a second after the first token: the tokens after it, over the time after it."""
+    return (result.tokens - 1) / (result.seconds - (result.ttft or 0.0))
+
+
 def percentile(values: list[float], q: float) -> float | None:
     if not values:
         return None
@@ -309,7 +314,7 @@ def single_stream(server: Server, tokens: int, runs: int, backend: str = "torch"
     engine.stop()
 
     def decode_tps(results: list[StreamResult]) -> float:
-        return statistics.median((r.tokens - 1) / (r.seconds - r.ttft) for r in results)
+        return statistics.median(decode_speed(r) for r in results)
 
     out = {
         "http_ttft_p50": round(percentile([r.ttft for r in http], 0.5), 3),

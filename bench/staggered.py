@@ -13,13 +13,12 @@ from __future__ import annotations
 import argparse
 import random
 import time
-from typing import Any
 
 import gevent
 
 from bench.prompts import PROMPTS
 from bench.run import MODEL_CACHE
-from llm_api.generation.types import SamplingParams, TextDelta
+from llm_api.generation.types import Finished, SamplingParams
 from llm_api.local_model import slot_batch
 from llm_api.local_model.engine import EngineOptions, LocalEngine
 from llm_api.local_model.spec import ModelSpec
@@ -52,10 +51,9 @@ def main() -> None:
         messages = [{"role": "user", "content": f"{PROMPTS[index % len(PROMPTS)]} ({index})"}]
         handle = engine.submit("bench", engine.encode_chat(messages),
                                SamplingParams(max_tokens=tokens, temperature=0.7, ignore_eos=True))
-        while True:
-            event: Any = handle.next_event(120)
-            if event is not None and not isinstance(event, TextDelta):
-                return tokens
+        while not isinstance(handle.next_event(120), Finished):
+            pass
+        return tokens
 
     try:
         for round_ in range(args.rounds):

@@ -98,9 +98,8 @@ class SlotBatch:
         if reused:
             self.prefixes.hits += 1
             self.prefixes.reused_tokens += reused
-        self._free.remove(slot)
-        self._held.pop(slot, None)
-        prefill = self._busy[slot] = SlotPrefill(seq, slot, reused)
+        prefill = SlotPrefill(seq, slot, reused)
+        self._take(slot, prefill)
         return prefill
 
     def _gaps_added(self, slot: int) -> int:
@@ -125,15 +124,12 @@ class SlotBatch:
         pass over the weights on every step. The slot left behind keeps its cells for prefix reuse."""
         while (move := self._compacting_move()) is not None:
             source, target = move
-            owner = self._busy.pop(source)
+            owner = self._busy[source]
             self._model.copy(source, target)
-            self._free.remove(target)
-            self._held.pop(target, None)
-            self._busy[target], owner.slot = owner, target
+            self._release(source)
+            self._take(target, owner)
             if owner.seq in self._slot_of:
                 self._slot_of[owner.seq] = target
-            self._held[source] = owner.cells()
-            self._free.append(source)
 
     def _compacting_move(self) -> tuple[int, int] | None:
         """(busy slot, free slot): the first move, free slots released longest ago first, that lowers
@@ -159,7 +155,7 @@ class SlotBatch:
 
     def abandon_prefill(self, prefill: SlotPrefill) -> None:
         """A prefill that ends before joining (cancelled): its slot keeps what it computed."""
-        self._release(prefill.slot, tuple(prefill.seq.request.prompt_ids[:prefill.done]))
+        self._release(prefill.slot)
         self._compact()
 
     def step(self, prefills: Sequence[SlotPrefill], chunk: int) -> StepResult[SlotPrefill]:
@@ -207,9 +203,9 @@ class SlotBatch:
             self.rows.remove(seq)
             if seq.finish_reason == "error":
                 self._model.forget(slot)
-                self._release(slot, ())
+                self._release(slot, keep=False)
             else:
-                self._release(slot, tuple([*seq.request.prompt_ids, *seq.generated][:seq.position]))
+                self._release(slot)
         self._compact()
 
     def clear(self) -> None:
@@ -222,9 +218,16 @@ class SlotBatch:
         self.rows.append(prefill.seq)
         self._slot_of[prefill.seq] = prefill.slot
 
-    def _release(self, slot: int, held: tuple[int, ...]) -> None:
-        del self._busy[slot]
-        self._held[slot] = held
+    def _take(self, slot: int, owner: SlotPrefill) -> None:
+        """``owner`` takes free ``slot`` (whatever it held is then its own to cut or keep)."""
+        self._free.remove(slot)
+        self._held.pop(slot, None)
+        self._busy[slot], owner.slot = owner, slot
+
+    def _release(self, slot: int, keep: bool = True) -> None:
+        """``slot`` is free again, holding its owner's cells for prefix reuse (none, with ``keep`` off)."""
+        owner = self._busy.pop(slot)
+        self._held[slot] = owner.cells() if keep else ()
         self._free.append(slot)
 
     def _limit(self, logits: np.ndarray) -> torch.Tensor:
