@@ -168,3 +168,24 @@ def test_an_upstreams_logprobs_read_back_as_the_entries_we_send():
     assert [(e.token, e.logprob, [t.token for t in e.top]) for e in plain] == [("Hé", -0.5, ["Hé", "Hi"])]
     assert read_logprobs({"content": [{"token": 1}]}, chat=True) == ()  # malformed: none
     assert read_logprobs(None, chat=True) == ()
+
+
+def test_a_flat_rows_wide_nucleus_costs_and_changes_nothing_for_its_neighbours(monkeypatch):
+    """A row whose nucleus is wider than the candidates looked at first is drawn from its whole nucleus,
+    sorting its own vocabulary only, and the rows beside it (here with ties in theirs) choose as alone."""
+    vocab = 4096
+    flat = torch.zeros(1, vocab)  # uniform: the nucleus at top_p 0.9 is 3,687 tokens
+    peaked = torch.randn(3, vocab, generator=torch.Generator().manual_seed(5))
+    peaked[:, 100:140] = 9.0  # forty tied tokens hold 98% of the mass
+    samplers = [lambda seed=seed: Sampler(params(temperature=1.0, top_p=0.9, seed=seed)) for seed in range(4)]
+    alone = [[choose_tokens(peaked[i:i + 1], [samplers[i + 1]()])[0] for i in range(3)]]
+    flat_alone = Sampler(params(temperature=1.0, top_p=0.9, seed=0))
+    flat_tokens = {choose_tokens(flat, [flat_alone])[0] for _ in range(200)}
+    batch = [samplers[0](), *(samplers[i + 1]() for i in range(3))]
+    sorted_rows: list[int] = []
+    sort = torch.sort
+    monkeypatch.setattr(torch, "sort", lambda rows, **kw: sorted_rows.append(rows.shape[0]) or sort(rows, **kw))
+    together = choose_tokens(torch.cat([flat, peaked]), batch)
+    assert sorted_rows == [1]
+    assert together[1:] == alone[0]
+    assert max(flat_tokens) > 256 and len(flat_tokens) > 150  # not only the first candidates

@@ -251,8 +251,20 @@ def sample_rows(probs: torch.Tensor, top_p: torch.Tensor, draws: torch.Tensor) -
 def _nucleus(probs: torch.Tensor, top_p: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
     candidates = min(_NUCLEUS_CANDIDATES, probs.shape[-1])
     values, order = torch.topk(probs, candidates, dim=-1)  # sorted, most likely first
-    if bool((values.sum(dim=-1) < top_p).any()):
-        values, order = torch.sort(probs, dim=-1, descending=True)
+    flat = values.sum(dim=-1) < top_p  # rows whose nucleus is wider: only they sort the whole vocabulary
+    if not bool(flat.any()):
+        return _nucleus_draw(values, order, top_p, draws)
+    tokens = torch.empty(probs.shape[0], dtype=torch.long, device=probs.device)
+    peaked = ~flat
+    if bool(peaked.any()):
+        tokens[peaked] = _nucleus_draw(values[peaked], order[peaked], top_p[peaked], draws[peaked])
+    values, order = torch.sort(probs[flat], dim=-1, descending=True)
+    tokens[flat] = _nucleus_draw(values, order, top_p[flat], draws[flat])
+    return tokens
+
+
+def _nucleus_draw(values: torch.Tensor, order: torch.Tensor, top_p: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
+    """The drawn token of each row, from its most likely tokens (``values``, sorted, and their ids ``order``)."""
     values = _top_p_filter(values, top_p)
     return order.gather(-1, _inverse_cdf(values, draws)[:, None])[:, 0]
 
