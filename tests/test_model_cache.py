@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import shutil
+import time
 from pathlib import Path
 
 from llm_api.local_model import cache
@@ -51,9 +53,34 @@ def test_clean_removes_converted_copies_and_scratch_folders_only(tmp_path):
     assert (built / MARKER).is_file()
     (cache_dir / ".converting-x1").mkdir()
     (cache_dir / "not-ours").mkdir()
+    assert (cache_dir / ".building-model-abc").is_file()  # the lock file the build took
     file_digest(_source(tmp_path / "src", b"abc"), cache_dir)
     removed = remove_converted(cache_dir)
     assert sorted(p.name for p in removed) == [".converting-x1", "model-abc"]
     assert sorted(p.name for p in cache_dir.iterdir()) == ["not-ours"]
     shutil.rmtree(cache_dir)
     assert remove_converted(cache_dir) == []
+
+
+def _build_slowly(target: str, log: str) -> None:
+    def build(scratch: Path) -> None:
+        with open(log, "a") as out:
+            out.write(f"{os.getpid()}\n")
+        time.sleep(1.0)  # long enough that the other process asks while this one builds
+        (scratch / "w.bin").write_bytes(b"w")
+
+    assert (cached_build(Path(target), build, {}) / "w.bin").read_bytes() == b"w"
+
+
+def test_processes_that_start_together_build_once(tmp_path):
+    """gunicorn's workers start at once: one converts (or re-quantizes), the others wait and reuse it."""
+    target, log = tmp_path / "cache" / "model-abc", tmp_path / "builds.log"
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_build_slowly, args=(str(target), str(log))) for _ in range(3)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+    assert [worker.exitcode for worker in workers] == [0, 0, 0]
+    assert len(log.read_text().split()) == 1
+    assert sorted(p.name for p in target.parent.iterdir()) == [".building-model-abc", "model-abc"]

@@ -1,8 +1,10 @@
 """Converted-weight caches: keyed by the source files' content, built once into a scratch folder, then renamed
-into place atomically. Every checkout and virtual environment that uses the same cache folder shares them."""
+into place atomically. Every checkout and virtual environment that uses the same cache folder shares them, and
+workers that start together build each one once: the others wait on its lock file."""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -15,6 +17,7 @@ from pathlib import Path
 MARKER = "llm_api_converted.json"
 DIGESTS = "source-digests.json"  # file identity (path, size, inode, mtime) -> sha256 of its bytes
 SCRATCH_PREFIX = ".converting-"
+LOCK_PREFIX = ".building-"
 _CHUNK = 1 << 20
 
 
@@ -53,6 +56,8 @@ def remove_converted(cache_dir: Path) -> list[Path]:
         if entry.is_dir() and ((entry / MARKER).is_file() or entry.name.startswith(SCRATCH_PREFIX)):
             shutil.rmtree(entry, ignore_errors=True)
             removed.append(entry)
+        elif entry.is_file() and entry.name.startswith(LOCK_PREFIX):
+            entry.unlink(missing_ok=True)
     (cache_dir / DIGESTS).unlink(missing_ok=True)
     return removed
 
@@ -76,11 +81,25 @@ def _write_json_atomically(path: Path, data: dict[str, object]) -> None:
 def cached_build(target: Path, build: Callable[[Path], None], provenance: dict[str, str]) -> Path:
     """Return ``target``, running ``build(scratch)`` first unless a complete copy is already there.
 
-    Several workers may race to build it: each builds its own scratch copy and the first rename wins.
+    Processes that want the same ``target`` at once (gunicorn's workers at start) take turns on a lock file
+    beside it: one builds, the others then find it built. The lock is the kernel's (``flock``), so a process
+    that dies while building releases it. Where a file system cannot lock, each builds its own scratch copy
+    and the first rename wins.
     """
     if (target / MARKER).is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f"{LOCK_PREFIX}{target.name}", "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # the GIL is released while it waits
+        except OSError:
+            pass
+        return _build_unless_built(target, build, provenance)  # closing the file releases the lock
+
+
+def _build_unless_built(target: Path, build: Callable[[Path], None], provenance: dict[str, str]) -> Path:
+    if (target / MARKER).is_file():  # built while this process waited
+        return target
     scratch = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX, dir=target.parent))
     try:
         build(scratch)
