@@ -10,7 +10,7 @@ import gevent
 from llm_api.generation.backlog import Backlog
 from llm_api.generation.channel import Channel
 from llm_api.generation.errors import ContextLengthError, QueueFullError
-from llm_api.generation.features import SAMPLING_FEATURES, require_features
+from llm_api.generation.features import ALL_FEATURES, require_features
 from llm_api.generation.handle import GenerationHandle
 from llm_api.generation.protocol import EngineKind, Message
 from llm_api.generation.tool_calls import ToolCallReader, ToolSyntax
@@ -54,7 +54,7 @@ class FakeEngine:
         self.started = False
         self.defaults = SamplingDefaults()  # what sampling_defaults() answers (a test may change it)
         self.encoded: list[list[dict[str, str]]] = []  # every message list given to encode_chat
-        self.features = SAMPLING_FEATURES  # what it claims to honour (a test may narrow it)
+        self.features = ALL_FEATURES  # what it claims to honour (a test may narrow it)
 
     def start(self, on_load_failure: Callable[[str], None] | None = None) -> None:
         self.started = True

@@ -7,7 +7,8 @@ from __future__ import annotations
 import gevent
 import pytest
 
-from llm_api.generation.features import InvalidParameterError
+from llm_api.generation.features import InvalidParameterError, UnsupportedFeatureError
+from llm_api.generation.structured import ResponseFormat, StructuredOutput, ToolFunction
 from llm_api.generation.types import SamplingParams, TextDelta
 from llm_api.local_model.engine import EngineOptions, LocalEngine
 from llm_api.local_model.loader import ModelSpec
@@ -92,3 +93,20 @@ def test_the_generate_path_chooses_exactly_as_the_batched_loop(real_engine, sequ
 
     assert tops(entries) == tops(batched_entries)  # the numbers differ in the last digits (other kernels)
     assert [e.logprob for e in entries] == pytest.approx([e.logprob for e in batched_entries], abs=1e-3)
+
+
+@pytest.mark.parametrize("structured, field", [
+    (StructuredOutput(response_format=ResponseFormat("json_object")), "response_format"),
+    (StructuredOutput(tools=(ToolFunction("weather"),), tool_choice="required"), "tool_choice"),
+])
+def test_the_generate_path_declares_no_grammar_step(real_engine, sequential_engine, structured, field):
+    """A model on its own generate code has no step to apply a grammar at: it does not declare the answer's
+    shape, so a chain routes such requests elsewhere, and alone it refuses them naming the field."""
+    assert {"response_format", "tool_choice"} <= real_engine.features
+    assert field not in sequential_engine.features and "logprobs" in sequential_engine.features
+    with pytest.raises(UnsupportedFeatureError) as refused:
+        sequential_engine.submit("t", [1, 2], SamplingParams(max_tokens=2, structured=structured))
+    assert refused.value.field == field
+    auto = StructuredOutput(tools=(ToolFunction("weather"),))  # calls allowed, not forced: no grammar needed
+    text, _, finished = generate(sequential_engine, SamplingParams(max_tokens=4, temperature=0, structured=auto))
+    assert finished.usage.completion_tokens == 4 or finished.finish_reason == "stop"

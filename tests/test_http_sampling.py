@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from llm_api.generation.features import SAMPLING_FEATURES
+from llm_api.generation.features import ALL_FEATURES, SAMPLING_FEATURES
 from tests.fakes import CHAT
 from tests.http import assert_error, openai_error, post, post_json
 from tests.sse import openai_payloads, parse_sse
@@ -223,3 +223,25 @@ def test_the_static_answer_never_stands_in_for_a_field_it_cannot_honour(settings
     response = post_json(client, "/v1/chat/completions", {**CHAT, "logprobs": True})
     assert response.status_code == 503  # rather than an answer without its log-probabilities
     assert post_json(client, "/v1/chat/completions", CHAT).get_json()["choices"][0]["message"]["content"] == "Busy."
+
+
+WEATHER = {"type": "function", "function": {"name": "weather", "parameters": {"type": "object", "properties": {}}}}
+
+
+@pytest.mark.parametrize("extra, field", [
+    ({"response_format": {"type": "json_object"}}, "response_format"),
+    ({"tools": [WEATHER], "tool_choice": "required"}, "tool_choice"),
+    ({"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "weather"}}}, "tool_choice"),
+])
+def test_the_answers_shape_goes_to_an_engine_that_enforces_it(settings, extra, field):
+    """An engine without a grammar step (a model on its own generate code) is skipped for a JSON answer or a
+    forced call; a chain with no engine for it refuses it naming the field, rather than a static answer."""
+    client, (plain, full) = routed_client(settings, SAMPLING_FEATURES, ALL_FEATURES)
+    response = post_json(client, "/v1/chat/completions", {**CHAT, **extra})
+    assert response.headers["X-LLM-API-Engine"] == "e1" and plain.submitted == []
+    tools_auto = post_json(client, "/v1/chat/completions", {**CHAT, "tools": [WEATHER]})
+    assert tools_auto.headers["X-LLM-API-Engine"] == "e0"  # calls allowed but not forced: no grammar needed
+    client, _ = routed_client(settings, SAMPLING_FEATURES, degraded_answer="Busy.")
+    error = openai_error(post_json(client, "/v1/chat/completions", {**CHAT, **extra}), 400, field,
+                         "unsupported_parameter")
+    assert field in error["message"]

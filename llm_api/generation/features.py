@@ -23,8 +23,13 @@ REPETITION_PENALTY = "repetition_penalty"
 TOP_K = "top_k"
 MIN_P = "min_p"
 
+RESPONSE_FORMAT = "response_format"  # JSON output (json_object or json_schema)
+TOOL_CHOICE = "tool_choice"  # a call forced (required, or a named function)
+
 SAMPLING_FEATURES = frozenset({LOGPROBS, TOP_LOGPROBS, LOGIT_BIAS, PRESENCE_PENALTY, FREQUENCY_PENALTY,
                                REPETITION_PENALTY, TOP_K, MIN_P})
+STRUCTURED_FEATURES = frozenset({RESPONSE_FORMAT, TOOL_CHOICE})  # the answer's shape, enforced while decoding
+ALL_FEATURES = SAMPLING_FEATURES | STRUCTURED_FEATURES
 
 
 def requested_features(params: SamplingParams) -> list[str]:
@@ -38,6 +43,8 @@ def requested_features(params: SamplingParams) -> list[str]:
         REPETITION_PENALTY: params.repetition_penalty != 1.0,
         TOP_K: params.top_k > 0,
         MIN_P: params.min_p > 0.0,
+        RESPONSE_FORMAT: params.structured is not None and params.structured.response_format is not None,
+        TOOL_CHOICE: params.structured is not None and params.structured.forces_call,
     }
     return [name for name, on in used.items() if on]
 

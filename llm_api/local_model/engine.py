@@ -21,11 +21,11 @@ import torch
 from ..generation.backlog import Backlog, RateMeter
 from ..generation.channel import Channel
 from ..generation.errors import ContextLengthError, NotReadyError, QueueFullError
-from ..generation.features import SAMPLING_FEATURES, InvalidParameterError, require_features
+from ..generation.features import ALL_FEATURES, SAMPLING_FEATURES, InvalidParameterError, require_features
 from ..generation.handle import GenerationHandle
 from ..generation.native import ModelThread, off_the_hub
 from ..generation.protocol import EngineKind
-from ..generation.structured import ToolFunction, UnsupportedFieldError
+from ..generation.structured import ToolFunction
 from ..generation.tool_calls import ToolCallReader
 from ..generation.types import GenerationRequest, SamplingDefaults, SamplingParams
 from .batch import RunningBatch, supports_batched_cache
@@ -127,8 +127,9 @@ class LocalEngine(ModelThread):
 
     @property
     def features(self) -> frozenset[str]:
-        """Every sampling feature (the batched loop's sampler); before loading, what loading will allow."""
-        return SAMPLING_FEATURES
+        """Every sampling feature, and the answer's shape (grammars) where the batched loop runs the model: a
+        model that runs its own generate code has no grammar step. Before loading, all of them."""
+        return ALL_FEATURES if self.batched or not self.ready else SAMPLING_FEATURES
 
     def submit(self, request_id: str, prompt_ids: list[int], params: SamplingParams, *,
                messages: Sequence[Message] | None = None, prompt_text: str | None = None,
@@ -168,12 +169,7 @@ class LocalEngine(ModelThread):
                 model.prompt_format.tool_syntax))
             self._grammar_compiler = self._grammar_compiler or built
         grammars = self._grammar_compiler
-        compiled = off_the_hub(lambda: grammars.compile(structured))  # a new schema takes tens of ms
-        if compiled is not None and not self.batched:
-            field = "tools" if structured.forces_call else "response_format"
-            raise UnsupportedFieldError(field, f"{field}: constrained decoding needs the batched engine, and this "
-                                               "model runs its own generate code")
-        return compiled
+        return off_the_hub(lambda: grammars.compile(structured))  # a new schema takes tens of ms
 
     def _note_cancel(self) -> None:
         self._cancels += 1  # tells the engine thread to sweep the inbox too

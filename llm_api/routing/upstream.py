@@ -48,7 +48,7 @@ from gevent import monkey
 from ..generation.backlog import Backlog
 from ..generation.channel import Channel
 from ..generation.errors import EngineError, QueueFullError
-from ..generation.features import SAMPLING_FEATURES
+from ..generation.features import ALL_FEATURES
 from ..generation.handle import GenerationHandle
 from ..generation.native import start_native_thread
 from ..generation.protocol import Engine, EngineKind, Message
@@ -94,7 +94,7 @@ class UpstreamEngine:
     batched = True
     # Forwarded unchanged (vLLM, llama.cpp's server and another llm_api honour them all); an upstream that
     # does not (OpenAI itself has no top_k) answers 400, which reaches the caller as upstream_rejected.
-    features = SAMPLING_FEATURES
+    features = ALL_FEATURES  # forwarded as OpenAI fields; the upstream enforces them
     load_seconds: float | None = None  # nothing to load
 
     def __init__(self, name: str, base_url: str, *, api_key: str = "", model: str = "", timeout: float = 10.0,
