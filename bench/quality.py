@@ -28,9 +28,12 @@ from llm_api.local_model.loader import LoadedModel, ModelSpec, load_model
 TEXT = Path(__file__).resolve().parent / "data" / "genesis-kjv.txt"
 # What the engine offers on the CPU, as LLM_API_DTYPE values; float32 is the reference and the default.
 PRECISIONS = ("float32", "bfloat16")
+# LLM_API_QUANTIZATION on the torch backend: torchao's 8-bit weights and activations (the decode step compiled; the
+# scores here run uncompiled: the same quantization, rounding aside).
+TORCH_QUANTIZED = {f"torch-{name}": name for name in QUANTIZATIONS["torch"]}
 # LLM_API_BACKEND=llama_cpp, when it is installed: the GGUF's own 4-bit weights (Q4_1) on llama.cpp's kernels, and
 # the file re-quantized to each LLM_API_QUANTIZATION format.
-LLAMA_CPP = {"llama_cpp-q4_1": "none", **{f"llama_cpp-{name}": name for name in QUANTIZATIONS}}
+LLAMA_CPP = {"llama_cpp-q4_1": "none", **{f"llama_cpp-{name}": name for name in QUANTIZATIONS["llama_cpp"]}}
 # The default may lose at most this much perplexity against float32 (the guard).
 MAX_PERPLEXITY_LOSS = 0.03
 
@@ -130,9 +133,20 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=1024, help="perplexity window, in tokens")
     parser.add_argument("--cache-dir", default=".cache/test-models")
     parser.add_argument("--out", default="bench/results/quality.json")
+    parser.add_argument("--only", default="", help="comma-separated precisions to measure beside float32 "
+                                                   "(default: all), e.g. torch-int8")
     args = parser.parse_args()
-    models = {name: load_model(ModelSpec("embedded", "cpu", name, cache_dir=args.cache_dir)) for name in PRECISIONS}
-    for name, quantization in LLAMA_CPP.items():
+    only = {name for name in args.only.split(",") if name}
+
+    def wanted(name: str) -> bool:
+        return name == "float32" or not only or name in only
+
+    models = {name: load_model(ModelSpec("embedded", "cpu", name, cache_dir=args.cache_dir))
+              for name in PRECISIONS if wanted(name)}
+    for name, quantization in TORCH_QUANTIZED.items():
+        if wanted(name):
+            models[name] = load_model(ModelSpec("embedded", "cpu", cache_dir=args.cache_dir, quantization=quantization))
+    for name, quantization in [(n, q) for n, q in LLAMA_CPP.items() if wanted(n)]:
         spec = ModelSpec("embedded", cache_dir=args.cache_dir, backend="llama_cpp", quantization=quantization)
         try:
             models[name] = load_model(spec, slots=1)

@@ -18,7 +18,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
-QUANTIZATIONS = ("q8_0",)  # LLM_API_QUANTIZATION's formats (llama.cpp type names)
+# LLM_API_QUANTIZATION's formats for each backend: llama.cpp type names the GGUF is re-quantized to, and torchao's
+# int8 weights and activations (compiled) on the torch backend.
+QUANTIZATIONS = {"llama_cpp": ("q8_0",), "torch": ("int8",)}
 
 
 class ConfigError(ValueError):
@@ -314,9 +316,10 @@ class Settings:
         "own quantized weights on llama.cpp's kernels (CPU; install with `make llama-cpp`)",
     )
     quantization: str = _setting(
-        "LLM_API_QUANTIZATION", "none", _choice("none", *QUANTIZATIONS),
-        "`none`: the weights as the model file stores them; `q8_0`: the GGUF file re-quantized once at first start "
-        "(cached) to 8 bits, which llama.cpp's CPU kernels run faster on a batch; needs `LLM_API_BACKEND=llama_cpp`",
+        "LLM_API_QUANTIZATION", "none", _choice("none", *(q for qs in QUANTIZATIONS.values() for q in qs)),
+        "`none`: the weights as the model file stores them; `int8` (torch backend, CPU): 8-bit weights and "
+        "activations on torchao's kernels, the decode step compiled at start; `q8_0` (llama_cpp backend): the GGUF "
+        "file re-quantized once at first start (cached) to 8 bits, which llama.cpp's CPU kernels run faster on a batch",
     )
     trust_remote_code: bool = _setting("LLM_API_TRUST_REMOTE_CODE", False, _bool,
                                        "allow a model folder's own Python code (ChatGLM3's remote code)")
@@ -471,9 +474,11 @@ class Settings:
             values["engines"] = _with_engine_variables(values["engines"], environ)
         values.update(overrides)
         settings = cls(**values)
-        if settings.quantization != "none" and settings.backend != "llama_cpp":
-            raise ConfigError(f"LLM_API_QUANTIZATION={settings.quantization} re-quantizes a GGUF file for llama.cpp: "
-                              "it needs LLM_API_BACKEND=llama_cpp (the torch backend's precision is LLM_API_DTYPE)")
+        if settings.quantization not in ("none", *QUANTIZATIONS[settings.backend]):
+            owner = next(backend for backend, formats in QUANTIZATIONS.items() if settings.quantization in formats)
+            raise ConfigError(f"LLM_API_QUANTIZATION={settings.quantization} is for LLM_API_BACKEND={owner} "
+                              f"(this one, {settings.backend}, takes none or "
+                              f"{', '.join(QUANTIZATIONS[settings.backend])})")
         return settings
 
     @property

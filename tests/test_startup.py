@@ -91,7 +91,7 @@ def test_an_unknown_quantization_is_one_configuration_line(gunicorn):
     result = gunicorn({"LLM_API_BACKEND": "llama_cpp", "LLM_API_QUANTIZATION": "q3_k"})
     assert result.returncode == 2
     assert result.stderr.strip() == (
-        "llm_api: invalid configuration: LLM_API_QUANTIZATION must be one of none, q8_0 (got 'q3_k')")
+        "llm_api: invalid configuration: LLM_API_QUANTIZATION must be one of none, q8_0, int8 (got 'q3_k')")
 
 
 def test_an_unreachable_database_stops_start_up_with_one_line(gunicorn):

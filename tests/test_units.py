@@ -75,11 +75,16 @@ def test_invalid_settings_name_the_variable(name, value, expected):
     assert "\n" not in str(raised.value)
 
 
-def test_a_quantization_is_for_the_llama_cpp_backend_only():
+def test_each_quantization_is_for_its_own_backend():
     with pytest.raises(ConfigError) as raised:
         Settings.from_env({"LLM_API_QUANTIZATION": "q8_0"})
-    assert str(raised.value) == ("LLM_API_QUANTIZATION=q8_0 re-quantizes a GGUF file for llama.cpp: it needs "
-                                 "LLM_API_BACKEND=llama_cpp (the torch backend's precision is LLM_API_DTYPE)")
+    assert str(raised.value) == ("LLM_API_QUANTIZATION=q8_0 is for LLM_API_BACKEND=llama_cpp (this one, torch, "
+                                 "takes none or int8)")
+    with pytest.raises(ConfigError) as raised:
+        Settings.from_env({"LLM_API_QUANTIZATION": "int8", "LLM_API_BACKEND": "llama_cpp"})
+    assert str(raised.value) == ("LLM_API_QUANTIZATION=int8 is for LLM_API_BACKEND=torch (this one, llama_cpp, "
+                                 "takes none or q8_0)")
+    assert model_spec(Settings.from_env({"LLM_API_QUANTIZATION": "INT8"})).quantization == "int8"
     settings = Settings.from_env({"LLM_API_QUANTIZATION": " Q8_0", "LLM_API_BACKEND": "llama_cpp"})
     assert settings.quantization == "q8_0"
     assert model_spec(settings).quantization == "q8_0"

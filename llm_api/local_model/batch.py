@@ -8,6 +8,8 @@ then merged in; finished rows are dropped and all-padding columns trimmed.
 Keys, values and the attention mask live in buffers with spare room along the sequence axis
 (:class:`SlotLayer`, :class:`_MaskBuffer`): a decode step writes its column in place instead of
 concatenating every layer's cache into new tensors, and attention sees views of the used length.
+Every tensor the batch makes is made in inference mode, so that a compiled decode step
+(``LLM_API_QUANTIZATION=int8``) always meets the same kind of tensor and never compiles again.
 """
 
 from __future__ import annotations
@@ -160,8 +162,10 @@ class Prefill(PendingPrefill):
 
 class RunningBatch:
     def __init__(self, model: Any, device: torch.device, vocab_limit: int, pad_head_rows: bool = False,
-                 prefixes: PrefixCache | None = None, preallocated: bool = True) -> None:
+                 prefixes: PrefixCache | None = None, preallocated: bool = True,
+                 decode_step: Any = None) -> None:
         self._model = model
+        self._decode_step = decode_step or model  # a compiled forward for decode steps (int8), else the model
         self._device = device
         self._vocab_limit = vocab_limit
         parameters = inspect.signature(model.forward).parameters
@@ -178,6 +182,7 @@ class RunningBatch:
     def __len__(self) -> int:
         return len(self.rows)
 
+    @torch.inference_mode()
     def start_prefill(self, seq: SequenceState) -> Prefill:
         """A cache for a new sequence, seeded with the longest cached prefix of its prompt."""
         cache = self._new_cache()
@@ -190,6 +195,7 @@ class RunningBatch:
             layer.keys, layer.values = keys, values  # views: the next update concatenates into new tensors
         return Prefill(seq, cache, reused=length)
 
+    @torch.inference_mode()
     def join_twin(self, twin: Prefill, source: Prefill) -> None:
         """``twin`` has the same prompt as ``source``, which has just run it: it joins the batch with
         ``source``'s keys and values instead of running the prompt again (a request's ``n`` answers)."""
@@ -207,6 +213,7 @@ class RunningBatch:
             cache.layers = [SlotLayer() for _ in cache.layers]
         return cache
 
+    @torch.inference_mode()
     def abandon_prefill(self, prefill: Prefill) -> None:
         """A prefill that ends before joining (cancelled): keep what it computed for the next try."""
         if prefill.done > prefill.reused:
@@ -249,7 +256,7 @@ class RunningBatch:
         if self._split_head is not None and len(self.rows) in _SLOW_HEAD_ROWS:
             logits = self._padded_head_logits(inputs)
         else:
-            logits = self._model(**inputs).logits[:, -1, :]
+            logits = self._decode_step(**inputs).logits[:, -1, :]
         for row in self.rows:
             row.position += 1
         return self._limit(logits)
@@ -276,6 +283,7 @@ class RunningBatch:
         logits: torch.Tensor = head(padded)[: hidden.shape[0]]
         return logits
 
+    @torch.inference_mode()
     def retire(self, finished: Sequence[SequenceState]) -> None:
         """Drop finished rows (leaving their KV state to the prefix cache) and the columns that are padding
         in every remaining row."""

@@ -149,11 +149,15 @@ class LocalEngine(ModelThread):
         with self._lock:
             if self._waiting >= self.options.max_queue:
                 raise QueueFullError(f"{self._waiting} requests are already waiting")
+        return self._queue(request, compiled)
+
+    def _queue(self, request: GenerationRequest, grammar: object | None = None) -> GenerationHandle:
+        with self._lock:
             self._waiting += 1
-            self._waiting_max_tokens += params.max_tokens
+            self._waiting_max_tokens += request.params.max_tokens
         handle = GenerationHandle(request, Channel(), on_cancel=self._note_cancel)
-        if compiled is not None:
-            self._compiled[id(handle)] = compiled
+        if grammar is not None:
+            self._compiled[id(handle)] = grammar
         self._inbox.append(handle)
         self._wake.set()
         return handle
@@ -212,9 +216,9 @@ class LocalEngine(ModelThread):
     def _new_batch(self, model: LoadedModel) -> Batch[Any]:
         if isinstance(model.model, LlamaCppModel):
             return SlotBatch(model.model, model.vocab_limit, reuse_prefixes=self._prefixes.enabled)
-        pad_head = model.device.type == "cpu" and model.dtype == torch.float32
+        pad_head = model.device.type == "cpu" and model.dtype == torch.float32 and model.decode_step is None
         return RunningBatch(model.model, model.device, model.vocab_limit, pad_head_rows=pad_head,
-                            prefixes=self._prefixes)
+                            prefixes=self._prefixes, decode_step=model.decode_step)
 
     def _load(self) -> None:
         threads = self.options.torch_threads or os.cpu_count() or 1
@@ -223,8 +227,13 @@ class LocalEngine(ModelThread):
         # llama.cpp has no generate loop of its own here: it is always driven by the batched loop.
         self.batched = isinstance(model.model, LlamaCppModel) or (
             self.options.batching and model.batchable and supports_batched_cache(model.model))
+        if model.decode_step is not None and not self.batched:
+            raise ModelLoadError(f"LLM_API_QUANTIZATION={self.spec.quantization} compiles the batched loop's decode "
+                                 "step, and this model runs its own generate code (or LLM_API_BATCHING is off)")
         self._model = model
         self._warm_up(model)
+        if model.decode_step is not None:
+            self._compile_decode(model)
         log.info("model %s ready on %s/%s in %.1fs (%s)", model.name, model.device, model.dtype,
                  model.load_seconds, "continuous batching" if self.batched else "sequential generate")
         self.ready = True
@@ -236,6 +245,25 @@ class LocalEngine(ModelThread):
             return
         with torch.inference_mode():
             model.model(input_ids=torch.tensor([ids], device=model.device))
+
+    def _compile_decode(self, model: LoadedModel) -> None:
+        """Two short requests through the batched loop, so that the decode step is compiled for one row and for
+        several before the engine reports ready; then the counters start again from zero."""
+        started = time.monotonic()
+        batch = self._new_batch(model)
+        ids = model.prompt_format.build([{"role": "user", "content": "Hi"}])
+        for tokens in (3, 6):  # the second joins while the first decodes alone, and outlives it
+            self._queue(GenerationRequest(f"compile-{tokens}", list(ids), SamplingParams(
+                max_tokens=tokens, temperature=0, ignore_eos=True), model.prompt_format.stop_token_ids))
+        while self._inbox or self._prefills or batch.rows:
+            self._batched_iteration(model, batch)
+        for name in self.stats:
+            self.stats[name] = 0
+        self._meter = RateMeter()
+        self._prefixes = PrefixCache(self.options.prefix_cache_tokens)
+        seconds = time.monotonic() - started
+        model.load_seconds += seconds  # what /readyz and the log report as the time to get ready
+        log.info("decode step compiled in %.1fs", seconds)
 
     def _take_waiting(self, room: int) -> list[SequenceState]:
         """Pop up to ``room`` requests from the inbox; cancelled ones finish at once."""

@@ -24,6 +24,7 @@ import transformers
 from ..generation.types import SamplingDefaults
 from . import chatglm3
 from .cache import cached_build, content_key
+from .compiled import int8_decode_step
 from .errors import ModelLoadError
 from .load_lock import LOAD_LOCK
 from .prompts import ChatGLM3Format, ChatTemplateFormat, PromptFormat
@@ -60,6 +61,7 @@ class LoadedModel:
     vocab_limit: int  # logits at ids >= this are never sampled
     load_seconds: float = 0.0
     sampling_defaults: SamplingDefaults = SamplingDefaults()  # for requests that leave temperature/top_p out
+    decode_step: Callable[..., Any] | None = None  # the compiled forward decode steps use, if any (int8)
 
     def decode(self, ids: Sequence[int]) -> str:
         return str(self.tokenizer.decode(list(ids), skip_special_tokens=True))
@@ -101,6 +103,8 @@ def load_model(spec: ModelSpec, slots: int = 8, threads: int = 0) -> LoadedModel
             loaded = _load_embedded(spec, device, dtype) if is_embedded(spec.source) else \
                 _load_folder(spec, device, dtype)
             loaded.model.eval()
+            if spec.quantization == "int8":
+                loaded.decode_step = int8_decode_step(loaded.model, device, dtype, Path(spec.cache_dir))
         loaded.load_seconds = time.monotonic() - started
     return loaded
 

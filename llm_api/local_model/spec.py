@@ -32,7 +32,7 @@ class ModelSpec:
     trust_remote_code: bool = False
     cache_dir: str = ""
     backend: str = "torch"  # torch | llama_cpp (a GGUF file run by llama.cpp's kernels)
-    quantization: str = "none"  # none | a llama.cpp type the GGUF is re-quantized to (llama_cpp backend)
+    quantization: str = "none"  # none | a llama.cpp type the GGUF is re-quantized to | int8 (torch, torchao)
 
 
 def embedded_gguf_path() -> Path:

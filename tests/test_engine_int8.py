@@ -1,0 +1,103 @@
+"""``LLM_API_QUANTIZATION=int8`` on the torch backend, on a tiny random Llama (the embedded model's
+architecture at two layers): torchao's 8-bit linear layers, the decode step compiled before the engine is
+ready, no compiling while it serves, batch invariance, and the compiled code reused by the next process."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import gevent
+import pytest
+
+from llm_api.generation.types import Finished, SamplingParams, TextDelta
+from llm_api.local_model.compiled import INDUCTOR_FOLDER
+from llm_api.local_model.engine import EngineOptions, LocalEngine
+from llm_api.local_model.spec import ModelSpec
+from tests.llama_tiny import build_tiny_llama
+from tests.servers import CACHE_DIR, ROOT
+
+pytestmark = pytest.mark.model
+
+PROMPTS = ["Hello there.", "Name three colours.", "What is two and two?", "Tell me a story about a fox.",
+           "Where is Paris?", "Count to five.", "Say something kind.", "Why is the sky blue?"]
+
+
+@pytest.fixture(scope="module")
+def tiny_folder():
+    return build_tiny_llama(CACHE_DIR / "llama-tiny-2x64", CACHE_DIR)
+
+
+@pytest.fixture(scope="module")
+def compile_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("int8-cache")  # cold: this process compiles into it
+
+
+@pytest.fixture(scope="module")
+def int8_engine(tiny_folder, compile_cache):
+    engine = LocalEngine(ModelSpec(str(tiny_folder), cache_dir=str(compile_cache), quantization="int8"),
+                         EngineOptions(max_batch=8))
+    engine.start()
+    assert engine.wait_ready(900), engine.load_error
+    yield engine
+    engine.stop()
+
+
+def answer(engine, prompt: str, tokens: int, delay: float = 0.0) -> list[int]:
+    gevent.sleep(delay)
+    handle = engine.submit("t", engine.encode_chat([{"role": "user", "content": prompt}]),
+                           SamplingParams(max_tokens=tokens, temperature=0, ignore_eos=True))
+    while True:
+        event = handle.next_event(120)
+        assert event is not None
+        if isinstance(event, Finished):
+            return list(event.token_ids)
+        assert isinstance(event, TextDelta)
+
+
+def graphs() -> int:
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
+def test_the_linear_layers_are_8_bit_and_the_decode_step_is_compiled_before_ready(int8_engine):
+    model = int8_engine._loaded()
+    assert model.decode_step is not None
+    assert type(model.model.model.layers[0].mlp.down_proj.weight).__name__ == "Int8Tensor"
+    assert graphs() >= 2  # one row, and several
+    assert int8_engine.stats["requests"] == 0  # the compiling requests are not counted
+
+
+def test_serving_compiles_nothing_more_and_a_batch_answers_as_alone(int8_engine):
+    compiled = graphs()
+    alone = [answer(int8_engine, prompt, 12 + i) for i, prompt in enumerate(PROMPTS)]
+    jobs = [gevent.spawn(answer, int8_engine, prompt, 12 + i, 0.02 * i) for i, prompt in enumerate(PROMPTS)]
+    gevent.joinall(jobs, raise_error=True)
+    assert [job.value for job in jobs] == alone  # staggered joins and leaves, one to eight rows
+    assert graphs() == compiled
+
+
+def test_the_next_process_reuses_the_compiled_code(int8_engine, tiny_folder, compile_cache):
+    """A second process on the same cache folder finds inductor's generated code there: nothing to compile."""
+    from torch._dynamo.utils import counters
+
+    assert counters["inductor"]["fxgraph_cache_miss"] > 0  # this process compiled (the fixture)
+    script = f"""
+import json
+from torch._dynamo.utils import counters
+from llm_api.local_model.engine import EngineOptions, LocalEngine
+from llm_api.local_model.spec import ModelSpec
+engine = LocalEngine(ModelSpec({str(tiny_folder)!r}, cache_dir={str(compile_cache)!r}, quantization="int8"),
+                     EngineOptions(max_batch=8))
+engine.start()
+assert engine.wait_ready(900), engine.load_error
+engine.stop()
+print(json.dumps(dict(counters["inductor"])))
+"""
+    run = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-2000:]
+    second = json.loads(run.stdout.strip().splitlines()[-1])
+    assert second.get("fxgraph_cache_hit", 0) > 0 and second.get("fxgraph_cache_miss", 0) == 0
+    assert (compile_cache / INDUCTOR_FOLDER).is_dir()
