@@ -172,12 +172,14 @@ class Server:
         self.log = open(CACHE / f"{name}.log", "w")
         self.process = subprocess.Popen(command, cwd=cwd, env={**os.environ, **env}, stdout=self.log,
                                         stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 600
+        started = time.monotonic()
+        deadline = started + 1800  # LLM_API_QUANTIZATION=int8 compiles for minutes at its first start
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"{name} exited: see {self.log.name}")
             try:
                 if requests.get(self.url + ready_path, timeout=2).status_code == 200:
+                    self.start_seconds = round(time.monotonic() - started, 1)  # launch to ready
                     return
             except requests.RequestException:
                 pass
@@ -447,7 +449,8 @@ def main() -> None:
         try:
             print(f"ours (gunicorn gevent, embedded model, LLM_API_BACKEND={backend}, "
                   f"LLM_API_QUANTIZATION={quantization}):", flush=True)
-            result = {"single_stream": single_stream(server, args.tokens, args.runs, backend, quantization,
+            result = {"start_seconds": server.start_seconds,
+                      "single_stream": single_stream(server, args.tokens, args.runs, backend, quantization,
                                                      max(levels)),
                       "sweep": [load(server.url, n, args.tokens, EXACT_LENGTH["ours"], probe=True) for n in levels]}
             if args.rss_requests and index == 0:

@@ -76,6 +76,9 @@ def test_serving_compiles_nothing_more_and_a_batch_answers_as_alone(int8_engine)
     jobs = [gevent.spawn(answer, int8_engine, prompt, 12 + i, 0.02 * i) for i, prompt in enumerate(PROMPTS)]
     gevent.joinall(jobs, raise_error=True)
     assert [job.value for job in jobs] == alone  # staggered joins and leaves, one to eight rows
+    long = [gevent.spawn(answer, int8_engine, prompt, 150) for prompt in PROMPTS[:2]]  # past the KV buffers' room
+    gevent.joinall(long, raise_error=True)
+    assert long[0].value == answer(int8_engine, PROMPTS[0], 150)
     assert graphs() == compiled
 
 

@@ -102,6 +102,18 @@ class SlotLayer(DynamicLayer):  # type: ignore[no-untyped-call]  # transformers:
         self._key_buffer, self._value_buffer, self._length = keys, values, needed
         return keys.narrow(-2, 0, needed), values.narrow(-2, 0, needed)
 
+    def reserve(self, columns: int) -> None:
+        """Room for ``columns`` more and one spare before the next update, so that the update only copies and
+        the used part stays a strict part of the buffer: a compiled decode step then always meets the same
+        kind of tensors and takes the same path through :meth:`update`."""
+        keys, values = self._key_buffer, self._value_buffer
+        if keys is None or values is None or keys.dim() < 2:
+            return
+        used, needed = self._length, self._length + columns
+        if keys.shape[-2] <= needed:
+            self._key_buffer = _grown(keys, keys, used, needed)
+            self._value_buffer = _grown(values, values, used, needed)
+
     def assemble(self, parts: list[tuple[torch.Tensor, torch.Tensor]], width: int) -> None:
         """Rows from ``parts`` (keys, values) stacked, each left-padded with zeros to ``width`` columns, into
         new buffers with spare room."""
@@ -141,10 +153,11 @@ class _MaskBuffer:
         return self._buffer[:, :self._length]
 
     def append_column(self) -> torch.Tensor:
-        """A column of ones for a decode step; the mask including it."""
-        if self._length == self._buffer.shape[1]:
+        """A column of ones for a decode step; the mask including it (never the whole buffer: a spare column
+        stays, so the mask is always a strict part of it, as a compiled decode step expects)."""
+        if self._length + 1 >= self._buffer.shape[1]:
             grown = self._buffer.new_zeros((self._buffer.shape[0], _capacity(self._length + 1)))
-            grown[:, :self._length].copy_(self._buffer)
+            grown[:, :self._length].copy_(self._buffer[:, :self._length])
             self._buffer = grown
         self._buffer[:, self._length].fill_(1)
         self._length += 1
@@ -253,6 +266,10 @@ class RunningBatch:
             self._mask = torch.cat([self._mask, self._mask.new_ones((len(self.rows), 1))], dim=1)
         inputs = {"input_ids": ids, "attention_mask": self._mask, "position_ids": positions, "use_cache": True,
                   self._cache_arg: self._cache}
+        if self._decode_step is not self._model:  # compiled: a buffer that must grow does so here, not inside it
+            for layer in _layers(self._cache):
+                if isinstance(layer, SlotLayer):
+                    layer.reserve(1)
         if self._split_head is not None and len(self.rows) in _SLOW_HEAD_ROWS:
             logits = self._padded_head_logits(inputs)
         else:
