@@ -104,3 +104,12 @@ print(json.dumps(dict(counters["inductor"])))
     second = json.loads(run.stdout.strip().splitlines()[-1])
     assert second.get("fxgraph_cache_hit", 0) > 0 and second.get("fxgraph_cache_miss", 0) == 0
     assert (compile_cache / INDUCTOR_FOLDER).is_dir()
+
+
+def test_a_model_on_its_own_generate_code_cannot_take_int8(tiny_folder, tmp_path):
+    engine = LocalEngine(ModelSpec(str(tiny_folder), cache_dir=str(tmp_path), quantization="int8"),
+                         EngineOptions(batching=False))
+    engine.start()
+    assert not engine.wait_ready(120)
+    assert "compiles the batched loop's decode step" in (engine.load_error or "")
+    engine.stop()

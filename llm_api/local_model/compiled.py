@@ -26,6 +26,10 @@ import torch
 from .cache import MARKER
 from .errors import ModelLoadError
 
+# torchao warns at import that its CUDA libraries do not load on torch's CPU build (transformers may import it
+# while loading any model); on the CPU nothing of them is used.
+logging.getLogger("torchao").setLevel(logging.ERROR)
+
 INDUCTOR_FOLDER = "torch-inductor"  # under LLM_API_CACHE_DIR; make clean-cache removes it
 # Graphs a compiled function may keep before torch falls back to running it uncompiled (torch's default is 8):
 # one row and several, each after a first call that only records sizes, leave room for what a batch meets.
@@ -37,7 +41,6 @@ def int8_decode_step(model: Any, device: torch.device, dtype: torch.dtype, cache
     if device.type != "cpu" or dtype != torch.float32:
         raise ModelLoadError(f"LLM_API_QUANTIZATION=int8 runs on the CPU in float32 (got {device.type}, {dtype}); "
                              "leave it at none, or set LLM_API_DEVICE=cpu and LLM_API_DTYPE=auto")
-    logging.getLogger("torchao").setLevel(logging.ERROR)  # its CUDA libraries do not load on a CPU build: fine here
     try:
         from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
     except ImportError as exc:
