@@ -146,13 +146,14 @@ class LocalEngine(ModelThread):
                                                       f"vocabulary (ids 0 to {model.vocab_limit - 1}).")
         request = GenerationRequest(request_id, list(prompt_ids), params, model.prompt_format.stop_token_ids)
         compiled = self._compile(model, params)
-        with self._lock:
-            if self._waiting >= self.options.max_queue:
-                raise QueueFullError(f"{self._waiting} requests are already waiting")
-        return self._queue(request, compiled)
+        return self._queue(request, compiled, limit=self.options.max_queue)
 
-    def _queue(self, request: GenerationRequest, grammar: object | None = None) -> GenerationHandle:
+    def _queue(self, request: GenerationRequest, grammar: object | None = None,
+               limit: int | None = None) -> GenerationHandle:
+        """Put ``request`` in the inbox (refused when ``limit`` requests already wait)."""
         with self._lock:
+            if limit is not None and self._waiting >= limit:
+                raise QueueFullError(f"{self._waiting} requests are already waiting")
             self._waiting += 1
             self._waiting_max_tokens += request.params.max_tokens
         handle = GenerationHandle(request, Channel(), on_cancel=self._note_cancel)
