@@ -93,7 +93,6 @@ def compile_in_any_thread() -> None:
     other thread runs the standard library's, with the standard ``os.close`` for the length of the call. Nothing
     else in a worker starts processes; without gevent's patches this changes nothing.
     """
-    import _thread
     import subprocess
     import threading
 
@@ -103,9 +102,8 @@ def compile_in_any_thread() -> None:
         return
     native_ident = monkey.get_original("_thread", "get_ident")
     main_ident = threading.main_thread().ident
-    native_close = monkey.get_original("os", "close") if monkey.is_object_patched("os", "close") else os.close
-    close_swap = _thread.allocate_lock() if not monkey.is_object_patched("_thread", "allocate_lock") else \
-        monkey.get_original("_thread", "allocate_lock")()
+    native_close = monkey.get_original("os", "close")  # the current one where gevent did not patch it
+    close_swap = monkey.get_original("_thread", "allocate_lock")()  # a lock the engine threads really share
     patched_names = [name for name in ("Popen", "_fork_exec", "_USE_POSIX_SPAWN", "_use_posix_spawn")
                      if monkey.is_object_patched("subprocess", name)]
     standard = {name: monkey.get_original("subprocess", name) for name in patched_names}
