@@ -14,7 +14,7 @@ costs what it did before these knobs existed.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -236,30 +236,37 @@ def sample_rows(probs: torch.Tensor, top_p: torch.Tensor, draws: torch.Tensor) -
     """For each row of ``probs`` [rows, vocab], the token whose slot of the row's cumulative distribution,
     restricted to its nucleus (the smallest set of most likely tokens whose mass reaches ``top_p``), holds
     ``draws`` [rows] (uniform in [0, 1)). Rows with ``top_p >= 1`` keep the whole vocabulary."""
-    whole = top_p >= 1.0
-    if bool(whole.all()):  # one kind of row (the usual case): no copy of the rows of either kind
-        return _inverse_cdf(probs, draws)
-    cut = ~whole
-    if bool(cut.all()):
-        return _nucleus(probs, top_p, draws)
-    tokens = torch.empty(probs.shape[0], dtype=torch.long, device=probs.device)
-    tokens[whole] = _inverse_cdf(probs[whole], draws[whole])
-    tokens[cut] = _nucleus(probs[cut], top_p[cut], draws[cut])
-    return tokens
+    return _by_kind(top_p >= 1.0, lambda rows: _inverse_cdf(probs[rows], draws[rows]),
+                    lambda rows: _nucleus(probs[rows], top_p[rows], draws[rows]))
 
 
 def _nucleus(probs: torch.Tensor, top_p: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
     candidates = min(_NUCLEUS_CANDIDATES, probs.shape[-1])
     values, order = torch.topk(probs, candidates, dim=-1)  # sorted, most likely first
-    flat = values.sum(dim=-1) < top_p  # rows whose nucleus is wider: only they sort the whole vocabulary
-    if not bool(flat.any()):
-        return _nucleus_draw(values, order, top_p, draws)
-    tokens = torch.empty(probs.shape[0], dtype=torch.long, device=probs.device)
-    peaked = ~flat
-    if bool(peaked.any()):
-        tokens[peaked] = _nucleus_draw(values[peaked], order[peaked], top_p[peaked], draws[peaked])
-    values, order = torch.sort(probs[flat], dim=-1, descending=True)
-    tokens[flat] = _nucleus_draw(values, order, top_p[flat], draws[flat])
+
+    def whole_vocabulary(rows: Rows) -> torch.Tensor:
+        values, order = torch.sort(probs[rows], dim=-1, descending=True)
+        return _nucleus_draw(values, order, top_p[rows], draws[rows])
+
+    # Rows whose nucleus is wider than the candidates: only they sort the whole vocabulary.
+    return _by_kind(values.sum(dim=-1) < top_p, whole_vocabulary,
+                    lambda rows: _nucleus_draw(values[rows], order[rows], top_p[rows], draws[rows]))
+
+
+Rows = torch.Tensor | slice  # a row mask, or every row
+
+
+def _by_kind(kind: torch.Tensor, when: Callable[[Rows], torch.Tensor],
+             otherwise: Callable[[Rows], torch.Tensor]) -> torch.Tensor:
+    """Each row's token from ``when`` where ``kind`` holds and from ``otherwise`` elsewhere; each is called with
+    the rows it serves. Rows all of one kind (the usual case) are passed as every row, so none is copied."""
+    if bool(kind.all()):
+        return when(slice(None))
+    if not bool(kind.any()):
+        return otherwise(slice(None))
+    tokens = torch.empty(kind.shape[0], dtype=torch.long, device=kind.device)
+    tokens[kind] = when(kind)
+    tokens[~kind] = otherwise(~kind)
     return tokens
 
 
