@@ -15,7 +15,7 @@ Every tensor the batch makes is made in inference mode, so that a compiled decod
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import torch
@@ -176,7 +176,7 @@ class Prefill(PendingPrefill):
 class RunningBatch:
     def __init__(self, model: Any, device: torch.device, vocab_limit: int, pad_head_rows: bool = False,
                  prefixes: PrefixCache | None = None, preallocated: bool = True,
-                 decode_step: Any = None) -> None:
+                 decode_step: Callable[..., Any] | None = None) -> None:
         self._model = model
         self._decode_step = decode_step or model  # a compiled forward for decode steps (int8), else the model
         self._device = device
