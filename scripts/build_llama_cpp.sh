@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Builds llama.cpp once, into .cache/llama.cpp-VERSION: its shared libraries (for the optional
+# Builds llama.cpp once, into .cache/llama.cpp-VERSION-amx: its shared libraries (for the optional
 # `llama_cpp` backend and the llama-cpp-python benchmark peer) and its own `llama-server` (a peer).
 #
 # No prebuilt llama.cpp loads here: llama-cpp-python is source-only on PyPI. Its sdist vendors the
-# whole llama.cpp source (tools/server included), so that sdist is the one download. A native build
-# (GGML_NATIVE=ON) crashes at the first decode on CPUs that report AMX tiles it cannot use, so the
-# build enables AVX-512 explicitly and turns AMX off. Nothing is downloaded but the sdist (llama-server's
-# web UI is not fetched: the server runs without it). About 6 minutes on 2 cores.
+# whole llama.cpp source (tools/server included), so that sdist is the one download. The build names
+# its instruction sets (AVX-512 and AMX) rather than probing this machine's (GGML_NATIVE), so the
+# libraries run on any CPU with AVX-512; where the CPU or kernel has no AMX, llama.cpp says so once and
+# runs without it. ggml's AMX kernels die of SIGILL when GCC 12 compiles them as they are:
+# scripts/patch_llama_cpp_amx.py fixes that one line first. Nothing is downloaded but the sdist
+# (llama-server's web UI is not fetched: the server runs without it). About 6 minutes on 2 cores.
 #
 # Usage: scripts/build_llama_cpp.sh [VENV] [EXTRAS]
 # VENV (default .venv) also gets the llama-cpp-python bindings (with pip extras EXTRAS, e.g. "[server]"),
@@ -14,7 +16,7 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 VERSION="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
-OUT="${LLAMA_CPP_BUILD_DIR:-$ROOT/.cache/llama.cpp-$VERSION}"
+OUT="${LLAMA_CPP_BUILD_DIR:-$ROOT/.cache/llama.cpp-$VERSION-amx}"
 VENV="${1:-$ROOT/.venv}"
 PYTHON="${PYTHON:-python3}"
 
@@ -24,11 +26,12 @@ if [ ! -x "$OUT/llama-server" ] || [ ! -f "$OUT/libllama.so" ]; then
   "$PYTHON" -m pip download --no-deps --no-binary :all: --dest "$WORK" "llama-cpp-python==$VERSION"
   tar -xzf "$WORK"/llama_cpp_python-"$VERSION".tar.gz -C "$WORK"
   SRC="$WORK/llama_cpp_python-$VERSION/vendor/llama.cpp"
+  "$PYTHON" "$ROOT/scripts/patch_llama_cpp_amx.py" "$SRC"
   cmake -S "$SRC" -B "$WORK/build" -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=ON \
     -DCMAKE_BUILD_RPATH='$ORIGIN' -DGGML_NATIVE=OFF \
     -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
     -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON \
-    -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF -DGGML_OPENMP=ON \
+    -DGGML_AMX_TILE=ON -DGGML_AMX_INT8=ON -DGGML_AMX_BF16=ON -DGGML_OPENMP=ON \
     -DLLAMA_CURL=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF
   cmake --build "$WORK/build" --target llama llama-server -j "$(nproc)"
   mkdir -p "$OUT.tmp"
