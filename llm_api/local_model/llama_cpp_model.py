@@ -25,6 +25,7 @@ from .errors import ModelLoadError
 from .spec import check_llama_cpp_installed
 
 BATCH_TOKENS = 512  # tokens per llama_decode call; a longer prompt runs in several calls
+WEIGHTS_PLACED = b"model buffer size"  # llama.cpp's load log: one line per kind of buffer the weights went to
 
 
 class LlamaCppModel:
@@ -168,7 +169,9 @@ def slot_order(slots: Sequence[int], positions: Sequence[int]) -> list[int]:
 
 
 def _quiet_logs(llama_cpp: Any) -> None:
-    """llama.cpp logs every load detail to stderr; keep its warnings and errors only (in our log)."""
+    """llama.cpp logs every load detail to stderr; keep its warnings and errors (in our log), and the lines
+    that say where the weights went, which name the kernels that will run them: ``AMX model buffer size``
+    means Intel AMX's, ``CPU_REPACK`` the interleaved AVX ones, ``CPU_Mapped`` alone the plain ones."""
     global _log_callback
     if _log_callback is None:
         _log_callback = _log_callback_for(llama_cpp)
@@ -177,10 +180,12 @@ def _quiet_logs(llama_cpp: Any) -> None:
 
 def _log_callback_for(llama_cpp: Any) -> Any:
     log = logging.getLogger("llama_cpp")
-    warn = 3  # GGML_LOG_LEVEL_WARN; ERROR is 4, CONT (5) continues the previous line
+    info, warn = 2, 3  # GGML_LOG_LEVEL_INFO and _WARN; ERROR is 4, CONT (5) continues the previous line
 
     def callback(level: int, text: bytes, _user_data: Any) -> None:
         if level in (warn, warn + 1):
             log.warning("%s", text.decode("utf-8", "replace").rstrip())
+        elif level == info and WEIGHTS_PLACED in text:
+            log.info("%s", text.decode("utf-8", "replace").strip())
 
     return llama_cpp.llama_log_callback(callback)
