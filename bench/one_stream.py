@@ -1,20 +1,31 @@
-"""One stream on our server against llama-server, the two taken in turn, several times.
+"""Our server against llama-server, the two taken in turn, several times, at one or more stream counts.
 
-The sweep in ``bench.run`` times one request per server at one stream, minutes apart, and one request on
-this machine can be off by a quarter. Here each run sends the same prompt to our server and then to
-llama-server, both up at once, and the report gives each side's median decode speed (tokens after the
-first, over the time after the first) and their ratio.
+The sweep in ``bench.run`` times one round per server and stream count, minutes apart, and one round on
+this machine can be off by a quarter. Here each run sends the same prompts to our server and then to
+llama-server, both up at once, and the report gives each side's median and their ratio: at one stream the
+decode speed (tokens after the first, over the time after the first), at several the aggregate tok/s of
+all streams started at once (and the median of each round's TTFT p95).
 
-Usage:  python -m bench.one_stream [--runs 7] [--tokens 128] [--quantization none|q8_0]
+Usage:  python -m bench.one_stream [--runs 7] [--tokens 128] [--quantization none|q8_0] [--streams 1,8,16]
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+from typing import Any
 
 from bench.prompts import PROMPTS
-from bench.run import EXACT_LENGTH, PEERS, decode_speed, ours, stream_chat
+from bench.run import EXACT_LENGTH, PEERS, Server, decode_speed, load, ours, stream_chat
+
+
+def measure(server: Server, streams: int, tokens: int, extra: dict[str, Any], run: int) -> tuple[float, float]:
+    """(tok/s, TTFT p95 in seconds) of one round: one stream's decode speed, or ``streams`` streams' aggregate."""
+    if streams == 1:
+        result = stream_chat(server.url, PROMPTS[run % len(PROMPTS)], tokens, extra)
+        return decode_speed(result), result.ttft or 0.0
+    summary = load(server.url, streams, tokens, extra)
+    return summary["aggregate_tps"], summary["ttft_p95"]
 
 
 def main() -> None:
@@ -22,25 +33,36 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--quantization", default="none", help="LLM_API_QUANTIZATION, for both servers' file")
+    parser.add_argument("--streams", default="1", help="comma-separated stream counts, each measured --runs times")
     args = parser.parse_args()
-    mine = ours({"LLM_API_BACKEND": "llama_cpp", "LLM_API_QUANTIZATION": args.quantization}, name="llm_api-one")
+    counts = [int(count) for count in args.streams.split(",")]
+    mine = ours({"LLM_API_BACKEND": "llama_cpp", "LLM_API_QUANTIZATION": args.quantization,
+                 "LLM_API_MAX_BATCH": str(max(counts + [8]))}, name="llm_api-one")
     try:
         peer = PEERS["llama-server"](args.quantization)
         try:
-            speeds: dict[str, list[float]] = {"llm_api": [], "llama-server": []}
-            for run in range(args.runs):
-                prompt = PROMPTS[run % len(PROMPTS)]
-                for name, server, extra in (("llm_api", mine, EXACT_LENGTH["ours"]),
-                                            ("llama-server", peer, EXACT_LENGTH["llama-server"])):
-                    speeds[name].append(decode_speed(stream_chat(server.url, prompt, args.tokens, extra)))
+            sides = ((mine, EXACT_LENGTH["ours"]), (peer, EXACT_LENGTH["llama-server"]))
+            for server, extra in sides:  # a round each first: a fresh server's first batch is slower
+                load(server.url, max(counts), args.tokens, extra)
+            for streams in counts:
+                report(streams, [[measure(server, streams, args.tokens, extra, run) for server, extra in sides]
+                                 for run in range(args.runs)])
         finally:
             peer.stop()
     finally:
         mine.stop()
-    medians = {name: statistics.median(values) for name, values in speeds.items()}
-    for name, values in speeds.items():
-        print(f"{name}: median {medians[name]:.1f} tok/s ({', '.join(f'{v:.0f}' for v in values)})")
-    print(f"llm_api over llama-server: {medians['llm_api'] / medians['llama-server']:.3f}")
+
+
+def report(streams: int, rounds: list[list[tuple[float, float]]]) -> None:
+    """Each side's median tok/s over the rounds (and its rounds), the ratio, and the median TTFT p95."""
+    medians = []
+    for side, name in enumerate(("llm_api", "llama-server")):
+        speeds = [pair[side][0] for pair in rounds]
+        medians.append(statistics.median(speeds))
+        ttft = statistics.median(pair[side][1] for pair in rounds)
+        print(f"{streams:>2} streams, {name}: median {medians[-1]:.1f} tok/s "
+              f"({', '.join(f'{v:.0f}' for v in speeds)}), TTFT p95 median {ttft:.3f} s", flush=True)
+    print(f"{streams:>2} streams, llm_api over llama-server: {medians[0] / medians[1]:.3f}", flush=True)
 
 
 if __name__ == "__main__":

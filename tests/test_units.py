@@ -240,6 +240,28 @@ def test_sampling_follows_the_distribution_and_its_nucleus():
     assert sample_rows(probs[:1], torch.tensor([1.0]), torch.tensor([1 - 2**-53], dtype=torch.float64)).item() == 3
 
 
+def test_the_nucleus_found_among_the_likely_tokens_draws_what_the_top_candidates_draw():
+    """On a CPU a row's nucleus is first looked for among its tokens of probability at least 1e-3, row by row;
+    where it lies there, every draw picks the token the top-256 candidates pick, and a row whose nucleus
+    reaches below them is left to the candidates."""
+    import torch
+
+    from llm_api.local_model.sampling import _nucleus_among_candidates, _nucleus_among_likely
+
+    logits = torch.randn(3, 8192, generator=torch.Generator().manual_seed(7))
+    logits[:, :40] += torch.linspace(10, 5, 40)  # peaked: forty likely tokens hold 98% of the mass
+    draws = torch.linspace(0, 1 - 1e-9, 400, dtype=torch.float64)
+    for row in range(3):
+        for top_p in (0.5, 0.9, 0.95):
+            probs = torch.softmax(logits[row] / 0.7, dim=-1).expand(len(draws), -1).contiguous()
+            masses = torch.full((len(draws),), top_p)
+            likely = _nucleus_among_likely(probs, masses, draws)
+            assert bool((likely >= 0).all()) and (top_p < 0.9 or len(set(likely.tolist())) > 3)
+            assert likely.tolist() == _nucleus_among_candidates(probs, masses, draws).tolist()
+    flat = torch.full((1, 8192), 1 / 8192)
+    assert _nucleus_among_likely(flat, torch.tensor([0.5]), torch.tensor([0.5], dtype=torch.float64)).tolist() == [-1]
+
+
 def test_a_row_that_cannot_be_sampled_fails_alone():
     import torch
 

@@ -17,6 +17,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from ..generation.types import SamplingParams
@@ -25,6 +26,9 @@ _SEED_MASK = (1 << 64) - 1
 # The nucleus is looked for among this many most likely tokens first, which is far cheaper than sorting the
 # whole vocabulary; a row whose nucleus is not inside them (a flat distribution) falls back to a full sort.
 _NUCLEUS_CANDIDATES = 256
+# On a CPU the nucleus is looked for first among the tokens at least this likely (at most a thousand): when they
+# hold top_p of the mass, it is among them.
+_LIKELY = 1e-3
 # What a log-probability of minus infinity (a token the model can never produce) is reported as: JSON has
 # no infinity, and vLLM reports the same number.
 LOGPROB_FLOOR = -9999.0
@@ -241,6 +245,38 @@ def sample_rows(probs: torch.Tensor, top_p: torch.Tensor, draws: torch.Tensor) -
 
 
 def _nucleus(probs: torch.Tensor, top_p: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
+    if probs.device.type != "cpu":
+        return _nucleus_among_candidates(probs, top_p, draws)
+    tokens = _nucleus_among_likely(probs, top_p, draws)
+    wide = tokens < 0
+    if bool(wide.any()):
+        tokens[wide] = _nucleus_among_candidates(probs[wide], top_p[wide], draws[wide])
+    return tokens
+
+
+def _nucleus_among_likely(probs: torch.Tensor, top_p: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
+    """Each row's token drawn from its nucleus when that lies among its likely tokens (probability at least
+    ``_LIKELY``), else -1. Every other token is less likely than each likely one, so when the likely ones
+    hold ``top_p`` of the mass the nucleus is the most likely of them, and finding them is one comparison
+    over the row: on a CPU, row by row in NumPy, this costs a tenth of a top-k over the vocabulary."""
+    tokens = []
+    for row, mass, draw in zip(probs.numpy(), top_p.tolist(), draws.tolist(), strict=True):
+        ids = np.flatnonzero(row >= _LIKELY)
+        values = row[ids]
+        if not values.size or values.sum(dtype=np.float64) < mass:
+            tokens.append(-1)
+            continue
+        order = np.argsort(-values, kind="stable")  # most likely first; ties in vocabulary order
+        ids, values = ids[order], values[order]
+        cdf = np.cumsum(values, dtype=np.float64)
+        size = max(1, int(np.searchsorted(cdf - values, mass, side="left")))  # the mass before each is < top_p
+        total = cdf[size - 1]
+        target = min(draw * total, np.nextafter(total, 0.0))  # strictly below the total, as in _inverse_cdf
+        tokens.append(int(ids[np.searchsorted(cdf[:size], target, side="right")]))
+    return torch.tensor(tokens, dtype=torch.long)
+
+
+def _nucleus_among_candidates(probs: torch.Tensor, top_p: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
     candidates = min(_NUCLEUS_CANDIDATES, probs.shape[-1])
     values, order = torch.topk(probs, candidates, dim=-1)  # sorted, most likely first
 
