@@ -3,6 +3,7 @@ kernels (built by `make llama-cpp`, which `make test` runs first), driven by our
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 from dataclasses import replace
@@ -253,19 +254,24 @@ def test_the_kernels_agree_with_float32_torch_on_the_same_weights():
         model.close()
 
 
-def _cpu_has_amx() -> bool:
-    return any(line.startswith("flags") and "amx_int8" in line.split()
-               for line in Path("/proc/cpuinfo").read_text().splitlines())
+def _amx_usable() -> bool:
+    """The CPU has AMX and Linux grants its tile data to this process (what llama.cpp asks for too)."""
+    if not any(line.startswith("flags") and "amx_int8" in line.split()
+               for line in Path("/proc/cpuinfo").read_text().splitlines()):
+        return False
+    sys_arch_prctl, request_permission, tile_data = 158, 0x1023, 18  # x86-64 Linux
+    return ctypes.CDLL(None, use_errno=True).syscall(sys_arch_prctl, request_permission, tile_data) == 0
 
 
 def test_the_weights_run_on_amx_kernels_exactly_where_the_cpu_has_them(caplog):
     """`make llama-cpp` builds llama.cpp's AMX kernels in: llama.cpp repacks the weights for them where the
-    CPU has AMX (a batch of 16 decodes about 3x faster here) and leaves them out elsewhere."""
+    CPU has AMX and Linux grants it (a batch of 16 decodes about 3x faster here), and leaves them out
+    elsewhere."""
     caplog.set_level(logging.INFO, logger="llama_cpp")
     load_model(SPEC, slots=1).model.close()
     placed = [record.getMessage() for record in caplog.records if "model buffer size" in record.getMessage()]
     assert placed, "llama.cpp's load log names the buffers the weights went to"
-    assert any(" AMX model buffer" in line for line in placed) == _cpu_has_amx(), placed
+    assert any(" AMX model buffer" in line for line in placed) == _amx_usable(), placed
 
 
 def test_a_prompt_past_the_slot_context_is_refused(llama_engine):
