@@ -129,3 +129,16 @@ def test_rows_that_sit_together_are_not_moved():
     seqs = [start(batch, distinct_prompt(100 * i))[0] for i in range(4)]
     batch.retire([seqs[0], seqs[3]])
     assert model.copies == [] and sorted(batch._busy) == [1, 2]
+
+
+def test_a_short_prefix_of_a_long_history_runs_again_rather_than_copy_the_history():
+    """A copy moves every cell its source holds: a system prompt shared with a long conversation is cheaper to
+    run again than to copy with the conversation; a longer share of it is copied."""
+    model = RecordingModel(slots=3)
+    batch = SlotBatch(model, VOCAB)
+    system = distinct_prompt(0)  # 20 tokens
+    conversation, _ = start(batch, system + list(range(1000, 1000 + 39 * len(system))))  # 40x the system prompt
+    _, slot = start(batch, system + [7, 7])  # shares 20 of the conversation's 800 cells: under 1/32
+    assert model.copies == [] and slot != batch._slot_of[conversation] and batch.prefixes.hits == 0
+    _, slot = start(batch, conversation.prompt[:21 + len(system)] + [7])  # 41 of 800: worth a copy
+    assert len(model.copies) == 1 and batch.prefixes.hits == 1 and batch.prefixes.reused_tokens == 41
