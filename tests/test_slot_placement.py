@@ -142,3 +142,19 @@ def test_a_short_prefix_of_a_long_history_runs_again_rather_than_copy_the_histor
     assert model.copies == [] and slot != batch._slot_of[conversation] and batch.prefixes.hits == 0
     _, slot = start(batch, conversation.prompt[:21 + len(system)] + [7])  # 41 of 800: worth a copy
     assert len(model.copies) == 1 and batch.prefixes.hits == 1 and batch.prefixes.reused_tokens == 41
+
+
+def test_a_free_slot_holding_a_little_more_than_the_match_is_taken_in_place():
+    """Another question on the same long history: the slot's last few cells (the earlier question) are dropped
+    rather than the whole history copied to keep them; a slot holding a long other branch is kept and copied."""
+    model = RecordingModel(slots=3)
+    batch = SlotBatch(model, VOCAB)
+    history = list(range(1000, 1800))
+    first, slot = start(batch, history + list(range(5000, 5018)))  # 800 cells of history, an 18-token question
+    batch.retire([first])
+    _, again = start(batch, history + [7, 7])
+    assert again == slot and model.copies == [] and batch.prefixes.reused_tokens == len(history)
+    other, slot = start(batch, history[:400] + list(range(6000, 6400)))  # shares half, then 400 of its own
+    batch.retire([other])
+    _, last = start(batch, other.prompt[:420] + [9])  # 420 of the 800 cells: the other 380 are worth keeping
+    assert model.copies[-1] == (slot, last) and last != slot

@@ -76,10 +76,11 @@ class SlotBatch:
     def start_prefill(self, seq: SequenceState) -> SlotPrefill:
         """A free slot for a new sequence, holding the longest prefix of its prompt that any slot has.
 
-        A free slot whose cells the prompt continues (a conversation's next turn) is taken as it is, unless
-        another free slot sits better beside the busy ones. A prefix held by a busy slot, by a slot holding
-        much more (a long conversation whose system prompt a new request shares) or by a badly placed slot
-        is copied into the best placed free slot instead: a copy costs far less than running the prefix
+        A free slot whose cells the prompt continues (a conversation's next turn, or one that holds a little
+        more, which is dropped) is taken as it is, unless another free slot sits better beside the busy
+        ones. A prefix held by a busy slot, by a slot holding much more (a long conversation whose system
+        prompt a new request shares) or by a badly placed slot is copied into the best placed free slot
+        instead: a copy costs far less than running the prefix
         again, or than a step split in two for the rest of the answer. A copy moves all its source's cells,
         though, so a match under 1/32 of them (a short system prompt shared with a long conversation) is
         run again instead."""
@@ -94,7 +95,8 @@ class SlotBatch:
         if source is None or reused < MIN_MATCH_TOKENS:
             slot, reused = best, 0
         elif source in self._free and (len(self._free) == 1 or (
-                self._gaps_added(source) <= self._gaps_added(best) and source_cells - reused < MIN_MATCH_TOKENS)):
+                self._gaps_added(source) <= self._gaps_added(best) and _cheap_to_lose(source_cells - reused,
+                                                                                       source_cells))):
             slot = source
         elif reused * CELLS_COPIED_PER_PROMPT_TOKEN < source_cells:
             slot, reused = best, 0  # the copy would move far more cells than running the match costs
@@ -244,6 +246,12 @@ class SlotBatch:
         if tensor.shape[-1] > self._vocab_limit:
             tensor[..., self._vocab_limit:] = float("-inf")
         return tensor
+
+
+def _cheap_to_lose(cells_past_match: int, cells: int) -> bool:
+    """Whether a free slot's cells past the match (an earlier answer's end, say) are worth less than copying
+    them all to keep them: too few to be a prefix worth keeping, or fewer than a copy of the slot would cost."""
+    return cells_past_match < MIN_MATCH_TOKENS or cells_past_match * CELLS_COPIED_PER_PROMPT_TOKEN < cells
 
 
 def _groups(slots: set[int]) -> list[list[int]]:
