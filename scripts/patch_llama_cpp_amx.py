@@ -3,9 +3,8 @@
 GCC 12's ``_tile_loadconfig`` tells the compiler that ``ldtilecfg`` reads 8 bytes of its 64-byte
 argument, so the optimizer drops the stores of every tile's rows and columns (only the palette byte
 survives). The first tile load then finds no tile configured and the process dies of SIGILL: the
-"AMX crash" seen on machines that have AMX. GCC 13 declares the whole 64 bytes read. This rewrites the
-one call in ggml's AMX matrix code as ``ldtilecfg`` on the full 64-byte operand, which every compiler
-keeps.
+"AMX crash" seen on machines that have AMX. This rewrites the one call in ggml's AMX matrix code as
+``ldtilecfg`` on the full 64-byte operand, whose stores no compiler may drop.
 
 Usage: python scripts/patch_llama_cpp_amx.py LLAMA_CPP_SOURCE_DIR
 """

@@ -9,9 +9,9 @@ slot beside busy ones (released longest ago among those), because llama.cpp runs
 busy slots as its own pass over the weights. A prefix that sits in a busy slot, in a slot holding much
 more than the match, or in a slot that would split the busy ones, is copied into that better placed free
 slot instead (a copy moves the source's every cell, 15 us each), unless the match is too small a share of
-them to pay for it. So prefix reuse is bounded by the slots
-(``LLM_API_MAX_BATCH``) and each slot's context, and evicts least recently used among equally placed
-slots. When finished sequences leave the busy slots scattered, the others are moved together.
+them to pay for it. So prefix reuse is bounded by the slots (``LLM_API_MAX_BATCH``) and each slot's
+context, and evicts least recently used among equally placed slots. When finished sequences leave the
+busy slots scattered, the others are moved together.
 """
 
 from __future__ import annotations
@@ -80,10 +80,9 @@ class SlotBatch:
         more, which is dropped) is taken as it is, unless another free slot sits better beside the busy
         ones. A prefix held by a busy slot, by a slot holding much more (a long conversation whose system
         prompt a new request shares) or by a badly placed slot is copied into the best placed free slot
-        instead: a copy costs far less than running the prefix
-        again, or than a step split in two for the rest of the answer. A copy moves all its source's cells,
-        though, so a match under 1/32 of them (a short system prompt shared with a long conversation) is
-        run again instead."""
+        instead: a copy costs far less than running the prefix again, or than a step split in two for the
+        rest of the answer. A copy moves all its source's cells, though, so a match under 1/32 of them (a
+        short system prompt shared with a long conversation) is run again instead."""
         prompt = tuple(seq.request.prompt_ids)
         reused, source, source_cells = 0, None, 0
         if self.prefixes.enabled:
