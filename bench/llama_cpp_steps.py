@@ -14,13 +14,18 @@ import argparse
 import logging
 import statistics
 import time
-from dataclasses import replace
 
 from bench.run import MODEL_CACHE
+from llm_api.local_model.llama_cpp_model import LlamaCppModel
 from llm_api.local_model.loader import ModelSpec, load_model
 
 PROMPT = list(range(100, 164))
 LONG_PROMPT = list(range(100, 356))
+
+
+def run_prompt(model: LlamaCppModel, ids: list[int], slot: int) -> None:
+    """``ids`` into ``slot`` from position 0, in one step, with the last token's logits."""
+    model.run(ids, range(len(ids)), [slot] * len(ids), [False] * (len(ids) - 1) + [True])
 
 
 def main() -> None:
@@ -30,14 +35,13 @@ def main() -> None:
     parser.add_argument("--quantization", default="none")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    spec = replace(ModelSpec("embedded", cache_dir=str(MODEL_CACHE), backend="llama_cpp"),
-                   quantization=args.quantization)
+    spec = ModelSpec("embedded", cache_dir=str(MODEL_CACHE), backend="llama_cpp", quantization=args.quantization)
     model = load_model(spec, slots=max(args.rows)).model
     try:
         for rows in args.rows:
             model.clear()
             for slot in range(rows):
-                model.run(PROMPT, range(len(PROMPT)), [slot] * len(PROMPT), [False] * (len(PROMPT) - 1) + [True])
+                run_prompt(model, PROMPT, slot)
             seconds = []
             for step in range(args.steps):
                 started = time.perf_counter()
@@ -46,8 +50,7 @@ def main() -> None:
             print(f"{rows:>2} rows: {1000 * statistics.median(seconds[5:]):.2f} ms a step", flush=True)
         model.clear()
         started = time.perf_counter()
-        model.run(LONG_PROMPT, range(len(LONG_PROMPT)), [0] * len(LONG_PROMPT),
-                  [False] * (len(LONG_PROMPT) - 1) + [True])
+        run_prompt(model, LONG_PROMPT, 0)
         print(f"prompt: {len(LONG_PROMPT) / (time.perf_counter() - started):.0f} tokens a second", flush=True)
     finally:
         model.close()

@@ -97,7 +97,7 @@ class SlotBatch:
                 self._gaps_added(source) <= self._gaps_added(best) and _cheap_to_lose(source_cells - reused,
                                                                                        source_cells))):
             slot = source
-        elif reused * CELLS_COPIED_PER_PROMPT_TOKEN < source_cells:
+        elif _cheaper_than_copying(reused, source_cells):
             slot, reused = best, 0  # the copy would move far more cells than running the match costs
         else:
             slot = best if best != source else self._best_free(excluding=source)
@@ -247,10 +247,15 @@ class SlotBatch:
         return tensor
 
 
+def _cheaper_than_copying(tokens: int, cells: int) -> bool:
+    """Whether running ``tokens`` prompt tokens again costs less than copying a slot of ``cells`` cells."""
+    return tokens * CELLS_COPIED_PER_PROMPT_TOKEN < cells
+
+
 def _cheap_to_lose(cells_past_match: int, cells: int) -> bool:
     """Whether a free slot's cells past the match (an earlier answer's end, say) are worth less than copying
     them all to keep them: too few to be a prefix worth keeping, or fewer than a copy of the slot would cost."""
-    return cells_past_match < MIN_MATCH_TOKENS or cells_past_match * CELLS_COPIED_PER_PROMPT_TOKEN < cells
+    return cells_past_match < MIN_MATCH_TOKENS or _cheaper_than_copying(cells_past_match, cells)
 
 
 def _groups(slots: set[int]) -> list[list[int]]:
