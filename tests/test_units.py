@@ -262,6 +262,64 @@ def test_the_nucleus_found_among_the_likely_tokens_draws_what_the_top_candidates
     assert _nucleus_among_likely(flat, torch.tensor([0.5]), torch.tensor([0.5], dtype=torch.float64)).tolist() == [-1]
 
 
+def test_a_nucleus_drawn_from_the_logits_is_the_one_the_softmax_over_the_vocabulary_draws():
+    """On a CPU a row without top-k or min-p draws from its logits, weighing only the tokens within e^-20 of the
+    most likely: it picks what the softmax and top-256 path picks, at every temperature and top_p tried, and
+    leaves to that path (-1) the rows it cannot decide (a flat row's wide nucleus, a row that is not finite)."""
+    import math
+
+    import torch
+
+    from llm_api.local_model.row_draws import nucleus_from_logits
+    from llm_api.local_model.sampling import _nucleus_among_candidates
+
+    logits = torch.randn(3, 49152, generator=torch.Generator().manual_seed(3)) * 2
+    logits[:, :40] += torch.linspace(22, 10, 40)
+    draws = torch.linspace(0, 1 - 1e-9, 300, dtype=torch.float64)
+    decided, varied = 0, set()
+    for row in logits:
+        for temperature in (0.2, 0.7, 1.3):
+            for top_p in (0.5, 0.9, 0.95):
+                ours = [nucleus_from_logits(row.numpy(), temperature, top_p, draw) for draw in draws.tolist()]
+                probs = torch.softmax(row / temperature, dim=-1).expand(len(draws), -1).contiguous()
+                exact = _nucleus_among_candidates(probs, torch.full((len(draws),), top_p), draws).tolist()
+                assert all(token in (-1, expected) for token, expected in zip(ours, exact, strict=True))
+                decided += min(ours) >= 0  # whether a nucleus is decided does not depend on the draw
+                varied |= set(ours) if temperature > 1 else set()
+    assert decided >= 0.8 * 3 * 3 * 3 and len(varied - {-1}) > 3
+    flat = torch.zeros(49152)
+    assert nucleus_from_logits(flat.numpy(), 1.0, 0.9, 0.5) == -1
+    broken = logits[0].clone()
+    broken[7] = math.nan
+    assert nucleus_from_logits(broken.numpy(), 1.0, 0.9, 0.5) == -1
+
+
+def test_a_draw_over_blocks_picks_the_token_the_whole_cumulative_sum_picks():
+    """On a CPU a long row's draw sums blocks of 256 slots first: every draw, the first and the last included,
+    lands on the token the float64 cumulative sum over the whole row finds (draws exactly on a slot's end too), on
+    peaked and flat rows, on rows with empty blocks and on a vocabulary that is no multiple of the block."""
+    import torch
+
+    from llm_api.local_model.row_draws import inverse_cdf_by_blocks
+    from llm_api.local_model.sampling import _inverse_cdf_by_cumsum
+
+    generator = torch.Generator().manual_seed(11)
+    peaked = torch.softmax(torch.randn(8192 + 77, generator=generator) * 3, dim=-1)
+    flat = torch.full((8192 + 77,), 1.0)
+    flat[8192:] = 0.0  # a mass of 8192: the draws k / 8192 land exactly on the end of slot k - 1
+    holes = peaked.clone()
+    holes[:1024] = 0.0  # whole blocks without mass, as after a top-k cut
+    holes[2000:2300] = 0.0
+    draws = torch.cat([torch.tensor([0.0, 1 - 2**-53], dtype=torch.float64),
+                       torch.arange(1, 8192, 61, dtype=torch.float64) / 8192,
+                       torch.rand(2000, generator=generator, dtype=torch.float64)])
+    for row in (peaked, flat, holes):
+        probs = row.expand(len(draws), -1).contiguous()
+        by_blocks = inverse_cdf_by_blocks(probs.numpy(), draws.numpy())
+        assert by_blocks == _inverse_cdf_by_cumsum(probs, draws).tolist()
+        assert bool((row[by_blocks] > 0).all())
+
+
 def test_a_row_that_cannot_be_sampled_fails_alone():
     import torch
 

@@ -17,18 +17,15 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from ..generation.types import SamplingParams
+from .row_draws import CDF_BLOCK, inverse_cdf_by_blocks, nucleus_among_likely, nucleus_from_logits
 
 _SEED_MASK = (1 << 64) - 1
 # The nucleus is looked for among this many most likely tokens first, which is far cheaper than sorting the
 # whole vocabulary; a row whose nucleus is not inside them (a flat distribution) falls back to a full sort.
 _NUCLEUS_CANDIDATES = 256
-# On a CPU the nucleus is looked for first among the tokens at least this likely (at most a thousand): when they
-# hold top_p of the mass, it is among them.
-_LIKELY = 1e-3
 # What a log-probability of minus infinity (a token the model can never produce) is reported as: JSON has
 # no infinity, and vLLM reports the same number.
 LOGPROB_FLOOR = -9999.0
@@ -133,6 +130,26 @@ def choose_tokens(logits: torch.Tensor, samplers: list[Sampler]) -> list[int | E
     return tokens
 
 
+def _sample_from_logits(logits: torch.Tensor, samplers: list[Sampler], sampled: list[int], draws: torch.Tensor,
+                        tokens: list[int | Exception]) -> tuple[list[int], torch.Tensor]:
+    """On a CPU, the rows with a nucleus and no top-k or min-p cut draw straight from their logits
+    (:func:`nucleus_from_logits`, no softmax over the vocabulary); the rows it leaves, and their draws, are
+    returned for the vectorised path."""
+    rows = logits.float().numpy()
+    left, left_draws = [], []
+    for row, draw in zip(sampled, draws.tolist(), strict=True):
+        params = samplers[row].params
+        token = -1
+        if params.top_p < 1.0 and not samplers[row].truncates:
+            token = nucleus_from_logits(rows[row], params.temperature, params.top_p, draw)
+        if token >= 0:
+            tokens[row] = token
+        else:
+            left.append(row)
+            left_draws.append(draw)
+    return left, torch.tensor(left_draws, dtype=torch.float64)
+
+
 def _select(logits: torch.Tensor, rows: list[int]) -> torch.Tensor:
     """The given rows of ``logits`` (the tensor itself when that is all of them)."""
     if len(rows) == logits.shape[0]:
@@ -148,10 +165,15 @@ def _sample(logits: torch.Tensor, samplers: list[Sampler], sampled: list[int],
             tokens: list[int | Exception]) -> None:
     """Draw the token of every sampled row into ``tokens``."""
     device = logits.device
+    draws = torch.cat([samplers[row].draw() for row in sampled])  # each row's one number this step, whatever path
+    if device.type == "cpu":
+        sampled, draws = _sample_from_logits(logits, samplers, sampled, draws, tokens)
+        if not sampled:
+            return
+    draws = draws.to(device)
     params = [samplers[row].params for row in sampled]
     temperature = torch.tensor([p.temperature for p in params], dtype=torch.float32, device=device)[:, None]
     top_p = torch.tensor([p.top_p for p in params], dtype=torch.float32, device=device)
-    draws = torch.cat([samplers[row].draw() for row in sampled]).to(device)
     scaled = _select(logits, sampled).float() / temperature
     truncating = any(samplers[row].truncates for row in sampled)
     if truncating and any(p.top_k > 0 for p in params):
@@ -255,25 +277,10 @@ def _nucleus(probs: torch.Tensor, top_p: torch.Tensor, draws: torch.Tensor) -> t
 
 
 def _nucleus_among_likely(probs: torch.Tensor, top_p: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
-    """Each row's token drawn from its nucleus when that lies among its likely tokens (probability at least
-    ``_LIKELY``), else -1. Every other token is less likely than each likely one, so when the likely ones
-    hold ``top_p`` of the mass the nucleus is the most likely of them, and finding them is one comparison
-    over the row: on a CPU, row by row in NumPy, this costs a tenth of a top-k over the vocabulary."""
-    tokens = []
-    for row, mass, draw in zip(probs.numpy(), top_p.tolist(), draws.tolist(), strict=True):
-        ids = np.flatnonzero(row >= _LIKELY)
-        values = row[ids]
-        if not values.size or values.sum(dtype=np.float64) < mass:
-            tokens.append(-1)
-            continue
-        order = np.argsort(-values, kind="stable")  # most likely first; ties in vocabulary order
-        ids, values = ids[order], values[order]
-        cdf = np.cumsum(values, dtype=np.float64)
-        size = max(1, int(np.searchsorted(cdf - values, mass, side="left")))  # the mass before each is < top_p
-        total = cdf[size - 1]
-        target = min(draw * total, np.nextafter(total, 0.0))  # strictly below the total, as in _inverse_cdf
-        tokens.append(int(ids[np.searchsorted(cdf[:size], target, side="right")]))
-    return torch.tensor(tokens, dtype=torch.long)
+    """Each row's token drawn from its nucleus when that lies among its likely tokens, else -1: on a CPU, row
+    by row in NumPy, this costs a tenth of a top-k over the vocabulary."""
+    rows = zip(probs.numpy(), top_p.tolist(), draws.tolist(), strict=True)
+    return torch.tensor([nucleus_among_likely(row, mass, draw) for row, mass, draw in rows], dtype=torch.long)
 
 
 def _nucleus_among_candidates(probs: torch.Tensor, top_p: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
@@ -325,8 +332,15 @@ def _top_p_filter(sorted_probs: torch.Tensor, top_p: torch.Tensor | float) -> to
 
 def _inverse_cdf(probs: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
     """Index where each row's cumulative mass first passes ``draws`` × its total (never a zero-mass slot)."""
+    if probs.device.type == "cpu" and probs.shape[-1] >= 4 * CDF_BLOCK:
+        return torch.tensor(inverse_cdf_by_blocks(probs.float().numpy(), draws.numpy()), dtype=torch.long)
+    return _inverse_cdf_by_cumsum(probs, draws)
+
+
+def _inverse_cdf_by_cumsum(probs: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
     cdf = torch.cumsum(probs.double(), dim=-1)
     total = cdf[:, -1]
     # strictly below the total, so the slot found always holds some mass
     target = torch.minimum(draws.double() * total, torch.nextafter(total, torch.zeros_like(total)))
     return torch.searchsorted(cdf, target[:, None], right=True)[:, 0]
+
