@@ -158,3 +158,19 @@ def test_a_free_slot_holding_a_little_more_than_the_match_is_taken_in_place():
     batch.retire([other])
     _, last = start(batch, other.prompt[:420] + [9])  # 420 of the 800 cells: the other 380 are worth keeping
     assert model.copies[-1] == (slot, last) and last != slot
+
+
+def test_prompts_sent_again_together_each_take_their_own_slot_rather_than_copy_over_each_other():
+    """Four requests resent at once find their prompts in four free slots, each followed by a long answer. A copy
+    to keep one answer would overwrite another slot's prompt, which the next request then runs again: each
+    takes its own slot in place instead, and runs only its last token."""
+    model = RecordingModel(slots=4)
+    batch = SlotBatch(model, VOCAB)
+    seqs, slots = zip(*(start(batch, distinct_prompt(100 * i)) for i in range(4)), strict=True)
+    for seq in seqs:
+        seq.generated = list(range(5000, 5100))  # a long answer, worth keeping were the slot's cells not needed
+        seq.position += len(seq.generated)
+    batch.retire(seqs)
+    again = [batch.start_prefill(Seq(list(seq.prompt))) for seq in seqs]
+    assert model.copies == [] and [prefill.slot for prefill in again] == list(slots)
+    assert batch.prefixes.reused_tokens == sum(len(seq.prompt) - 1 for seq in seqs)

@@ -77,7 +77,7 @@ class LlamaCppModel:
                 wanted.append(np.ctypeslib.as_array(pointer, shape=(count, self.vocab_size)).copy())
         if not wanted:
             return np.empty((0, self.vocab_size), dtype=np.float32)
-        logits = np.concatenate(wanted)
+        logits = wanted[0] if len(wanted) == 1 else np.concatenate(wanted)  # one call's rows are copied once
         returned = [index for index in order if outputs[index]]  # whose logits each row is, as they came
         asked = sorted(returned)
         if returned == asked:

@@ -9,7 +9,7 @@ slot beside busy ones (released longest ago among those), because llama.cpp runs
 busy slots as its own pass over the weights. A prefix that sits in a busy slot, in a slot holding much
 more than the match, or in a slot that would split the busy ones, is copied into that better placed free
 slot instead (a copy moves the source's every cell, 15 us each), unless the match is too small a share of
-them to pay for it. So prefix reuse is bounded by the slots (``LLM_API_MAX_BATCH``) and each slot's
+them to pay for it, or the copy would overwrite as many cells of another prompt as it keeps. So prefix reuse is bounded by the slots (``LLM_API_MAX_BATCH``) and each slot's
 context, and evicts least recently used among equally placed slots. When finished sequences leave the
 busy slots scattered, the others are moved together.
 """
@@ -94,13 +94,13 @@ class SlotBatch:
         if source is None or reused < MIN_MATCH_TOKENS:
             slot, reused = best, 0
         elif source in self._free and (len(self._free) == 1 or (
-                self._gaps_added(source) <= self._gaps_added(best) and _cheap_to_lose(source_cells - reused,
-                                                                                       source_cells))):
+                self._gaps_added(source) <= self._gaps_added(best)
+                and self._cheap_in_place(source_cells - reused, source_cells, self._copy_target(source, best)))):
             slot = source
         elif _cheaper_than_copying(reused, source_cells):
             slot, reused = best, 0  # the copy would move far more cells than running the match costs
         else:
-            slot = best if best != source else self._best_free(excluding=source)
+            slot = self._copy_target(source, best)
             self._model.copy(source, slot)
         if not reused or not self._model.forget(slot, reused):
             reused = 0
@@ -111,6 +111,15 @@ class SlotBatch:
         prefill = SlotPrefill(seq, slot, reused)
         self._take(slot, prefill)
         return prefill
+
+    def _copy_target(self, source: int, best: int) -> int:
+        return best if best != source else self._best_free(excluding=source)
+
+    def _cheap_in_place(self, cells_past_match: int, cells: int, target: int) -> bool:
+        """Whether a free slot is better taken as it is, losing its cells past the match, than copied into
+        free ``target``: those cells are cheap to lose, or the copy would overwrite as many of ``target``'s
+        own (another prompt's prefix, as eight requests resent at once find in each other's slots)."""
+        return _cheap_to_lose(cells_past_match, cells) or cells_past_match <= len(self._held.get(target, ()))
 
     def _gaps_added(self, slot: int) -> int:
         """How many more runs of adjacent busy slots there are once ``slot`` is busy too (-1, 0 or 1): llama.cpp
