@@ -1,13 +1,14 @@
 """Prefix reuse: time to first token of a conversation's next turn after ~1,500 tokens of history, against
 the same turn with no history, with the prefix cache on and off, side by side in ONE run.
 
-Usage:  python -m bench.prefix_reuse [--history 1500] [--http] [--runs 3] [--backend torch|llama_cpp]
+Usage:  python -m bench.prefix_reuse [--history 1500] [--http] [--llama-server] [--runs 3] [--backend torch|llama_cpp]
 
 In-process, a real greedy conversation is held on the embedded model until its history passes
 ``--history`` tokens; every turn reports how many of its prompt tokens came from the cache (the
 previous answer is re-tokenized by the chat template, so this measures how much really matches).
 Then ``--runs`` different final questions are timed after the history and alone. With ``--http`` the
-same is done through the server (gunicorn, ``conversation_id`` turns), cache on and off.
+same is done through the server (gunicorn, ``conversation_id`` turns), cache on and off. With
+``--llama-server`` llama-server holds the same kind of conversation on the same GGUF file, for comparison.
 """
 
 from __future__ import annotations
@@ -168,12 +169,59 @@ def over_http(history_tokens: int, runs: int) -> dict[str, Any]:
     return out
 
 
+# ---- llama-server, the same conversation -------------------------------------------------------------
+
+def first_content_seconds(url: str, body: dict[str, Any]) -> float:
+    """Seconds to the first chunk of answer text of a streamed OpenAI chat completion."""
+    started = time.perf_counter()
+    with requests.post(f"{url}/v1/chat/completions", json={**body, "stream": True}, stream=True,
+                       timeout=600) as answer:
+        answer.raise_for_status()
+        for line in answer.iter_lines():
+            if line.startswith(b"data: {") and any(
+                    (choice.get("delta") or {}).get("content") for choice in json.loads(line[6:]).get("choices", [])):
+                return time.perf_counter() - started
+    raise RuntimeError("the stream ended without text")
+
+
+def over_llama_server(history_tokens: int, runs: int) -> dict[str, Any]:
+    """The same measurement on llama-server (the same GGUF file and kernels), OpenAI messages resent with one
+    more turn: its slots keep each prompt's KV cells (``cache_prompt``) as ours do. Four slots of 2,048 tokens."""
+    from bench.run import LLAMA_SERVER, Server, gguf_path
+
+    server = Server("llama-server-prefix", [str(LLAMA_SERVER), "-m", gguf_path(), "-np", "4", "-c", "8192",
+                                            "--host", "127.0.0.1", "--port", "{port}", "-t", str(os.cpu_count())],
+                    {}, ready_path="/health")
+    try:
+        url, messages, total = server.url, [], 0
+        for question in QUESTIONS:
+            messages.append({"role": "user", "content": question})
+            answer = requests.post(f"{url}/v1/chat/completions", timeout=600, json={
+                "messages": messages, "temperature": 0, "max_tokens": GREEDY_TURN}).json()
+            messages.append({"role": "assistant", "content": answer["choices"][0]["message"]["content"]})
+            total = answer["usage"]["total_tokens"]
+            if total >= history_tokens:
+                break
+        with_history, alone, cold = [], [], []
+        for question in FINAL[:runs]:
+            turn, asked = {"temperature": 0, "max_tokens": 1}, {"role": "user", "content": question}
+            with_history.append(first_content_seconds(url, {**turn, "messages": [*messages, asked]}))
+            alone.append(first_content_seconds(url, {**turn, "messages": [asked]}))
+            cold.append(first_content_seconds(url, {**turn, "cache_prompt": False, "messages": [*messages, asked]}))
+    finally:
+        server.stop()
+    out = summary(total, with_history, alone, cold)
+    print(f"  llama-server: {json.dumps(out)}", flush=True)
+    return out
+
+
 def main() -> None:
     global BACKEND
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--history", type=int, default=1500, help="history tokens before the timed turn")
     parser.add_argument("--runs", type=int, default=3, help="final questions timed (median)")
     parser.add_argument("--http", action="store_true", help="also through the server")
+    parser.add_argument("--llama-server", action="store_true", help="also llama-server on the same file")
     parser.add_argument("--backend", default=BACKEND, choices=("torch", "llama_cpp"), help="LLM_API_BACKEND")
     args = parser.parse_args()
     BACKEND = os.environ["LLM_API_BACKEND"] = args.backend  # the servers inherit the environment
@@ -186,6 +234,8 @@ def main() -> None:
     report["in_process"] = in_process(args.history, args.runs)
     if args.http:
         report["http"] = over_http(args.history, args.runs)
+    if args.llama_server:
+        report["llama_server"] = over_llama_server(args.history, args.runs)
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"prefix-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.json"
     path.write_text(json.dumps(report, indent=2))
