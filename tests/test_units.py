@@ -263,9 +263,9 @@ def test_the_nucleus_found_among_the_likely_tokens_draws_what_the_top_candidates
 
 
 def test_a_nucleus_drawn_from_the_logits_is_the_one_the_softmax_over_the_vocabulary_draws():
-    """On a CPU a row without top-k or min-p draws from its logits, weighing only the tokens within e^-20 of the
-    most likely: it picks what the softmax and top-256 path picks, at every temperature and top_p tried, and
-    leaves to that path (-1) the rows it cannot decide (a flat row's wide nucleus, a row that is not finite)."""
+    """On a CPU a row without top-k or min-p draws from its logits in NumPy, sorting only its likely tokens: it
+    picks what the softmax and top-256 path picks, at every temperature and top_p tried, and leaves to that
+    path (-1) the rows it cannot decide (a flat row's wide nucleus, a row that is not finite)."""
     import math
 
     import torch

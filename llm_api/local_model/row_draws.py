@@ -1,59 +1,50 @@
 """Draws made row by row in NumPy, for logits on a CPU.
 
 Each finds what the vectorised torch path over the whole vocabulary finds (the same nucleus, the same slot
-of the cumulative distribution), while reading most of the row once, or not at all past a comparison.
-Where a row cannot be decided exactly this way, the function says so (-1) and the caller takes the torch
-path for that row. The row's uniform number is drawn by the caller, once a step, whichever path uses it.
+of the cumulative distribution) in a few passes over the row, with no sort or cumulative sum over all of
+it. Where a row cannot be decided this way, the function says so (-1) and the caller takes the torch path
+for that row. The row's uniform number is drawn by the caller, once a step, whichever path uses it.
 """
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 
 # The nucleus is looked for first among the tokens at least this likely (relative to the row's total): when
 # they hold top_p of the mass, it is among them, and they are few (at most a thousand).
 LIKELY = 1e-3
-# Tokens whose logit over the temperature is this far below the row's largest are left out of the softmax: each
-# weighs under e^-20 of the most likely token, and all of them together are bounded, not computed.
-NEGLIGIBLE = 20.0
 # A draw over a whole row first finds which block of this many vocabulary slots it lands in.
 CDF_BLOCK = 256
 
 
 def nucleus_from_logits(row: np.ndarray, temperature: float, top_p: float, draw: float) -> int:
-    """The token drawn from the nucleus of ``softmax(row / temperature)`` with the uniform ``draw``, or -1.
+    """The token drawn from the nucleus of ``softmax(row / temperature)`` with the uniform ``draw``, or -1 when
+    that nucleus is not among the likely tokens (a flat row) or the row is not finite.
 
-    Only the tokens within ``NEGLIGIBLE`` of the largest scaled logit get their weight computed; the others'
-    total is bounded by their count times the weight at the cut. The nucleus is then drawn among the likely
-    tokens, whatever the true total in that range, or the row is left to the caller (-1): when the likely
-    tokens may hold less than ``top_p``, when where the nucleus ends depends on that total, or when the row
-    is not finite."""
-    peak = float(row.max())
-    if not math.isfinite(peak):
+    The weights are the softmax's numerators in float32, as torch's softmax computes them; only the likely
+    ones are sorted."""
+    peak = row.max()
+    if not np.isfinite(peak):
         return -1
-    cut = np.float32(peak - NEGLIGIBLE * temperature)  # compared in float32: every left-out logit is below it
-    ids = np.flatnonzero(row >= cut)
-    weights = np.exp((row[ids].astype(np.float64) - peak) / temperature)  # the most likely token weighs 1
-    known = float(weights.sum())
-    left_out = (row.size - ids.size) * math.exp((float(cut) - peak) / temperature)
-    likely = weights >= LIKELY * known  # a top set: every token outside it is less likely than each inside
-    return draw_from_top(ids[likely], weights[likely], known, known + left_out, top_p, draw)
+    weights = row - peak
+    weights *= np.float32(1.0 / temperature)
+    np.exp(weights, out=weights)  # the most likely token weighs 1
+    total = float(weights.sum())
+    ids = np.flatnonzero(weights >= LIKELY * total)
+    return draw_from_top(ids, weights[ids].astype(np.float64), total, top_p, draw)
 
 
 def nucleus_among_likely(row: np.ndarray, top_p: float, draw: float) -> int:
     """The token drawn from the nucleus of ``row`` (probabilities summing to 1) when that lies among its tokens
     of probability at least ``LIKELY``, else -1: finding those is one comparison over the row."""
     ids = np.flatnonzero(row >= LIKELY)
-    return draw_from_top(ids, row[ids], 1.0, 1.0, top_p, draw)
+    return draw_from_top(ids, row[ids], 1.0, top_p, draw)
 
 
-def draw_from_top(ids: np.ndarray, weights: np.ndarray, least_total: float, most_total: float, top_p: float,
-                  draw: float) -> int:
+def draw_from_top(ids: np.ndarray, weights: np.ndarray, total: float, top_p: float, draw: float) -> int:
     """The token drawn from the nucleus, given the weights of a top set of the row's tokens (every token not
-    given is less likely than each given one) and the range the whole row's weight lies in; -1 when the given
-    tokens may hold less than ``top_p`` of it, or when the nucleus's end moves within that range.
+    given is less likely than each given one) and the whole row's weight; -1 when the given tokens hold less
+    than ``top_p`` of it.
 
     The nucleus is the smallest set of most likely tokens whose weight reaches ``top_p`` of the total (ties
     in vocabulary order), and the draw takes the slot of its cumulative weight holding ``draw`` × its weight.
@@ -63,14 +54,11 @@ def draw_from_top(ids: np.ndarray, weights: np.ndarray, least_total: float, most
     order = np.argsort(-weights, kind="stable")  # most likely first; ties in vocabulary order
     ids, weights = ids[order], weights[order]
     cdf = np.cumsum(weights, dtype=np.float64)
-    before = cdf - weights
-    if cdf[-1] < top_p * most_total:
+    if cdf[-1] < top_p * total:
         return -1
-    size = max(1, int(np.searchsorted(before, top_p * least_total, side="left")))  # the weight before each is short
-    if size != max(1, int(np.searchsorted(before, top_p * most_total, side="left"))):
-        return -1
-    total = cdf[size - 1]
-    target = min(draw * total, np.nextafter(total, 0.0))  # strictly below the total: a slot with weight
+    size = max(1, int(np.searchsorted(cdf - weights, top_p * total, side="left")))  # the weight before each is short
+    nucleus = cdf[size - 1]
+    target = min(draw * nucleus, np.nextafter(nucleus, 0.0))  # strictly below the total: a slot with weight
     return int(ids[np.searchsorted(cdf[:size], target, side="right")])
 
 

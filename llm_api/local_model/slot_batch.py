@@ -9,9 +9,10 @@ slot beside busy ones (released longest ago among those), because llama.cpp runs
 busy slots as its own pass over the weights. A prefix that sits in a busy slot, in a slot holding much
 more than the match, or in a slot that would split the busy ones, is copied into that better placed free
 slot instead (a copy moves the source's every cell, 15 us each), unless the match is too small a share of
-them to pay for it, or the copy would overwrite as many cells of another prompt as it keeps. So prefix reuse is bounded by the slots (``LLM_API_MAX_BATCH``) and each slot's
-context, and evicts least recently used among equally placed slots. When finished sequences leave the
-busy slots scattered, the others are moved together.
+them to pay for it, or the copy would overwrite as many cells of another prompt as it keeps. So prefix
+reuse is bounded by the slots (``LLM_API_MAX_BATCH``) and each slot's context, and evicts least recently
+used among equally placed slots. When finished sequences leave the busy slots scattered, the others are
+moved together.
 """
 
 from __future__ import annotations
