@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import statistics
+import sys
 import time
 from datetime import UTC, datetime
 from types import ModuleType
@@ -29,6 +30,7 @@ def load_baseline(path: str) -> ModuleType:
     spec = importlib.util.spec_from_file_location("llm_api.local_model._baseline_sampling", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # a dataclass looks its module up there
     spec.loader.exec_module(module)
     return module
 

@@ -294,32 +294,6 @@ def test_a_nucleus_drawn_from_the_logits_is_the_one_the_softmax_over_the_vocabul
     assert nucleus_from_logits(broken.numpy(), 1.0, 0.9, 0.5) == -1
 
 
-def test_a_draw_over_blocks_picks_the_token_the_whole_cumulative_sum_picks():
-    """On a CPU a long row's draw sums blocks of 256 slots first: every draw, the first and the last included,
-    lands on the token the float64 cumulative sum over the whole row finds (draws exactly on a slot's end too), on
-    peaked and flat rows, on rows with empty blocks and on a vocabulary that is no multiple of the block."""
-    import torch
-
-    from llm_api.local_model.row_draws import inverse_cdf_by_blocks
-    from llm_api.local_model.sampling import _inverse_cdf_by_cumsum
-
-    generator = torch.Generator().manual_seed(11)
-    peaked = torch.softmax(torch.randn(8192 + 77, generator=generator) * 3, dim=-1)
-    flat = torch.full((8192 + 77,), 1.0)
-    flat[8192:] = 0.0  # a mass of 8192: the draws k / 8192 land exactly on the end of slot k - 1
-    holes = peaked.clone()
-    holes[:1024] = 0.0  # whole blocks without mass, as after a top-k cut
-    holes[2000:2300] = 0.0
-    draws = torch.cat([torch.tensor([0.0, 1 - 2**-53], dtype=torch.float64),
-                       torch.arange(1, 8192, 61, dtype=torch.float64) / 8192,
-                       torch.rand(2000, generator=generator, dtype=torch.float64)])
-    for row in (peaked, flat, holes):
-        probs = row.expand(len(draws), -1).contiguous()
-        by_blocks = inverse_cdf_by_blocks(probs.numpy(), draws.numpy())
-        assert by_blocks == _inverse_cdf_by_cumsum(probs, draws).tolist()
-        assert bool((row[by_blocks] > 0).all())
-
-
 def test_a_row_that_cannot_be_sampled_fails_alone():
     import torch
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from ..generation.types import SamplingParams
-from .row_draws import CDF_BLOCK, inverse_cdf_by_blocks, nucleus_among_likely, nucleus_from_logits
+from .row_draws import nucleus_among_likely, nucleus_from_logits
 
 _SEED_MASK = (1 << 64) - 1
 # The nucleus is looked for among this many most likely tokens first, which is far cheaper than sorting the
@@ -332,12 +332,6 @@ def _top_p_filter(sorted_probs: torch.Tensor, top_p: torch.Tensor | float) -> to
 
 def _inverse_cdf(probs: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
     """Index where each row's cumulative mass first passes ``draws`` × its total (never a zero-mass slot)."""
-    if probs.device.type == "cpu" and probs.shape[-1] >= 4 * CDF_BLOCK:
-        return torch.tensor(inverse_cdf_by_blocks(probs.float().numpy(), draws.numpy()), dtype=torch.long)
-    return _inverse_cdf_by_cumsum(probs, draws)
-
-
-def _inverse_cdf_by_cumsum(probs: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
     cdf = torch.cumsum(probs.double(), dim=-1)
     total = cdf[:, -1]
     # strictly below the total, so the slot found always holds some mass
