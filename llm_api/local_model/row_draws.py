@@ -58,4 +58,3 @@ def draw_from_top(ids: np.ndarray, weights: np.ndarray, total: float, top_p: flo
     nucleus = cdf[size - 1]
     target = min(draw * nucleus, np.nextafter(nucleus, 0.0))  # strictly below the total: a slot with weight
     return int(ids[np.searchsorted(cdf[:size], target, side="right")])
-

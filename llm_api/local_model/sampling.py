@@ -133,8 +133,8 @@ def choose_tokens(logits: torch.Tensor, samplers: list[Sampler]) -> list[int | E
 def _sample_from_logits(logits: torch.Tensor, samplers: list[Sampler], sampled: list[int], draws: torch.Tensor,
                         tokens: list[int | Exception]) -> tuple[list[int], torch.Tensor]:
     """On a CPU, the rows with a nucleus and no top-k or min-p cut draw straight from their logits
-    (:func:`nucleus_from_logits`, no softmax over the vocabulary); the rows it leaves, and their draws, are
-    returned for the vectorised path."""
+    (:func:`nucleus_from_logits`: NumPy, sorting only the likely tokens); the rows it leaves, and their
+    draws, are returned for the vectorised path."""
     rows = logits.float().numpy()
     left, left_draws = [], []
     for row, draw in zip(sampled, draws.tolist(), strict=True):
@@ -337,4 +337,3 @@ def _inverse_cdf(probs: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
     # strictly below the total, so the slot found always holds some mass
     target = torch.minimum(draws.double() * total, torch.nextafter(total, torch.zeros_like(total)))
     return torch.searchsorted(cdf, target[:, None], right=True)[:, 0]
-
