@@ -392,6 +392,8 @@ class Settings:
                               "0 runs one request at a time through `model.generate` (debugging)")
     torch_threads: int = _setting("LLM_API_TORCH_THREADS", 0, _int(0),
                                   "torch CPU threads; 0 = one per core")
+    engine_nice: int = _setting("LLM_API_ENGINE_NICE", 10, _int(0, 19),
+                                "how many nice levels the chat model's threads run below the HTTP thread; 0 = none")
     prefix_cache_tokens: int = _setting("LLM_API_PREFIX_CACHE_TOKENS", 8192, _int(0, 10_000_000),
                                         "tokens of recent sequences' KV state kept for prefix reuse; 0 = off")
     default_max_tokens: int = _setting("LLM_API_DEFAULT_MAX_TOKENS", 512, _int(1),

@@ -6,9 +6,12 @@ import json
 import socket
 import statistics
 import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
+import psutil
 import pytest
 import requests
 
@@ -69,6 +72,28 @@ def test_four_concurrent_streams_with_different_parameters_and_a_fast_healthz(li
     assert json.loads(results[3][-1]["data"])["usage"]["completion_tokens"] == 6
     assert len(probes) >= 5
     assert statistics.median(probes) < 0.05 and sorted(probes)[int(len(probes) * 0.9)] < 0.05, probes
+
+
+def _nice_by_thread(pid: int) -> dict[int, int]:
+    """Each thread of process ``pid`` and its nice value (the 19th field of its /proc stat)."""
+    values = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        stat = (task / "stat").read_text()
+        values[int(task.name)] = int(stat[stat.rindex(")") + 2:].split()[16])
+    return values
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice values are Linux's")
+def test_the_model_threads_run_ten_nice_levels_below_the_http_thread(live_server):
+    """LLM_API_ENGINE_NICE, 10 by default: in the worker, the gevent thread keeps the worker's priority, and the
+    engine thread and the OpenMP team it started for the model run 10 levels lower."""
+    requests.post(f"{live_server.url}/chat/new/message", json={"prompt": "Hi", "max_tokens": 2},
+                  timeout=120).raise_for_status()
+    worker = psutil.Process(live_server.process.pid).children()[0].pid
+    nice = _nice_by_thread(worker)
+    lowered = [thread for thread, value in nice.items() if value == min(19, nice[worker] + 10)]
+    assert len(lowered) >= 2  # the engine thread and at least one worker of its team (2 cores or more)
+    assert worker not in lowered
 
 
 def test_disconnect_stops_generation_within_five_steps(live_server):

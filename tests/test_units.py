@@ -67,6 +67,9 @@ def test_settings_parse_every_kind():
     ("LLM_API_MAX_QUEUE_WAIT", "30s", "LLM_API_MAX_QUEUE_WAIT must be a number"),
     ("LLM_API_MAX_QUEUE_WAIT", "nan", "LLM_API_MAX_QUEUE_WAIT must be a finite number"),
     ("LLM_API_MAX_QUEUE_WAIT", "inf", "LLM_API_MAX_QUEUE_WAIT must be a finite number"),
+    ("LLM_API_ENGINE_NICE", "-1", "LLM_API_ENGINE_NICE must be an integer >= 0 and <= 19"),
+    ("LLM_API_ENGINE_NICE", "20", "LLM_API_ENGINE_NICE must be an integer >= 0 and <= 19"),
+    ("LLM_API_ENGINE_NICE", "low", "LLM_API_ENGINE_NICE must be an integer"),
 ])
 def test_invalid_settings_name_the_variable(name, value, expected):
     with pytest.raises(ConfigError) as raised:

@@ -41,6 +41,7 @@ from .sampling import choose_tokens
 from .sequence import SequenceState
 from .slot_batch import SlotBatch
 from .spec import ModelSpec
+from .thread_priority import lower_priority
 from .torch_threads import use_threads
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ class EngineOptions:
     batching: bool = True
     torch_threads: int = 0  # 0: one per core
     prefix_cache_tokens: int = 8192  # KV state of recent sequences kept for prefix reuse; 0: off
+    nice: int = 0  # nice levels the engine thread (and the worker threads it starts) runs below its caller's
 
 
 class LocalEngine(ModelThread):
@@ -222,6 +224,7 @@ class LocalEngine(ModelThread):
                             prefixes=self._prefixes, decode_step=model.decode_step)
 
     def _load(self) -> None:
+        lower_priority(self.options.nice)  # before llama.cpp or torch starts its worker threads, which inherit it
         threads = self.options.torch_threads or os.cpu_count() or 1
         use_threads(threads)
         model = load_model(self.spec, slots=self.options.max_batch, threads=threads)

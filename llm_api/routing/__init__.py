@@ -56,7 +56,8 @@ def _local_engine(settings: Settings, source: str) -> Engine:
 
     options = EngineOptions(max_batch=settings.max_batch, max_queue=settings.max_queue,
                             prefill_chunk=settings.prefill_chunk, batching=settings.batching,
-                            torch_threads=settings.torch_threads, prefix_cache_tokens=settings.prefix_cache_tokens)
+                            torch_threads=settings.torch_threads, prefix_cache_tokens=settings.prefix_cache_tokens,
+                            nice=settings.engine_nice)
     return LocalEngine(local_model_spec(settings, source), options)
 
 
