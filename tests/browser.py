@@ -47,3 +47,17 @@ def wait_for(predicate, timeout: float = 90):
             return value
         time.sleep(0.1)
     raise AssertionError("timed out")
+
+
+def despite_rerenders(action, timeout: float = 30):
+    """Run ``action`` (finds elements and uses them) until it gets through without the page replacing one of
+    its elements under it, as a list the page reloads after an answer ends does; returns what it returns."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+
+    def attempt():
+        try:
+            return action() or True
+        except (NoSuchElementException, StaleElementReferenceException):
+            return False
+
+    return wait_for(attempt, timeout)

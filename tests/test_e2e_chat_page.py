@@ -17,7 +17,7 @@ import requests
 from selenium.common.exceptions import NoAlertPresentException
 from selenium.webdriver.common.keys import Keys
 
-from tests.browser import chromium_driver, wait_for
+from tests.browser import chromium_driver, despite_rerenders, wait_for
 from tests.cutting_proxy import CuttingProxy
 from tests.servers import LiveServer, start_server, stop_server
 
@@ -200,15 +200,19 @@ def test_keyboard_reload_continue_rename_and_delete(browser, model_server):
         conversation_id) == 1
 
     item = f"#conversations li[data-id='{conversation_id}']"
-    browser.find_element("css selector", f"{item} .rename").click()
-    title = browser.find_element("css selector", f"{item} input")
-    title.send_keys(Keys.CONTROL, "a")
-    title.send_keys("Capitals of Europe", Keys.ENTER)
+
+    def rename() -> None:  # the list reloads once the answer is done, maybe under the first click
+        browser.find_element("css selector", f"{item} .rename").click()
+        title = browser.find_element("css selector", f"{item} input")
+        title.send_keys(Keys.CONTROL, "a")
+        title.send_keys("Capitals of Europe", Keys.ENTER)
+
+    despite_rerenders(rename)
     wait_for(lambda: browser.find_element("id", "conversation_title").text == "Capitals of Europe")
     assert api(server, keys["page"], "GET", f"/conversations/{conversation_id}").json()["title"] == \
         "Capitals of Europe"
 
-    browser.find_element("css selector", f"{item} .delete").click()
+    despite_rerenders(lambda: browser.find_element("css selector", f"{item} .delete").click())
     alert = wait_for(lambda: _alert(browser))
     assert "Capitals of Europe" in alert.text
     alert.accept()
