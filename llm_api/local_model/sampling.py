@@ -135,13 +135,16 @@ def _sample_from_logits(logits: torch.Tensor, samplers: list[Sampler], sampled: 
     """On a CPU, the rows with a nucleus and no top-k or min-p cut draw straight from their logits
     (:func:`nucleus_from_logits`: NumPy, sorting only the likely tokens); the rows it leaves, and their
     draws, are returned for the vectorised path."""
+    def eligible(row: int) -> bool:
+        return samplers[row].params.top_p < 1.0 and not samplers[row].truncates
+
+    if not any(eligible(row) for row in sampled):
+        return sampled, draws  # no row for this path: nothing to convert
     rows = logits.float().numpy()
     left, left_draws = [], []
     for row, draw in zip(sampled, draws.tolist(), strict=True):
         params = samplers[row].params
-        token = -1
-        if params.top_p < 1.0 and not samplers[row].truncates:
-            token = nucleus_from_logits(rows[row], params.temperature, params.top_p, draw)
+        token = nucleus_from_logits(rows[row], params.temperature, params.top_p, draw) if eligible(row) else -1
         if token >= 0:
             tokens[row] = token
         else:
