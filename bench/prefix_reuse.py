@@ -172,16 +172,14 @@ def over_http(history_tokens: int, runs: int) -> dict[str, Any]:
 # ---- llama-server, the same conversation -------------------------------------------------------------
 
 def first_content_seconds(url: str, body: dict[str, Any]) -> float:
-    """Seconds to the first chunk of answer text of a streamed OpenAI chat completion."""
-    started = time.perf_counter()
-    with requests.post(f"{url}/v1/chat/completions", json={**body, "stream": True}, stream=True,
-                       timeout=600) as answer:
-        answer.raise_for_status()
-        for line in answer.iter_lines():
-            if line.startswith(b"data: {") and any(
-                    (choice.get("delta") or {}).get("content") for choice in json.loads(line[6:]).get("choices", [])):
-                return time.perf_counter() - started
-    raise RuntimeError("the stream ended without text")
+    """Seconds to the first chunk of answer text of a streamed OpenAI chat completion (``body`` gives its
+    messages and options)."""
+    from bench.run import stream_chat
+
+    result = stream_chat(url, "", body["max_tokens"], body)
+    if result.ttft is None:
+        raise RuntimeError("the stream ended without text")
+    return result.ttft
 
 
 def over_llama_server(history_tokens: int, runs: int) -> dict[str, Any]:
