@@ -394,6 +394,12 @@ class Settings:
                                   "torch CPU threads; 0 = one per core")
     engine_nice: int = _setting("LLM_API_ENGINE_NICE", 10, _int(0, 19),
                                 "how many nice levels the chat model's threads run below the HTTP thread; 0 = none")
+    decode_graphs: str = _setting(
+        "LLM_API_DECODE_GRAPHS", "auto", _choice("auto", "eager", "off"),
+        "`auto`: on CUDA (torch backend), decode steps run on a preallocated KV arena at fixed shapes, each "
+        "captured once as a CUDA graph; `eager`: the same fixed-shape steps without capture (also on CPU); `off`: "
+        "the padded batch that grows with its sequences, as on CPU",
+    )
     prefix_cache_tokens: int = _setting("LLM_API_PREFIX_CACHE_TOKENS", 8192, _int(0, 10_000_000),
                                         "tokens of recent sequences' KV state kept for prefix reuse; 0 = off")
     default_max_tokens: int = _setting("LLM_API_DEFAULT_MAX_TOKENS", 512, _int(1),

@@ -70,6 +70,7 @@ def test_settings_parse_every_kind():
     ("LLM_API_ENGINE_NICE", "-1", "LLM_API_ENGINE_NICE must be an integer >= 0 and <= 19"),
     ("LLM_API_ENGINE_NICE", "20", "LLM_API_ENGINE_NICE must be an integer >= 0 and <= 19"),
     ("LLM_API_ENGINE_NICE", "low", "LLM_API_ENGINE_NICE must be an integer"),
+    ("LLM_API_DECODE_GRAPHS", "on", "LLM_API_DECODE_GRAPHS must be one of auto, eager, off"),
 ])
 def test_invalid_settings_name_the_variable(name, value, expected):
     with pytest.raises(ConfigError) as raised:

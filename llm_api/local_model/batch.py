@@ -203,7 +203,7 @@ class RunningBatch:
         if found is None:
             return Prefill(seq, cache)
         length, kv = found
-        for layer, (keys, values) in zip(_layers(cache), kv, strict=True):
+        for layer, (keys, values) in zip(cache_layers(cache), kv, strict=True):
             layer.lazy_initialization(keys, values)
             layer.keys, layer.values = keys, values  # views: the next update concatenates into new tensors
         return Prefill(seq, cache, reused=length)
@@ -214,7 +214,7 @@ class RunningBatch:
         ``source``'s keys and values instead of running the prompt again (a request's ``n`` answers)."""
         assert source.prompt_kv is not None and twin.seq.request.prompt_ids == source.seq.request.prompt_ids
         cache = self._new_cache()
-        for layer, (keys, values) in zip(_layers(cache), source.prompt_kv, strict=True):
+        for layer, (keys, values) in zip(cache_layers(cache), source.prompt_kv, strict=True):
             layer.lazy_initialization(keys, values)
             layer.keys, layer.values = keys, values
         twin.cache, twin.done = cache, len(twin.seq.request.prompt_ids)
@@ -230,7 +230,7 @@ class RunningBatch:
     def abandon_prefill(self, prefill: Prefill) -> None:
         """A prefill that ends before joining (cancelled): keep what it computed for the next try."""
         if prefill.done > prefill.reused:
-            kv = [(k.clone(), v.clone()) for k, v in map(_kv, _layers(prefill.cache))]
+            kv = [(k.clone(), v.clone()) for k, v in map(layer_kv, cache_layers(prefill.cache))]
             self.prefixes.store(prefill.seq.request.prompt_ids[:prefill.done], kv)
 
     @torch.inference_mode()
@@ -250,7 +250,7 @@ class RunningBatch:
         prefill.done = end
         if prefill.remaining:
             return None
-        prefill.prompt_kv = [_kv(layer) for layer in _layers(prefill.cache)]  # columns never written again
+        prefill.prompt_kv = [layer_kv(layer) for layer in cache_layers(prefill.cache)]  # columns never written again
         self._join(prefill.seq, prefill.cache, len(prompt))
         return self._limit(out.logits[:, -1, :])[0]
 
@@ -267,7 +267,7 @@ class RunningBatch:
         inputs = {"input_ids": ids, "attention_mask": self._mask, "position_ids": positions, "use_cache": True,
                   self._cache_arg: self._cache}
         if self._decode_step is not self._model:  # compiled: a buffer that must grow does so here, not inside it
-            for layer in _layers(self._cache):
+            for layer in cache_layers(self._cache):
                 if isinstance(layer, SlotLayer):
                     layer.reserve(1)
         if self._split_head is not None and len(self.rows) in _SLOW_HEAD_ROWS:
@@ -320,8 +320,8 @@ class RunningBatch:
         mask = self._mask.index_select(0, index)
         first_real = int(mask.any(dim=0).int().argmax())
         self._set_mask(mask[:, first_real:])
-        for layer in _layers(self._cache):
-            keys, values = _kv(layer)
+        for layer in cache_layers(self._cache):
+            keys, values = layer_kv(layer)
             keys = keys[:, :, first_real:].index_select(0, index)
             values = values[:, :, first_real:].index_select(0, index)
             if isinstance(layer, SlotLayer):
@@ -337,7 +337,7 @@ class RunningBatch:
         fed = seq.position  # prompt + generated tokens but the last, which the model has not seen yet
         ids = [*seq.request.prompt_ids, *seq.generated][:fed]
         kv = [(k[index:index + 1, :, k.shape[2] - fed:].clone(), v[index:index + 1, :, v.shape[2] - fed:].clone())
-              for k, v in map(_kv, _layers(self._cache))]
+              for k, v in map(layer_kv, cache_layers(self._cache))]
         return ids, kv
 
     def clear(self) -> None:
@@ -359,8 +359,8 @@ class RunningBatch:
         assert self._mask is not None
         width = max(self._mask.shape[1], length)
         self._set_mask(torch.cat([_pad_left(self._mask, width), _pad_left(mask, width)], dim=0))
-        for mine, theirs in zip(_layers(self._cache), _layers(cache), strict=True):
-            (my_keys, my_values), (their_keys, their_values) = _kv(mine), _kv(theirs)
+        for mine, theirs in zip(cache_layers(self._cache), cache_layers(cache), strict=True):
+            (my_keys, my_values), (their_keys, their_values) = layer_kv(mine), layer_kv(theirs)
             if isinstance(mine, SlotLayer):
                 mine.assemble([(my_keys, my_values), (their_keys, their_values)], width)
                 continue
@@ -393,12 +393,12 @@ def _plain_head(model: Any) -> tuple[Any, Any] | None:
     return body, head
 
 
-def _layers(cache: DynamicCache) -> list[DynamicLayer]:
+def cache_layers(cache: DynamicCache) -> list[DynamicLayer]:
     """The cache's layers, which :func:`supports_batched_cache` checked are all plain ``DynamicLayer``."""
     return cast(list[DynamicLayer], cache.layers)
 
 
-def _kv(layer: DynamicLayer) -> tuple[torch.Tensor, torch.Tensor]:
+def layer_kv(layer: DynamicLayer) -> tuple[torch.Tensor, torch.Tensor]:
     keys, values = layer.keys, layer.values
     assert keys is not None and values is not None, "a cache layer used before its first update"
     return keys, values

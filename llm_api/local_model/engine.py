@@ -32,6 +32,7 @@ from .batch import RunningBatch, supports_batched_cache
 from .errors import ModelLoadError
 from .generate_runner import run_with_generate
 from .grammar import GrammarCompiler, RowGrammar, apply_masks
+from .graphed_batch import GraphedBatch, capture_cuda_graph, no_capture
 from .llama_cpp_model import LlamaCppModel
 from .loader import LoadedModel, load_model
 from .prefix_cache import PrefixCache
@@ -58,6 +59,7 @@ class EngineOptions:
     torch_threads: int = 0  # 0: one per core
     prefix_cache_tokens: int = 8192  # KV state of recent sequences kept for prefix reuse; 0: off
     nice: int = 0  # nice levels the engine thread (and the worker threads it starts) runs below its caller's
+    decode_graphs: str = "auto"  # auto: CUDA graphs on CUDA | eager: fixed-shape steps, not captured | off
 
 
 class LocalEngine(ModelThread):
@@ -219,6 +221,11 @@ class LocalEngine(ModelThread):
     def _new_batch(self, model: LoadedModel) -> Batch[Any]:
         if isinstance(model.model, LlamaCppModel):
             return SlotBatch(model.model, model.vocab_limit, reuse_prefixes=self._prefixes.enabled)
+        graphs = self.options.decode_graphs
+        if model.decode_step is None and (graphs == "eager" or (graphs == "auto" and model.device.type == "cuda")):
+            capture = capture_cuda_graph(torch.cuda.graph_pool_handle()) if graphs == "auto" else no_capture
+            return GraphedBatch(model.model, model.device, model.vocab_limit, slots=self.options.max_batch,
+                                prefixes=self._prefixes, capture=capture)
         pad_head = model.device.type == "cpu" and model.dtype == torch.float32 and model.decode_step is None
         return RunningBatch(model.model, model.device, model.vocab_limit, pad_head_rows=pad_head,
                             prefixes=self._prefixes, decode_step=model.decode_step)

@@ -57,7 +57,7 @@ def _local_engine(settings: Settings, source: str) -> Engine:
     options = EngineOptions(max_batch=settings.max_batch, max_queue=settings.max_queue,
                             prefill_chunk=settings.prefill_chunk, batching=settings.batching,
                             torch_threads=settings.torch_threads, prefix_cache_tokens=settings.prefix_cache_tokens,
-                            nice=settings.engine_nice)
+                            nice=settings.engine_nice, decode_graphs=settings.decode_graphs)
     return LocalEngine(local_model_spec(settings, source), options)
 
 
