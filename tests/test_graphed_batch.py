@@ -70,6 +70,23 @@ def test_a_chatglm3_shaped_model_decodes_the_same_from_replayed_steps():
     assert not [op for op in capture.operations if op.startswith(HOST_SYNCS)]
 
 
+def test_a_capture_that_fails_leaves_the_batch_decoding_uncaptured(caplog):
+    from bench.gpu_decode import TINY, random_model, run
+
+    def failing(step: Step) -> Step:
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    cpu = torch.device("cpu")
+    model = random_model(TINY, cpu, torch.float32)
+    vocab = model.config.vocab_size
+    prompts = [list(range(10, 40)), list(range(50, 70))]
+    graphed = GraphedBatch(model, cpu, vocab, slots=2, prefixes=PrefixCache(0), capture=failing)
+    padded = RunningBatch(model, cpu, vocab, prefixes=PrefixCache(0))
+    assert run(graphed, prompts, 8, cpu)[2] == run(padded, prompts, 8, cpu)[2]
+    assert [r.message for r in caplog.records if r.levelname == "ERROR"] == [
+        "decode step capture failed; decode steps run uncaptured from now on"]
+
+
 @pytest.fixture(scope="module")
 def traced():
     capture = TracedCapture()

@@ -169,11 +169,21 @@ class GraphedBatch(RunningBatch):
         self._positions[:rows_bucket].copy_(torch.tensor([row.position for row in self.rows] + padding))
         step = self._steps.get((rows_bucket, columns_bucket))
         if step is None:
-            step = self._steps[(rows_bucket, columns_bucket)] = self._capture(self._step(rows_bucket, columns_bucket))
+            step = self._steps[(rows_bucket, columns_bucket)] = self._captured(self._step(rows_bucket, columns_bucket))
         logits = step()[:rows].clone()  # the replay's output buffer is written again by the next replay
         for row in self.rows:
             row.position += 1
         return self._limit(logits)
+
+    def _captured(self, step: Step) -> Step:
+        """``step`` captured; if capture fails (a model whose forward cannot be captured), the step as it is,
+        and every later step too: the batch goes on uncaptured rather than failing its requests."""
+        try:
+            return self._capture(step)
+        except Exception:
+            log.exception("decode step capture failed; decode steps run uncaptured from now on")
+            self._capture = no_capture
+            return step
 
     def _step(self, rows: int, columns: int) -> Step:
         """One decode step for ``rows`` slots and ``columns`` columns, reading only the fixed input buffers."""
