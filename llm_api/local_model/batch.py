@@ -302,15 +302,17 @@ class RunningBatch:
 
     @torch.inference_mode()
     def retire(self, finished: Sequence[SequenceState]) -> None:
-        """Drop finished rows (leaving their KV state to the prefix cache) and the columns that are padding
-        in every remaining row."""
+        """Drop finished rows, leaving their KV state to the prefix cache."""
         if not finished:
             return
         if self.prefixes.enabled:
             for seq in finished:
                 if seq in self.rows and seq.finish_reason != "error":
                     self.prefixes.store(*self._row_state(self.rows.index(seq)))
-        keep = [i for i, row in enumerate(self.rows) if row not in finished]
+        self._keep_rows([i for i, row in enumerate(self.rows) if row not in finished])
+
+    def _keep_rows(self, keep: list[int]) -> None:
+        """Only the rows at indices ``keep`` stay; columns that are padding in all of them go."""
         self.rows = [self.rows[i] for i in keep]
         if not keep:
             self._cache, self._mask, self._mask_buffer = None, None, None

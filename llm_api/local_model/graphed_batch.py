@@ -20,7 +20,7 @@ plain PyTorch calls.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -224,17 +224,8 @@ class GraphedBatch(RunningBatch):
         self._arena.put(len(self.rows), kv)
         self.rows.append(seq)
 
-    @torch.inference_mode()
-    def retire(self, finished: Sequence[SequenceState]) -> None:
-        """Drop finished rows (leaving their KV state to the prefix cache); the others move down to keep the
-        occupied slots first."""
-        if not finished:
-            return
-        if self.prefixes.enabled:
-            for seq in finished:
-                if seq in self.rows and seq.finish_reason != "error":
-                    self.prefixes.store(*self._row_state(self.rows.index(seq)))
-        keep = [i for i, row in enumerate(self.rows) if row not in finished]
+    def _keep_rows(self, keep: list[int]) -> None:
+        """Only the rows at indices ``keep`` stay; they move down to keep the occupied slots first."""
         assert self._arena is not None
         for target, source in enumerate(keep):
             if source != target:
