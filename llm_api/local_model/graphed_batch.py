@@ -152,11 +152,6 @@ class GraphedBatch(RunningBatch):
         self._token_ids = torch.zeros((self._slots, 1), dtype=torch.long, device=device)
         self._positions = torch.zeros(self._slots, dtype=torch.long, device=device)
 
-    @property
-    def captured_buckets(self) -> list[tuple[int, int]]:
-        """The (rows, columns) buckets whose step has been captured for the current arena."""
-        return sorted(self._steps)
-
     @torch.inference_mode()
     def decode(self) -> torch.Tensor:
         rows = len(self.rows)
