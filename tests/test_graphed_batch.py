@@ -1,4 +1,5 @@
-"""The fixed-shape decode step (``LLM_API_DECODE_GRAPHS``) on the CPU, where no CUDA graph can be captured.
+"""The fixed-shape decode step (``LLM_API_DECODE_GRAPHS``) on the CPU, where no CUDA graph can be captured, on
+tiny random models of the embedded model's and ChatGLM3's architectures.
 
 The step of each bucket is traced once into a graph of PyTorch operations on its fixed buffers and that graph is
 replayed from then on, as a CUDA graph would be: shapes, Python branches and tensor addresses are frozen at
@@ -20,6 +21,7 @@ from llm_api.local_model.graphed_batch import MIN_COLUMNS, GraphedBatch, Step, b
 from llm_api.local_model.loader import ModelSpec
 from llm_api.local_model.prefix_cache import PrefixCache
 from tests.generation import collect
+from tests.llama_tiny import build_tiny_llama
 from tests.servers import CACHE_DIR
 
 PROMPTS = ["What is the capital of France?", "Write a haiku about the sea.", "Explain gravity in one sentence.",
@@ -64,8 +66,8 @@ def test_a_chatglm3_shaped_model_decodes_the_same_from_replayed_steps():
     prompts = [torch.randint(0, vocab, (length,), generator=generator).tolist() for length in (20, 140, 60)]
     capture = TracedCapture()
     graphed = GraphedBatch(model, cpu, vocab, slots=4, prefixes=PrefixCache(0), capture=capture)
-    padded = RunningBatch(model, cpu, vocab, prefixes=PrefixCache(0))
-    assert run(graphed, prompts, 20, cpu)[2] == run(padded, prompts, 20, cpu)[2]
+    padded_batch = RunningBatch(model, cpu, vocab, prefixes=PrefixCache(0))
+    assert run(graphed, prompts, 20, cpu)[2] == run(padded_batch, prompts, 20, cpu)[2]
     assert (capture.captures, capture.replays) == (1, 20)
     assert not [op for op in capture.operations if op.startswith(HOST_SYNCS)]
 
@@ -81,77 +83,102 @@ def test_a_capture_that_fails_leaves_the_batch_decoding_uncaptured(caplog):
     vocab = model.config.vocab_size
     prompts = [list(range(10, 40)), list(range(50, 70))]
     graphed = GraphedBatch(model, cpu, vocab, slots=2, prefixes=PrefixCache(0), capture=failing)
-    padded = RunningBatch(model, cpu, vocab, prefixes=PrefixCache(0))
-    assert run(graphed, prompts, 8, cpu)[2] == run(padded, prompts, 8, cpu)[2]
+    padded_batch = RunningBatch(model, cpu, vocab, prefixes=PrefixCache(0))
+    assert run(graphed, prompts, 8, cpu)[2] == run(padded_batch, prompts, 8, cpu)[2]
     assert [r.message for r in caplog.records if r.levelname == "ERROR"] == [
         "decode step capture failed; decode steps run uncaptured from now on"]
 
 
+def started(engine: LocalEngine) -> LocalEngine:
+    engine.start()
+    assert engine.wait_ready(300), engine.load_error
+    return engine
+
+
 @pytest.fixture(scope="module")
-def traced():
-    capture = TracedCapture()
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(engine_module, "no_capture", capture)
-        engine = LocalEngine(ModelSpec("embedded", cache_dir=str(CACHE_DIR)),
-                             EngineOptions(max_batch=8, max_queue=32, decode_graphs="eager"))
-        engine.start()
-        assert engine.wait_ready(300), engine.load_error
-    yield engine, capture
+def eager():
+    """The embedded model on the fixed-shape steps, uncaptured: its answers depend on every earlier token, so
+    a row reading another slot's keys and values, or a stale column, changes them."""
+    engine = started(LocalEngine(ModelSpec("embedded", cache_dir=str(CACHE_DIR)),
+                                 EngineOptions(max_batch=8, decode_graphs="eager")))
+    yield engine
     engine.stop()
 
 
-def answer(engine: LocalEngine, messages: list[dict[str, str]], max_tokens: int, delay: float = 0.0):
-    gevent.sleep(delay)
+@pytest.fixture(scope="module")
+def tiny_folder():
+    return build_tiny_llama(CACHE_DIR / "llama-tiny-2x64", CACHE_DIR)
+
+
+def answer(engine: LocalEngine, messages: list[dict[str, str]], max_tokens: int):
     handle = engine.submit("t", engine.encode_chat(messages), SamplingParams(max_tokens=max_tokens, temperature=0.0))
     text, finished, _ = collect(handle, 60)
     return text, finished.token_ids
 
 
+LENGTHS = [30, 12, 24, 15, 40, 18, 27, 21]
+LONG_QUESTION = [{"role": "user", "content": "Summarise this: " + "the quick brown fox jumps over it; " * 30}]
+
+
 def staggered(engine: LocalEngine) -> list[tuple[int, ...]]:
-    """Eight requests a little apart, of different lengths: rows join while others decode and leave in the
-    middle, so slots are filled, moved down and reused."""
-    jobs = [gevent.spawn(answer, engine, [{"role": "user", "content": prompt}], 16 + 6 * i, 0.03 * i)
-            for i, prompt in enumerate(PROMPTS)]
+    """Eight requests at once, of different lengths: each joins after its prefill while the others decode, and
+    they leave out of order, so slots are filled, moved down and reused."""
+    jobs = [gevent.spawn(answer, engine, [{"role": "user", "content": prompt}], length)
+            for prompt, length in zip(PROMPTS, LENGTHS, strict=True)]
     gevent.joinall(jobs, raise_error=True)
     return [job.value[1] for job in jobs]
 
 
 @pytest.mark.model
-def test_replayed_steps_answer_as_the_padded_batch_alone_and_in_a_staggered_batch(traced, real_engine):
-    engine, capture = traced
-    assert staggered(engine) == staggered(real_engine)
-    alone = answer(engine, [{"role": "user", "content": PROMPTS[3]}], 34)
-    assert alone == answer(real_engine, [{"role": "user", "content": PROMPTS[3]}], 34)
-    assert capture.captures <= 4 and capture.replays > 15 * capture.captures  # row buckets 1, 2, 4, 8; 128 columns
-    assert "aten.index_put_.default" in capture.operations  # the operations' names are as expected
-    assert not [op for op in capture.operations if op.startswith(HOST_SYNCS)]
+def test_the_arena_answers_as_the_padded_batch_in_a_staggered_batch_and_alone(eager, real_engine):
+    assert staggered(eager) == staggered(real_engine)
+    question = [{"role": "user", "content": PROMPTS[3]}]
+    assert answer(eager, question, 24) == answer(real_engine, question, 24)
 
 
 @pytest.mark.model
-def test_a_sequence_longer_than_the_arena_grows_it_and_captures_again(traced, real_engine):
-    engine, capture = traced
-    long_question = [{"role": "user", "content": "Summarise this: " + "the quick brown fox jumps over it; " * 30}]
-    before = capture.captures
-    assert answer(engine, long_question, 40) == answer(real_engine, long_question, 40)
-    assert len(engine.encode_chat(long_question)) > MIN_COLUMNS and capture.captures > before
+def test_a_sequence_longer_than_the_arena_grows_it_and_answers_the_same(eager, real_engine):
+    assert len(eager.encode_chat(LONG_QUESTION)) > MIN_COLUMNS
+    assert answer(eager, LONG_QUESTION, 24) == answer(real_engine, LONG_QUESTION, 24)
 
 
 @pytest.mark.model
-def test_a_conversation_reuses_its_prefix_and_answers_as_the_padded_batch(traced, real_engine):
-    engine, _ = traced
-    hits = engine._prefixes.hits
-    for source in (engine, real_engine):
+def test_a_conversation_reuses_its_prefix_and_answers_as_the_padded_batch(eager, real_engine):
+    hits = eager._prefixes.hits
+    turns: dict[LocalEngine, list[tuple[int, ...]]] = {eager: [], real_engine: []}
+    for engine, answers in turns.items():
         messages: list[dict[str, str]] = []
-        turns = []
         for question in ("Tell me about Rome.", "And its emperors?", "Which one was the most famous?"):
             messages.append({"role": "user", "content": question})
-            text, ids = answer(source, messages, 24)
+            text, ids = answer(engine, messages, 16)
             messages.append({"role": "assistant", "content": text})
-            turns.append(ids)
-        if source is engine:
-            graphed_turns = turns
-    assert graphed_turns == turns
-    assert engine._prefixes.hits >= hits + 2
+            answers.append(ids)
+    assert turns[eager] == turns[real_engine]
+    assert eager._prefixes.hits >= hits + 2
+
+
+@pytest.mark.model
+def test_steps_captured_once_per_bucket_and_replayed_answer_as_the_padded_batch(tiny_folder):
+    """On a tiny model (tracing the embedded model's 30 layers takes seconds a bucket): each bucket's step is
+    traced once, replayed from then on, and holds no operation the host waits for."""
+    capture = TracedCapture()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(engine_module, "no_capture", capture)
+        traced = started(LocalEngine(ModelSpec(str(tiny_folder), cache_dir=str(CACHE_DIR)),
+                                     EngineOptions(max_batch=8, decode_graphs="eager")))
+    padded = started(LocalEngine(ModelSpec(str(tiny_folder), cache_dir=str(CACHE_DIR)),
+                                 EngineOptions(max_batch=8, decode_graphs="off")))
+    try:
+        assert staggered(traced) == staggered(padded)
+        captures = capture.captures
+        assert 2 <= captures <= 4 and capture.replays > 10 * captures  # row buckets 1, 2, 4, 8; 128 columns
+        assert answer(traced, LONG_QUESTION, 24) == answer(padded, LONG_QUESTION, 24)
+        assert capture.captures > captures  # the arena grew: its steps were captured again
+    finally:
+        traced.stop()
+        padded.stop()
+    assert "aten.index_put_.default" in capture.operations  # the operations' names are as expected
+    assert not [op for op in capture.operations if op.startswith(HOST_SYNCS)]
 
 
 def test_the_gpu_benchmark_runs_a_chatglm3_shaped_model_and_both_batches_agree(capsys, monkeypatch):
