@@ -59,7 +59,8 @@ def capture_cuda_graph(pool: Any) -> Capture:
                 step()
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=pool):
+        # thread_local: an embedding model's thread may use the GPU meanwhile; only this thread must not
+        with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
             logits = step()
 
         def replay() -> torch.Tensor:
