@@ -275,3 +275,12 @@ def test_bad_engine_lists_are_refused_with_one_line(raw, expected):
 def test_bad_fallback_numbers_are_refused(variable):
     with pytest.raises(ConfigError, match=variable):
         Settings.from_env({variable: "-1"})
+
+
+def test_the_local_engine_takes_its_options_from_the_settings():
+    """Every engine setting reaches the engine it builds (the engine is built, not started: nothing loads)."""
+    settings = Settings.from_env({"LLM_API_MAX_BATCH": "5", "LLM_API_PREFILL_CHUNK": "32", "LLM_API_ENGINE_NICE": "3",
+                                  "LLM_API_PREFIX_CACHE_TOKENS": "100", "LLM_API_DECODE_GRAPHS": "eager"})
+    options = build_router(settings).members[0].engine.options
+    assert (options.max_batch, options.prefill_chunk, options.nice, options.prefix_cache_tokens,
+            options.decode_graphs) == (5, 32, 3, 100, "eager")
