@@ -1,10 +1,10 @@
-"""The fixed-shape decode step (``LLM_API_DECODE_GRAPHS``) on the CPU, where no CUDA graph can be captured, on
-tiny random models of the embedded model's and ChatGLM3's architectures.
+"""The fixed-shape decode steps (``LLM_API_DECODE_GRAPHS``) on the CPU, where no CUDA graph can be captured.
 
-The step of each bucket is traced once into a graph of PyTorch operations on its fixed buffers and that graph is
-replayed from then on, as a CUDA graph would be: shapes, Python branches and tensor addresses are frozen at
-capture. The answers must match the padded batch's token for token, and the graph must hold no operation that
-waits for the device (a CUDA capture fails on those)."""
+On the embedded model, uncaptured, the arena's layout must give the padded batch's answers token for token. On
+tiny random models of the embedded model's and ChatGLM3's architectures, each bucket's step is traced once into
+a graph of PyTorch operations on its fixed buffers and that graph is replayed, as a CUDA graph would be: shapes,
+Python branches and tensor addresses are frozen at capture. The answers must match the padded batch's, and the
+graph must hold no operation whose result the host waits for (a CUDA capture fails on those)."""
 
 from __future__ import annotations
 
