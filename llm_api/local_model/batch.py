@@ -332,15 +332,17 @@ class RunningBatch:
                 layer.keys, layer.values = keys, values
 
     def _row_state(self, index: int) -> tuple[list[int], KV]:
-        """Row ``index``'s token ids fed so far and a copy of their keys and values (the rightmost columns:
-        rows are left-padded)."""
-        assert self._cache is not None
+        """Row ``index``'s token ids fed so far and a copy of their keys and values."""
         seq = self.rows[index]
         fed = seq.position  # prompt + generated tokens but the last, which the model has not seen yet
-        ids = [*seq.request.prompt_ids, *seq.generated][:fed]
-        kv = [(k[index:index + 1, :, k.shape[2] - fed:].clone(), v[index:index + 1, :, v.shape[2] - fed:].clone())
-              for k, v in map(layer_kv, cache_layers(self._cache))]
-        return ids, kv
+        return [*seq.request.prompt_ids, *seq.generated][:fed], self._row_kv(index, fed)
+
+    def _row_kv(self, index: int, fed: int) -> KV:
+        """A copy of row ``index``'s keys and values for its ``fed`` tokens (the rightmost columns: rows are
+        left-padded)."""
+        assert self._cache is not None
+        return [(k[index:index + 1, :, k.shape[2] - fed:].clone(), v[index:index + 1, :, v.shape[2] - fed:].clone())
+                for k, v in map(layer_kv, cache_layers(self._cache))]
 
     def clear(self) -> None:
         self.rows, self._cache, self._mask, self._mask_buffer = [], None, None, None

@@ -100,8 +100,9 @@ class _Arena:
 
     def put(self, slot: int, kv: KV) -> None:
         """Keys and values of one sequence ([1, heads, length, dim] per layer) into ``slot``'s first columns."""
-        for arena, part in zip([*self.keys, *self.values], [*(k for k, _ in kv), *(v for _, v in kv)], strict=True):
-            arena[slot].narrow(1, 0, part.shape[2]).copy_(part[0])
+        for keys, values, (k, v) in zip(self.keys, self.values, kv, strict=True):
+            keys[slot].narrow(1, 0, k.shape[2]).copy_(k[0])
+            values[slot].narrow(1, 0, v.shape[2]).copy_(v[0])
 
     def take(self, slot: int, length: int) -> KV:
         """A copy of ``slot``'s first ``length`` columns, [1, heads, length, dim] per layer."""
@@ -157,9 +158,8 @@ class GraphedBatch(RunningBatch):
     def decode(self) -> torch.Tensor:
         rows = len(self.rows)
         needed = max(row.position for row in self.rows) + 1
-        self._make_room(needed)
-        assert self._arena is not None
-        rows_bucket, columns_bucket = bucket(rows), min(bucket(needed, MIN_COLUMNS), self._arena.columns)
+        self._make_room(needed)  # the arena's columns are a bucket too: at least the step's
+        rows_bucket, columns_bucket = bucket(rows), bucket(needed, MIN_COLUMNS)
         padding = [0] * (rows_bucket - rows)  # extra rows: token 0 at position 0 of a free slot
         self._token_ids[:rows_bucket, 0].copy_(torch.tensor([row.last_token for row in self.rows] + padding))
         self._positions[:rows_bucket].copy_(torch.tensor([row.position for row in self.rows] + padding))
@@ -228,11 +228,9 @@ class GraphedBatch(RunningBatch):
                 self._arena.move(source, target, self.rows[source].position)
         self.rows = [self.rows[i] for i in keep]
 
-    def _row_state(self, index: int) -> tuple[list[int], KV]:
+    def _row_kv(self, index: int, fed: int) -> KV:
         assert self._arena is not None
-        seq = self.rows[index]
-        fed = seq.position  # prompt + generated tokens but the last, which the model has not seen yet
-        return [*seq.request.prompt_ids, *seq.generated][:fed], self._arena.take(index, fed)
+        return self._arena.take(index, fed)
 
     def clear(self) -> None:
         self.rows = []
