@@ -17,7 +17,7 @@ import llm_api.local_model.engine as engine_module
 from llm_api.generation.types import SamplingParams
 from llm_api.local_model.batch import RunningBatch
 from llm_api.local_model.engine import EngineOptions, LocalEngine
-from llm_api.local_model.graphed_batch import MIN_COLUMNS, GraphedBatch, Step, bucket
+from llm_api.local_model.graphed_batch import MIN_COLUMNS, Capture, GraphedBatch, Step, bucket
 from llm_api.local_model.loader import ModelSpec
 from llm_api.local_model.prefix_cache import PrefixCache
 from tests.generation import collect
@@ -54,37 +54,46 @@ class TracedCapture:
         return replay
 
 
-def test_a_chatglm3_shaped_model_decodes_the_same_from_replayed_steps():
-    """ChatGLM3's native architecture (``GlmForCausalLM``: grouped keys and values, partial rotary embeddings)
-    at two layers, three rows of different lengths: one captured step (4 rows, 256 columns) replayed."""
-    from bench.gpu_decode import TINY, random_model, run
+CPU = torch.device("cpu")
 
-    cpu = torch.device("cpu")
-    model = random_model(TINY, cpu, torch.float32)
+
+@pytest.fixture(scope="module")
+def tiny_glm():
+    """ChatGLM3's native architecture (``GlmForCausalLM``: grouped keys and values, partial rotary embeddings)
+    at two layers, random weights, float32."""
+    from bench.gpu_decode import TINY, random_model
+
+    return random_model(TINY, CPU, torch.float32)
+
+
+def graphed_and_padded_tokens(model, capture: Capture, prompts: list[list[int]], steps: int):
+    """Each row's greedy tokens from the graphed batch (with ``capture``) and from the padded batch."""
+    from bench.gpu_decode import run
+
     vocab = model.config.vocab_size
+    graphed = GraphedBatch(model, CPU, vocab, slots=len(prompts), prefixes=PrefixCache(0), capture=capture)
+    padded_batch = RunningBatch(model, CPU, vocab, prefixes=PrefixCache(0))
+    return run(graphed, prompts, steps, CPU)[2], run(padded_batch, prompts, steps, CPU)[2]
+
+
+def test_a_chatglm3_shaped_model_decodes_the_same_from_replayed_steps(tiny_glm):
+    """Three rows of different lengths: one captured step (4 rows, 256 columns) replayed."""
     generator = torch.Generator().manual_seed(1)
-    prompts = [torch.randint(0, vocab, (length,), generator=generator).tolist() for length in (20, 140, 60)]
+    prompts = [torch.randint(0, tiny_glm.config.vocab_size, (length,), generator=generator).tolist()
+               for length in (20, 140, 60)]
     capture = TracedCapture()
-    graphed = GraphedBatch(model, cpu, vocab, slots=4, prefixes=PrefixCache(0), capture=capture)
-    padded_batch = RunningBatch(model, cpu, vocab, prefixes=PrefixCache(0))
-    assert run(graphed, prompts, 20, cpu)[2] == run(padded_batch, prompts, 20, cpu)[2]
+    graphed, padded_batch = graphed_and_padded_tokens(tiny_glm, capture, prompts, 20)
+    assert graphed == padded_batch
     assert (capture.captures, capture.replays) == (1, 20)
     assert not [op for op in capture.operations if op.startswith(HOST_SYNCS)]
 
 
-def test_a_capture_that_fails_leaves_the_batch_decoding_uncaptured(caplog):
-    from bench.gpu_decode import TINY, random_model, run
-
+def test_a_capture_that_fails_leaves_the_batch_decoding_uncaptured(tiny_glm, caplog):
     def failing(step: Step) -> Step:
         raise RuntimeError("operation not permitted when stream is capturing")
 
-    cpu = torch.device("cpu")
-    model = random_model(TINY, cpu, torch.float32)
-    vocab = model.config.vocab_size
-    prompts = [list(range(10, 40)), list(range(50, 70))]
-    graphed = GraphedBatch(model, cpu, vocab, slots=2, prefixes=PrefixCache(0), capture=failing)
-    padded_batch = RunningBatch(model, cpu, vocab, prefixes=PrefixCache(0))
-    assert run(graphed, prompts, 8, cpu)[2] == run(padded_batch, prompts, 8, cpu)[2]
+    graphed, padded_batch = graphed_and_padded_tokens(tiny_glm, failing, [list(range(10, 40)), list(range(50, 70))], 8)
+    assert graphed == padded_batch
     assert [r.message for r in caplog.records if r.levelname == "ERROR"] == [
         "decode step capture failed; decode steps run uncaptured from now on"]
 
