@@ -25,8 +25,9 @@ class StubUpstream:
     """A tiny OpenAI-compatible server: ``/v1/models`` (failing with 500 the first ``fail_models`` times),
     and streamed ``/v1/chat/completions`` and ``/v1/completions`` answers of two pieces. Counts each call."""
 
-    def __init__(self, fail_models: int = 0) -> None:
+    def __init__(self, fail_models: int = 0, models_delay: float = 0.0) -> None:
         self.fail_models = fail_models
+        self.models_delay = models_delay  # seconds before each /v1/models answer
         self.calls: dict[str, int] = {}
         self.post_headers: list[dict[str, str]] = []  # each POST's request headers
         self._lock = threading.Lock()
@@ -39,7 +40,9 @@ class StubUpstream:
                 pass
 
             def do_GET(self) -> None:
-                if stub.count("GET", self.path) <= stub.fail_models:
+                calls = stub.count("GET", self.path)
+                time.sleep(stub.models_delay)
+                if calls <= stub.fail_models:
                     self.reply(500, {"error": {"message": "not yet"}})
                 elif self.path == "/v1/models":
                     self.reply(200, {"object": "list", "data": [{"id": MODEL, "context_length": 2048}]})
@@ -151,6 +154,27 @@ def test_discovery_retries_sooner_until_it_succeeds_then_only_refreshes():
         assert engine.context_length == 2048
         time.sleep(0.3)  # many retry intervals, far from a refresh
         assert stub.models_calls == 4  # three failures, one success, nothing since
+    finally:
+        engine.stop()
+        stub.close()
+
+
+@pytest.mark.parametrize("fail_models", [0, 1])
+def test_a_request_during_the_first_discovery_waits_for_its_answer(fail_models):
+    """A request that comes while the first ``GET /models`` is under way uses what it learns, not the
+    placeholders; if that first call fails, it goes on with them at once rather than wait for a retry."""
+    stub = StubUpstream(fail_models=fail_models, models_delay=0.4)
+    engine = UpstreamEngine("remote", stub.base_url, discovery_retry=30.0)
+    try:
+        engine.start()
+        assert wait_until(lambda: stub.calls.get("GET /v1/models", 0) == 1)  # under way, not yet answered
+        started = time.monotonic()
+        learnt = (engine.model_name, engine.context_length)
+        waited = time.monotonic() - started
+        assert learnt == (("remote", 4096) if fail_models else (MODEL, 2048))
+        assert 0.1 < waited < 5.0
+        started = time.monotonic()
+        assert engine.model_name == learnt[0] and time.monotonic() - started < 0.1  # only the first one waits
     finally:
         engine.stop()
         stub.close()

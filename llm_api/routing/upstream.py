@@ -124,17 +124,27 @@ class UpstreamEngine:
         self.discovery_retry_max = discovery_retry_max
         self.discovery_refresh = discovery_refresh
         self._discovered = False
+        self._first_discovery_ended = threading.Event()  # set once the first attempt has succeeded or failed
         self._discovery_lock = threading.Lock()
         self._discovery_stop: threading.Event | None = None  # set while the timer runs; set() ends it
 
     # ---- facts ---------------------------------------------------------------------------------------
     @property
     def model_name(self) -> str:
+        self._await_first_discovery()
         return self._model or self.name
 
     @property
     def context_length(self) -> int:
+        self._await_first_discovery()
         return self._context_length or self.default_context_length
+
+    def _await_first_discovery(self) -> None:
+        """A request that arrives while the first ``GET /models`` is under way waits for its answer (at
+        most the upstream timeout, which bounds that call too) rather than use the name and length that
+        the answer is about to replace."""
+        if self._discovery_stop is not None and not self._first_discovery_ended.is_set():
+            self._first_discovery_ended.wait(self.timeout + 1.0)
 
     def start(self, on_load_failure: Callable[[str], None] | None = None) -> None:
         """Start the discovery timer (idempotent; returns at once). It runs on a greenlet in the gevent
@@ -157,9 +167,9 @@ class UpstreamEngine:
     def _discovery_loop(self, stop: threading.Event) -> None:
         retry = self.discovery_retry
         while not stop.is_set():
-            if self.discover():
-                wait = self.discovery_refresh
-            elif self._discovered:  # a refresh failed: keep what was learnt, ask again at the next refresh
+            self.discover()
+            self._first_discovery_ended.set()
+            if self._discovered:  # a failed refresh keeps what was learnt and asks again at the next one
                 wait = self.discovery_refresh
             else:
                 wait, retry = retry, min(retry * 2, self.discovery_retry_max)
