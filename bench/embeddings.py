@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 import requests
 
 from bench.prompts import PROMPTS
-from bench.run import CACHE, RESULTS, ours
+from bench.run import RESULTS, ours
 
 MODEL = "all-MiniLM-L6-v2"
 
@@ -87,7 +87,6 @@ def main() -> None:
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     clients = [int(c) for c in args.clients.split(",")]
-    CACHE.mkdir(parents=True, exist_ok=True)
     print(f"embeddings of {MODEL}, {args.inputs} inputs per size, {args.threads} torch thread(s)", flush=True)
     server = ours({"LLM_API_EMBEDDING_MODELS": f"{MODEL}=embedded", "LLM_API_TORCH_THREADS": str(args.threads)},
                   name="llm_api-embeddings")

@@ -223,9 +223,8 @@ def main() -> None:
     parser.add_argument("--backend", default=BACKEND, choices=("torch", "llama_cpp"), help="LLM_API_BACKEND")
     args = parser.parse_args()
     BACKEND = os.environ["LLM_API_BACKEND"] = args.backend  # the servers inherit the environment
-    from bench.run import CACHE, RESULTS, machine
+    from bench.run import RESULTS, machine
 
-    CACHE.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(),
                               "command": "python -m bench.prefix_reuse " + " ".join(sys.argv[1:])}
     print(f"prefix reuse, {report['date']}", flush=True)

@@ -204,6 +204,7 @@ class Server:
 def ours(env: dict[str, str] | None = None, root: Path = ROOT, name: str = "llm_api") -> Server:
     """Our server on a fresh SQLite database, so that every run starts from the same empty store; ``root``:
     the checkout whose code it runs."""
+    CACHE.mkdir(parents=True, exist_ok=True)  # the other bench modules start it without bench.run's main
     data_dir = tempfile.mkdtemp(prefix="llm-api-bench-", dir=CACHE)
     return Server(name, [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "-b", "127.0.0.1:{port}",
                               "--no-control-socket", "wsgi:app"],
@@ -429,7 +430,6 @@ def main() -> None:
     parser.add_argument("--baseline", default="", help="a checkout of this code to sweep too, in the same run "
                         "(e.g. `git worktree add /tmp/before HEAD~1`); the report gives ours over it per level")
     args = parser.parse_args()
-    CACHE.mkdir(parents=True, exist_ok=True)
     levels = [int(x) for x in args.levels.split(",")]
     peer_levels = [int(x) for x in args.peer_levels.split(",")]
     report: dict[str, Any] = {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(),
