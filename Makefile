@@ -39,11 +39,13 @@ bench: install-test
 	$(BIN)/python -m bench.run
 	$(BIN)/python -m bench.quality
 
-# llama.cpp, built once (about 15 minutes): LLM_API_BACKEND=llama_cpp and the llama-server benchmark peer.
+# llama.cpp's libraries, built once (about 2 minutes on 2 cores): LLM_API_BACKEND=llama_cpp.
 llama-cpp: install
 	bash scripts/build_llama_cpp.sh $(VENV)
 
-bench-peers: llama-cpp
+# The benchmark peers: llama-server (the same build with its server, about 6 minutes) and llama-cpp-python's server.
+bench-peers: install
+	LLAMA_CPP_SERVER=1 bash scripts/build_llama_cpp.sh $(VENV)
 	bash bench/peers/setup_llama_cpp_python.sh
 
 # Style, types (strict on the engine packages) and the one-way import contracts (pyproject.toml).

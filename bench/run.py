@@ -266,7 +266,7 @@ PEERS = {
     "llama-cpp-python-no-interrupt": lambda: _llama_cpp_python("llama-cpp-python-no-interrupt",
                                                                "--interrupt_requests", "False"),
 }
-SETUP = {"llama-server": (LLAMA_SERVER, "scripts/build_llama_cpp.sh"),
+SETUP = {"llama-server": (LLAMA_SERVER, "make bench-peers"),
          "llama-cpp-python": (LLAMA_CPP_PYTHON, "bench/peers/setup_llama_cpp_python.sh"),
          "llama-cpp-python-no-interrupt": (LLAMA_CPP_PYTHON, "bench/peers/setup_llama_cpp_python.sh")}
 # How each peer is told to generate exactly max_tokens (past the end-of-turn token, id 2).

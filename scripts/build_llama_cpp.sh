@@ -10,17 +10,27 @@
 # scripts/patch_llama_cpp_amx.py fixes that one line first. Nothing is downloaded but the sdist
 # (llama-server's web UI is not fetched: the server runs without it). About 6 minutes on 2 cores.
 #
-# Usage: scripts/build_llama_cpp.sh [VENV] [EXTRAS]
+# Usage: [LLAMA_CPP_SERVER=1] scripts/build_llama_cpp.sh [VENV] [EXTRAS]
 # VENV (default .venv) also gets the llama-cpp-python bindings (with pip extras EXTRAS, e.g. "[server]"),
 # installed without compiling anything, and a copy of the libraries built here in their lib/ folder.
+# LLAMA_CPP_SERVER=1 builds llama-server too (a benchmark peer, `make bench-peers`): its tools and web server
+# are most of the compile, so the backend alone (`make llama-cpp`, what the tests need) leaves it out.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 VERSION="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
 OUT="${LLAMA_CPP_BUILD_DIR:-$ROOT/.cache/llama.cpp-$VERSION-amx}"
 VENV="${1:-$ROOT/.venv}"
 PYTHON="${PYTHON:-python3}"
+SERVER="${LLAMA_CPP_SERVER:-0}"
+if [ "$SERVER" = 1 ]; then
+  TARGETS=(llama llama-server)
+  TOOLS=()
+else
+  TARGETS=(llama)
+  TOOLS=(-DLLAMA_BUILD_COMMON=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF)
+fi
 
-if [ ! -x "$OUT/llama-server" ] || [ ! -f "$OUT/libllama.so" ]; then
+if [ ! -f "$OUT/libllama.so" ] || { [ "$SERVER" = 1 ] && [ ! -x "$OUT/llama-server" ]; }; then
   WORK="$(mktemp -d)"
   trap 'rm -rf "$WORK"' EXIT
   "$PYTHON" -m pip download --no-deps --no-binary :all: --dest "$WORK" "llama-cpp-python==$VERSION"
@@ -32,10 +42,11 @@ if [ ! -x "$OUT/llama-server" ] || [ ! -f "$OUT/libllama.so" ]; then
     -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
     -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON \
     -DGGML_AMX_TILE=ON -DGGML_AMX_INT8=ON -DGGML_AMX_BF16=ON -DGGML_OPENMP=ON \
-    -DLLAMA_CURL=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF
-  cmake --build "$WORK/build" --target llama llama-server -j "$(nproc)"
+    -DLLAMA_CURL=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF "${TOOLS[@]}"
+  cmake --build "$WORK/build" --target "${TARGETS[@]}" -j "$(nproc)"
   mkdir -p "$OUT.tmp"
-  cp -a "$WORK/build/bin/llama-server" "$WORK"/build/bin/lib*.so* "$OUT.tmp/"
+  cp -a "$WORK"/build/bin/lib*.so* "$OUT.tmp/"
+  [ "$SERVER" != 1 ] || cp -a "$WORK/build/bin/llama-server" "$OUT.tmp/"
   rm -rf "$OUT" && mv "$OUT.tmp" "$OUT"
   echo "built: $OUT"
 fi
