@@ -154,7 +154,7 @@ def test_a_prefix_hit_while_other_rows_decode_gives_the_same_tokens(cached, unca
 @pytest.mark.model
 def test_a_cancelled_request_leaves_a_usable_prefix_and_no_wrong_tokens(cached, uncached):
     ids = cached.encode_chat([{"role": "user", "content": "Write a long story about a dragon and a knight."}])
-    params = SamplingParams(max_tokens=200, temperature=0)
+    params = SamplingParams(max_tokens=64, temperature=0)
     _, cancelled = generate(cached, ids, params, cancel_after=4)
     assert cancelled.finish_reason == "cancelled"
     hits = cached.stats["prefix_hits"]
