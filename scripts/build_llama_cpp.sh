@@ -8,7 +8,8 @@
 # libraries run on any CPU with AVX-512; where the CPU or kernel has no AMX, llama.cpp says so once and
 # runs without it. ggml's AMX kernels die of SIGILL when GCC 12 compiles them as they are:
 # scripts/patch_llama_cpp_amx.py fixes that one line first. Nothing is downloaded but the sdist
-# (llama-server's web UI is not fetched: the server runs without it). About 6 minutes on 2 cores.
+# (llama-server's web UI is not fetched: the server runs without it). The libraries take about 2 minutes
+# on 2 cores, with llama-server about 6.
 #
 # Usage: [LLAMA_CPP_SERVER=1] scripts/build_llama_cpp.sh [VENV] [EXTRAS]
 # VENV (default .venv) also gets the llama-cpp-python bindings (with pip extras EXTRAS, e.g. "[server]"),
