@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from llm_api import create_app
+from llm_api import create_app, stop_engine
 from llm_api.generation import Finished, SamplingParams
 from llm_api.generation.structured import ResponseFormat, StructuredOutput
 from llm_api.generation.tool_calls import ToolCallDelta
@@ -76,7 +76,8 @@ def api(upstream, settings):
     url, _, _ = upstream
     app = create_app(settings, engine=EngineRouter([("remote", UpstreamEngine("remote", url, model="m"))]))
     app.config["TESTING"] = True
-    return app.test_client()
+    yield app.test_client()
+    stop_engine(app)  # the discovery timer the first request started; it would outlive the fake upstream
 
 
 def test_response_format_is_passed_on_unchanged(upstream):
