@@ -58,6 +58,14 @@ def nothing_written_to_the_home(request) -> Iterator[None]:
     fail_if_the_app_wrote_to_the_home(f"{request.node.nodeid} (the test or a fixture it uses)")
 
 
+@pytest.fixture(scope="session")
+def int8_compile_cache(tmp_path_factory) -> Path:
+    """The session's one cache folder for ``LLM_API_QUANTIZATION=int8`` tests. The first to start compiles the
+    decode step into it, cold, as on a fresh machine (in file order, the gunicorn worker); the others load
+    inductor's code from it, as a restarted server does, instead of compiling for another minute each."""
+    return tmp_path_factory.mktemp("int8-compile-cache")
+
+
 @pytest.fixture
 def fake_engine() -> FakeEngine:
     return FakeEngine()

@@ -34,10 +34,10 @@ def stream(url: str, prompt: str, tokens: int) -> str:
     return text
 
 
-def test_int8_under_gunicorn_is_not_ready_until_compiled_then_serves(tmp_path):
+def test_int8_under_gunicorn_is_not_ready_until_compiled_then_serves(tmp_path, int8_compile_cache):
     folder = build_tiny_llama(CACHE_DIR / "llama-tiny-2x64", CACHE_DIR)
     port = free_port()
-    env = {"LLM_API_CACHE_DIR": str(tmp_path / "cache"), "LLM_API_DATA_DIR": str(tmp_path / "data"),
+    env = {"LLM_API_CACHE_DIR": str(int8_compile_cache), "LLM_API_DATA_DIR": str(tmp_path / "data"),
            "LLM_API_MODEL": str(folder), "LLM_API_QUANTIZATION": "int8", "LLM_API_EMBEDDING_MODELS": "",
            "PYTHONUNBUFFERED": "1", "LLM_API_MAX_BATCH": "8"}
     log_path = tmp_path / "gunicorn.log"

@@ -30,8 +30,8 @@ def tiny_folder():
 
 
 @pytest.fixture(scope="module")
-def compile_cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("int8-cache")  # cold: this process compiles into it
+def compile_cache(int8_compile_cache):
+    return int8_compile_cache  # cold when this file runs first or alone; else the gunicorn test's code is reused
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +86,8 @@ def test_the_next_process_reuses_the_compiled_code(int8_engine, tiny_folder, com
     """A second process on the same cache folder finds inductor's generated code there: nothing to compile."""
     from torch._dynamo.utils import counters
 
-    assert counters["inductor"]["fxgraph_cache_miss"] > 0  # this process compiled (the fixture)
+    inductor = counters["inductor"]
+    assert inductor["fxgraph_cache_miss"] + inductor["fxgraph_cache_hit"] > 0  # the fixture's step went through it
     script = f"""
 import json
 from torch._dynamo.utils import counters
