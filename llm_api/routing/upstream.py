@@ -188,10 +188,10 @@ class UpstreamEngine:
     def sampling_defaults(self) -> SamplingDefaults:
         return SamplingDefaults()  # OpenAI's: what an OpenAI-compatible server assumes when they are left out
 
-    def discover(self) -> bool:
+    def discover(self) -> None:
         """``GET {base}/models``: the first model's id (unless one is configured) and its ``context_length``
-        (llm_api) or ``max_model_len`` (vLLM). False when the upstream cannot be asked now. The discovery
-        timer calls it; a request never does."""
+        (llm_api) or ``max_model_len`` (vLLM); a success sets ``_discovered``, a failure is logged and changes
+        nothing. The discovery timer calls it; a request never does."""
         connection = self._connection()
         try:
             connection.request("GET", self._path + "/models", headers=self._headers())
@@ -199,11 +199,11 @@ class UpstreamEngine:
             body = response.read(MAX_LINE)
             if response.status != 200:
                 log.info("engine %s: %s/models answered %d", self.name, self.base_url, response.status)
-                return False
+                return
             payload = json.loads(body)
         except (OSError, http.client.HTTPException, ValueError) as exc:
             log.info("engine %s: could not read %s/models: %s", self.name, self.base_url, exc)
-            return False
+            return
         finally:
             connection.close()
         listed = payload.get("data") if isinstance(payload, dict) else None
@@ -216,7 +216,6 @@ class UpstreamEngine:
             if isinstance(length, int) and length > 0:
                 self._context_length = length
         self._discovered = True
-        return True
 
     # ---- the prompt (estimates) ----------------------------------------------------------------------
     def encode_chat(self, messages: Sequence[Message], tools: Sequence[ToolFunction] = ()) -> list[int]:
