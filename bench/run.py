@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("LLM_API_BENCH_CACHE", ROOT / ".cache" / "bench"))
 MODEL_CACHE = Path(os.environ.get("LLM_API_CACHE_DIR", ROOT / ".cache" / "test-models"))
 RESULTS = ROOT / "bench" / "results"
-LLAMA_SERVER = ROOT / ".cache" / "llama.cpp-0.3.36-amx" / "llama-server"  # scripts/build_llama_cpp.sh
+LLAMA_SERVER = ROOT / ".cache" / "llama.cpp-0.3.36" / "llama-server"  # scripts/build_llama_cpp.sh: this CPU's build
 LLAMA_CPP_PYTHON = CACHE / "llama-cpp-python-venv" / "bin" / "python"
 
 

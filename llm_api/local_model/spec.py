@@ -92,12 +92,16 @@ def gguf_file(spec: ModelSpec) -> Path:
     return ggufs[0]
 
 
-LLAMA_CPP_BUILD_HINT = "run `make llama-cpp` (builds llama.cpp once, about 15 minutes on 2 cores)"
+LLAMA_CPP_BUILD_HINT = "run `make llama-cpp` (builds llama.cpp once, about 2 minutes on 2 cores)"
+# Written by scripts/build_llama_cpp.sh beside the libraries: the /proc/cpuinfo flags of the instruction sets
+# they were compiled for.
+LLAMA_CPP_CPU_FLAGS = "cpu-flags"
+CPUINFO = Path("/proc/cpuinfo")
 
 
 def check_llama_cpp_installed() -> None:
     """Raise :class:`ModelLoadError` unless llama-cpp-python and its libraries are installed (not imported:
-    it loads the libraries at import)."""
+    it loads the libraries at import) and this CPU runs the instructions they were built for."""
     found = importlib.util.find_spec("llama_cpp")
     if found is None or not found.submodule_search_locations:
         raise ModelLoadError(f"LLM_API_BACKEND=llama_cpp needs llama-cpp-python: {LLAMA_CPP_BUILD_HINT}")
@@ -105,6 +109,25 @@ def check_llama_cpp_installed() -> None:
     if not any(lib.glob("libllama.so*")):
         raise ModelLoadError(f"LLM_API_BACKEND=llama_cpp: llama-cpp-python has no llama.cpp libraries: "
                              f"{LLAMA_CPP_BUILD_HINT}")
+    check_cpu_runs_build(lib / LLAMA_CPP_CPU_FLAGS, CPUINFO)
+
+
+def check_cpu_runs_build(required: Path, cpuinfo: Path) -> None:
+    """Raise :class:`ModelLoadError` when the CPU lacks an instruction set the libraries were compiled for: they
+    would die of SIGILL at their first call, and gunicorn would restart the worker for ever. Nothing is
+    checked where either file is missing (a build from before the list, or a system without ``/proc``)."""
+    try:
+        needed = required.read_text().split()
+        text = cpuinfo.read_text()
+    except OSError:
+        return
+    present = next((line.partition(":")[2].split() for line in text.splitlines() if line.startswith("flags")), None)
+    if present is None:
+        return
+    missing = [flag for flag in needed if flag not in present]
+    if missing:
+        raise ModelLoadError(f"LLM_API_BACKEND=llama_cpp: llama.cpp was built for a CPU with {', '.join(missing)}, "
+                             f"which this one lacks: {LLAMA_CPP_BUILD_HINT} on this machine")
 
 
 def is_embedded(source: str) -> bool:

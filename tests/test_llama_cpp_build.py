@@ -1,0 +1,90 @@
+"""The llama.cpp build is made for the CPU it runs on, and a build this CPU cannot run stops start-up in one line."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from llm_api.local_model.errors import ModelLoadError
+from llm_api.local_model.spec import CPUINFO, LLAMA_CPP_CPU_FLAGS, check_cpu_runs_build
+from tests.servers import ROOT
+
+# The flags lines of /proc/cpuinfo on three kinds of x86 CPU (only the flags the build looks at, and a few others).
+ZEN3_AVX2 = "fpu sse sse2 ssse3 sse4_1 sse4_2 avx f16c fma bmi1 avx2 bmi2 sha_ni"
+ZEN4_AVX512 = (ZEN3_AVX2 + " avx512f avx512dq avx512cd avx512bw avx512vl avx512_vbmi avx512_vnni avx512_bf16")
+SKYLAKE_X = ZEN3_AVX2 + " avx512f avx512dq avx512cd avx512bw avx512vl"
+SAPPHIRE_RAPIDS = ZEN4_AVX512 + " amx_bf16 amx_tile amx_int8"
+OLD_SSE = "fpu sse sse2 ssse3 sse4_1 sse4_2 popcnt"
+
+
+def cpuinfo(tmp_path: Path, flags: str) -> Path:
+    path = tmp_path / "cpuinfo"
+    path.write_text(f"processor\t: 0\nmodel name\t: a CPU\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n")
+    return path
+
+
+def chosen(tmp_path: Path, flags: str) -> tuple[str, list[str], list[str]]:
+    """What scripts/build_llama_cpp.sh would compile for on a CPU with ``flags``: (the folder's suffix, the
+    cmake switches, the CPU flags it writes as required)."""
+    result = subprocess.run(["bash", str(ROOT / "scripts" / "build_llama_cpp.sh"), "--isa"], capture_output=True,
+                            text=True, env={"PATH": "/usr/bin:/bin", "CPUINFO": str(cpuinfo(tmp_path, flags))},
+                            check=True, timeout=30)
+    name, switches, required = result.stdout.splitlines()
+    return name, switches.split(), required.split()
+
+
+def test_an_avx2_cpu_gets_an_avx2_build_with_no_avx512_instruction(tmp_path):
+    name, switches, required = chosen(tmp_path, ZEN3_AVX2)
+    assert name == "sse42-avx-avx2-fma-f16c-bmi2"
+    assert "-DGGML_AVX2=ON" in switches and "-DGGML_AVX512=ON" not in switches
+    assert not [switch for switch in switches if switch.startswith("-DGGML_AMX")]
+    assert sorted(required) == sorted("sse4_2 avx avx2 fma f16c bmi2".split())
+
+
+def test_an_avx512_cpu_gets_what_it_has_of_avx512_and_the_amx_kernels(tmp_path):
+    name, switches, required = chosen(tmp_path, ZEN4_AVX512)
+    assert name == "avx512-vbmi-vnni-bf16-amx"
+    assert {"-DGGML_AVX512=ON", "-DGGML_AVX512_BF16=ON", "-DGGML_AMX_INT8=ON"} <= set(switches)
+    assert "amx_int8" not in required  # AMX is used only where the CPU has it at run time
+    assert {"avx512f", "avx512bw", "avx512_bf16"} <= set(required)
+
+    name, switches, required = chosen(tmp_path, SKYLAKE_X)
+    assert name == "avx512-amx"
+    assert "-DGGML_AVX512_BF16=OFF" in switches and "avx512_bf16" not in required
+
+    assert chosen(tmp_path, SAPPHIRE_RAPIDS)[0] == "avx512-vbmi-vnni-bf16-amx"
+
+
+def test_a_cpu_without_avx_gets_a_build_that_names_none(tmp_path):
+    name, switches, required = chosen(tmp_path, OLD_SSE)
+    assert name == "sse42"
+    assert "-DGGML_AVX=OFF" in switches and "-DGGML_AVX2=OFF" in switches and required == ["sse4_2"]
+
+
+def test_a_build_for_instructions_this_cpu_lacks_is_refused_in_one_line(tmp_path):
+    required = tmp_path / "cpu-flags"
+    required.write_text("sse4_2 avx avx2 fma f16c bmi2 avx512f avx512cd avx512vl avx512dq avx512bw\n")
+    with pytest.raises(ModelLoadError) as caught:
+        check_cpu_runs_build(required, cpuinfo(tmp_path, ZEN3_AVX2))
+    message = str(caught.value)
+    assert "avx512f, avx512cd, avx512vl, avx512dq, avx512bw" in message and "make llama-cpp" in message
+    assert "\n" not in message
+
+    check_cpu_runs_build(required, cpuinfo(tmp_path, ZEN4_AVX512))  # the same build on a CPU that has them
+
+
+def test_no_list_or_no_cpuinfo_checks_nothing(tmp_path):
+    check_cpu_runs_build(tmp_path / "absent", cpuinfo(tmp_path, OLD_SSE))  # a build from before the list
+    required = tmp_path / "cpu-flags"
+    required.write_text("avx512f\n")
+    check_cpu_runs_build(required, tmp_path / "no-proc")
+
+
+def test_the_installed_build_runs_on_this_cpu():
+    """The libraries the tests load were built for this machine, and said so beside them."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    required = Path(llama_cpp.__file__).parent / "lib" / LLAMA_CPP_CPU_FLAGS
+    assert required.is_file()
+    check_cpu_runs_build(required, CPUINFO)
