@@ -7,7 +7,7 @@
 # whole llama.cpp source (tools/server included), so that sdist is the one download. The build names
 # the instruction sets it compiles for, chosen from this CPU's flags, rather than compiling for
 # whatever the compiler finds (GGML_NATIVE): ISA, the folder's suffix, lists them (for example
-# avx512-vbmi-vnni-bf16-amx, or avx2-bmi2), so a build for one kind of CPU is never loaded on a CPU
+# avx512-vbmi-vnni-bf16-amx, or sse42-avx-avx2-fma-f16c-bmi2), so a build for one kind of CPU is never loaded on a CPU
 # that lacks one of its instructions (it would die of SIGILL at the first decode). With AVX-512 it
 # also compiles ggml's AMX kernels; where the CPU or kernel has no AMX, llama.cpp says so once and
 # runs without them. ggml's AMX kernels die of SIGILL when GCC 12 compiles them as they are:

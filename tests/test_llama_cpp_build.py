@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import platform
 import subprocess
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from llm_api.local_model.errors import ModelLoadError
 from llm_api.local_model.spec import CPUINFO, LLAMA_CPP_CPU_FLAGS, check_cpu_runs_build
 from tests.servers import ROOT
 
-# The flags lines of /proc/cpuinfo on three kinds of x86 CPU (only the flags the build looks at, and a few others).
+# The flags lines of /proc/cpuinfo on five kinds of x86 CPU (only the flags the build looks at, and a few others).
 ZEN3_AVX2 = "fpu sse sse2 ssse3 sse4_1 sse4_2 avx f16c fma bmi1 avx2 bmi2 sha_ni"
 ZEN4_AVX512 = (ZEN3_AVX2 + " avx512f avx512dq avx512cd avx512bw avx512vl avx512_vbmi avx512_vnni avx512_bf16")
 SKYLAKE_X = ZEN3_AVX2 + " avx512f avx512dq avx512cd avx512bw avx512vl"
@@ -35,6 +36,10 @@ def chosen(tmp_path: Path, flags: str) -> tuple[str, list[str], list[str]]:
     return name, switches.split(), required.split()
 
 
+x86_only = pytest.mark.skipif(platform.machine() != "x86_64", reason="the script picks x86 switches on x86 only")
+
+
+@x86_only
 def test_an_avx2_cpu_gets_an_avx2_build_with_no_avx512_instruction(tmp_path):
     name, switches, required = chosen(tmp_path, ZEN3_AVX2)
     assert name == "sse42-avx-avx2-fma-f16c-bmi2"
@@ -43,6 +48,7 @@ def test_an_avx2_cpu_gets_an_avx2_build_with_no_avx512_instruction(tmp_path):
     assert sorted(required) == sorted("sse4_2 avx avx2 fma f16c bmi2".split())
 
 
+@x86_only
 def test_an_avx512_cpu_gets_what_it_has_of_avx512_and_the_amx_kernels(tmp_path):
     name, switches, required = chosen(tmp_path, ZEN4_AVX512)
     assert name == "avx512-vbmi-vnni-bf16-amx"
@@ -57,6 +63,7 @@ def test_an_avx512_cpu_gets_what_it_has_of_avx512_and_the_amx_kernels(tmp_path):
     assert chosen(tmp_path, SAPPHIRE_RAPIDS)[0] == "avx512-vbmi-vnni-bf16-amx"
 
 
+@x86_only
 def test_a_cpu_without_avx_gets_a_build_that_names_none(tmp_path):
     name, switches, required = chosen(tmp_path, OLD_SSE)
     assert name == "sse42"
