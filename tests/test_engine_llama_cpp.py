@@ -7,7 +7,6 @@ import ctypes
 import json
 import logging
 from dataclasses import replace
-from pathlib import Path
 
 import gevent
 import numpy as np
@@ -21,7 +20,7 @@ from llm_api.generation.types import SamplingParams
 from llm_api.local_model.engine import EngineOptions, LocalEngine
 from llm_api.local_model.errors import ModelLoadError
 from llm_api.local_model.loader import ModelSpec, load_model
-from llm_api.local_model.spec import preflight
+from llm_api.local_model.spec import cpu_flags, preflight
 from tests.generation import collect
 from tests.servers import CACHE_DIR
 
@@ -256,17 +255,16 @@ def test_the_kernels_agree_with_float32_torch_on_the_same_weights():
 
 def _amx_usable() -> bool:
     """The CPU has AMX and Linux grants its tile data to this process (what llama.cpp asks for too)."""
-    if not any(line.startswith("flags") and "amx_int8" in line.split()
-               for line in Path("/proc/cpuinfo").read_text().splitlines()):
+    if "amx_int8" not in (cpu_flags() or []):
         return False
     sys_arch_prctl, request_permission, tile_data = 158, 0x1023, 18  # x86-64 Linux
     return ctypes.CDLL(None, use_errno=True).syscall(sys_arch_prctl, request_permission, tile_data) == 0
 
 
 def test_the_weights_run_on_amx_kernels_exactly_where_the_cpu_has_them(caplog):
-    """`make llama-cpp` builds llama.cpp's AMX kernels in: llama.cpp repacks the weights for them where the
-    CPU has AMX and Linux grants it (a batch of 16 decodes about 3x faster here), and leaves them out
-    elsewhere."""
+    """On a CPU with AVX-512, `make llama-cpp` builds llama.cpp's AMX kernels in: llama.cpp repacks the
+    weights for them where the CPU has AMX and Linux grants it (a batch of 16 decodes about 3x faster
+    here), and leaves them out elsewhere."""
     caplog.set_level(logging.INFO, logger="llama_cpp")
     load_model(SPEC, slots=1).model.close()
     placed = [record.getMessage() for record in caplog.records if "model buffer size" in record.getMessage()]

@@ -118,16 +118,25 @@ def check_cpu_runs_build(required: Path, cpuinfo: Path) -> None:
     checked where either file is missing (a build from before the list, or a system without ``/proc``)."""
     try:
         needed = required.read_text().split()
-        text = cpuinfo.read_text()
     except OSError:
         return
-    present = next((line.partition(":")[2].split() for line in text.splitlines() if line.startswith("flags")), None)
+    present = cpu_flags(cpuinfo)
     if present is None:
         return
     missing = [flag for flag in needed if flag not in present]
     if missing:
         raise ModelLoadError(f"LLM_API_BACKEND=llama_cpp: llama.cpp was built for a CPU with {', '.join(missing)}, "
                              f"which this one lacks: {LLAMA_CPP_BUILD_HINT} on this machine")
+
+
+def cpu_flags(cpuinfo: Path = CPUINFO) -> list[str] | None:
+    """The CPU's feature flags, as the first ``flags`` line of ``cpuinfo`` lists them; None where it cannot be
+    read or has none."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return None
+    return next((line.partition(":")[2].split() for line in text.splitlines() if line.startswith("flags")), None)
 
 
 def is_embedded(source: str) -> bool:
