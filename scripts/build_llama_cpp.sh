@@ -17,6 +17,8 @@
 #
 # Usage: [LLAMA_CPP_SERVER=1] scripts/build_llama_cpp.sh [VENV] [EXTRAS]
 #        scripts/build_llama_cpp.sh --isa   (prints what this CPU gets; builds nothing)
+#        scripts/build_llama_cpp.sh --compile-only   (the libraries alone, no virtual environment touched: CI
+#        compiles them while pip fills the venv, then `make llama-cpp` finds them built)
 # VENV (default .venv) also gets the llama-cpp-python bindings (with pip extras EXTRAS, e.g. "[server]"),
 # installed without compiling anything, and a copy of the libraries built here in their lib/ folder.
 # LLAMA_CPP_SERVER=1 builds llama-server too (a benchmark peer, `make bench-peers`): its tools and web server
@@ -63,6 +65,8 @@ if [ "${1:-}" = --isa ]; then  # what this CPU gets, for the tests: the suffix, 
   printf '%s\n' "$ISA_NAME" "${ISA_FLAGS[*]}" "${REQUIRED[*]}"
   exit 0
 fi
+COMPILE_ONLY=0
+if [ "${1:-}" = --compile-only ]; then COMPILE_ONLY=1; shift; fi
 VENV="${1:-$ROOT/.venv}"
 PYTHON="${PYTHON:-python3}"
 SERVER="${LLAMA_CPP_SERVER:-0}"
@@ -74,6 +78,11 @@ else
   TOOLS=(-DLLAMA_BUILD_COMMON=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF)
 fi
 
+mkdir -p "$(dirname "$OUT")"
+if command -v flock >/dev/null 2>&1; then  # one build at a time: a second run waits, then finds the libraries built
+  exec 9>"$OUT.lock"
+  flock 9
+fi
 if [ ! -f "$OUT/libllama.so" ] || { [ "$SERVER" = 1 ] && [ ! -x "$OUT/llama-server" ]; }; then
   WORK="$(mktemp -d)"
   trap 'rm -rf "$WORK"' EXIT
@@ -93,6 +102,7 @@ if [ ! -f "$OUT/libllama.so" ] || { [ "$SERVER" = 1 ] && [ ! -x "$OUT/llama-serv
   echo "built: $OUT"
 fi
 [ -n "${LLAMA_CPP_BUILD_DIR:-}" ] || ln -sfn "$(basename "$OUT")" "$LINK"  # what bench/run.py runs
+[ "$COMPILE_ONLY" = 0 ] || exit 0
 
 # The Python bindings alone (LLAMA_BUILD=OFF compiles nothing), then the libraries where they look first.
 EXTRAS="${2:-}"
