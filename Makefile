@@ -42,7 +42,7 @@ bench: install-test
 	$(BIN)/python -m bench.run
 	$(BIN)/python -m bench.quality
 
-# llama.cpp's libraries, built once (about 2 minutes on 2 cores): LLM_API_BACKEND=llama_cpp.
+# llama.cpp's libraries, built once (2 to 4 minutes on 2 cores): LLM_API_BACKEND=llama_cpp.
 llama-cpp: install
 	bash scripts/build_llama_cpp.sh $(VENV)
 

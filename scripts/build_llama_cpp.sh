@@ -12,7 +12,7 @@
 # also compiles ggml's AMX kernels; where the CPU or kernel has no AMX, llama.cpp says so once and
 # runs without them. ggml's AMX kernels die of SIGILL when GCC 12 compiles them as they are:
 # scripts/patch_llama_cpp_amx.py fixes that one line first. Nothing is downloaded but the sdist
-# (llama-server's web UI is not fetched: the server runs without it). The libraries take about 2 minutes
+# (llama-server's web UI is not fetched: the server runs without it). The libraries take 2 to 4 minutes
 # on 2 cores, with llama-server about 6.
 #
 # Usage: [LLAMA_CPP_SERVER=1] scripts/build_llama_cpp.sh [VENV] [EXTRAS]

@@ -92,7 +92,7 @@ def gguf_file(spec: ModelSpec) -> Path:
     return ggufs[0]
 
 
-LLAMA_CPP_BUILD_HINT = "run `make llama-cpp` (builds llama.cpp once, about 2 minutes on 2 cores)"
+LLAMA_CPP_BUILD_HINT = "run `make llama-cpp` (builds llama.cpp once, 2 to 4 minutes on 2 cores)"
 # Written by scripts/build_llama_cpp.sh beside the libraries: the /proc/cpuinfo flags of the instruction sets
 # they were compiled for.
 LLAMA_CPP_CPU_FLAGS = "cpu-flags"
