@@ -108,13 +108,13 @@ def test_the_next_process_reuses_the_compiled_code(int8_engine, tiny_folder, com
     if filled_before:
         second = mine
     else:
-        second = json.loads(_start_an_engine_in_a_new_process(tiny_folder, compile_cache))
+        second = _start_an_engine_in_a_new_process(tiny_folder, compile_cache)
     assert second.get("fxgraph_cache_hit", 0) > 0 and second.get("fxgraph_cache_miss", 0) == 0, second
     assert (compile_cache / INDUCTOR_FOLDER).is_dir()
 
 
-def _start_an_engine_in_a_new_process(tiny_folder, compile_cache) -> str:
-    """The int8 engine started and stopped in a new Python process; its inductor counters, as JSON."""
+def _start_an_engine_in_a_new_process(tiny_folder, compile_cache) -> dict[str, int]:
+    """The int8 engine started and stopped in a new Python process; its inductor counters."""
     script = f"""
 import json
 from torch._dynamo.utils import counters
@@ -129,7 +129,7 @@ print(json.dumps(dict(counters["inductor"])))
 """
     run = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stderr[-2000:]
-    return run.stdout.strip().splitlines()[-1]
+    return json.loads(run.stdout.strip().splitlines()[-1])
 
 
 def test_a_model_on_its_own_generate_code_cannot_take_int8(tiny_folder, tmp_path):
