@@ -9,7 +9,6 @@ and cancelled ones, and checks each row's cancel flag every step.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -43,7 +42,7 @@ from .sequence import SequenceState
 from .slot_batch import SlotBatch
 from .spec import ModelSpec
 from .thread_priority import lower_priority
-from .torch_threads import use_threads
+from .torch_threads import usable_cores, use_threads
 
 log = logging.getLogger(__name__)
 
@@ -232,7 +231,7 @@ class LocalEngine(ModelThread):
 
     def _load(self) -> None:
         lower_priority(self.options.nice)  # before llama.cpp or torch starts its worker threads, which inherit it
-        threads = self.options.torch_threads or os.cpu_count() or 1
+        threads = self.options.torch_threads or usable_cores()
         use_threads(threads)
         model = load_model(self.spec, slots=self.options.max_batch, threads=threads)
         # llama.cpp has no generate loop of its own here: it is always driven by the batched loop.

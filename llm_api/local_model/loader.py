@@ -11,7 +11,6 @@ import functools
 import importlib.metadata
 import json
 import logging
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -30,6 +29,7 @@ from .load_lock import LOAD_LOCK
 from .prompts import ChatGLM3Format, ChatTemplateFormat, PromptFormat
 from .spec import EMBEDDED_NAME, ModelSpec, embedded_gguf_path, gguf_file, is_embedded, preflight, read_config
 from .token_bytes import token_bytes_function
+from .torch_threads import usable_cores
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def load_model(spec: ModelSpec, slots: int = 8, threads: int = 0) -> LoadedModel
     with LOAD_LOCK:  # one load at a time per process (see load_lock)
         started = time.monotonic()
         if spec.backend == "llama_cpp":
-            loaded = _load_llama_cpp(spec, slots, threads or os.cpu_count() or 1)
+            loaded = _load_llama_cpp(spec, slots, threads or usable_cores())
         else:
             device = resolve_device(spec.device)
             dtype = resolve_dtype(spec.dtype, device)

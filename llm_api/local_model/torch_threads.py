@@ -11,11 +11,23 @@ an embedding engine's thread one, unless LLM_API_TORCH_THREADS says otherwise.
 torch gives each OS thread its OpenMP thread count when that thread first runs a parallel operation, from
 the last ``torch.set_num_threads`` of any thread; :func:`use_threads` makes that first time happen before
 it sets this thread's own count, so a later call on another thread leaves this one alone.
+
+"One per core" counts the cores the process may run on (its CPU affinity: a container's cpuset,
+``taskset``), not the machine's: a team larger than that would sleep and wake on every barrier too.
 """
 
 from __future__ import annotations
 
+import os
+
 import torch
+
+
+def usable_cores() -> int:
+    """The cores this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1  # no affinity to read outside Linux
 
 
 def use_threads(count: int) -> None:
