@@ -7,6 +7,9 @@ BIN := $(VENV)/bin
 # Extra pip install options, e.g. --no-compile (CI: modules are then compiled on first import, not all at install).
 PIP_INSTALL_FLAGS ?=
 PIP_INSTALL := $(BIN)/pip install $(PIP_INSTALL_FLAGS)
+# pytest-xdist workers for the suite, each on its own share of the cores (tests/workers.py); 0: one process.
+TEST_WORKERS ?= 2
+PYTEST := $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 .PHONY: install install-test serve test test-fast lint bench bench-peers llama-cpp clean clean-cache
 
@@ -30,12 +33,12 @@ serve: install
 	$(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
 
 test: lint llama-cpp
-	$(BIN)/python -m pytest
+	$(PYTEST)
 
 # Without the tests that load the embedded model (-m model) or start real servers (-m e2e).
 test-fast: install-test
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -m "not e2e and not model"
+	$(PYTEST) -m "not e2e and not model"
 
 bench: install-test
 	$(PIP_INSTALL) -r bench/requirements.txt

@@ -10,13 +10,16 @@ The helpers the fixtures and tests use live in modules of their own: ``tests.htt
 ``tests.fakes`` and ``tests.fault_engine`` (scripted engines), ``tests.databases`` and ``tests.browser``.
 """
 
+# ruff: noqa: E402  (the session's HOME and this worker's cores are set before the app's modules are imported)
 from __future__ import annotations
 
 import os
 
 from tests.isolation import clear_default_locations, fresh_home, written_by_the_app
+from tests.workers import pin_this_worker, run_folder
 
 os.environ.update(fresh_home())  # first: the app and its libraries may read these when they are imported
+pin_this_worker()  # before torch is imported
 
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +31,13 @@ from llm_api.config import Settings
 from tests.databases import RedisServer
 from tests.fakes import FakeEngine
 from tests.servers import CACHE_DIR, LiveServer, free_port, start_server, stop_server
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The files that load the model or start servers first, so that the many quick files fill in at the end
+    and ``make test``'s workers (``tests.workers``) finish together. Without xdist, only the order changes."""
+    slow_files = {item.path for item in items if item.get_closest_marker("e2e") or item.get_closest_marker("model")}
+    items.sort(key=lambda item: item.path not in slow_files)  # stable: file order within each kind
 
 
 def fail_if_the_app_wrote_to_the_home(who: str) -> None:
@@ -60,10 +70,13 @@ def nothing_written_to_the_home(request) -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def int8_compile_cache(tmp_path_factory) -> Path:
-    """The session's one cache folder for ``LLM_API_QUANTIZATION=int8`` tests. The first to start compiles the
-    decode step into it, cold, as on a fresh machine (in file order, the gunicorn worker); the others load
-    inductor's code from it, as a restarted server does, instead of compiling for another minute each."""
-    return tmp_path_factory.mktemp("int8-compile-cache")
+    """The test run's one cache folder for ``LLM_API_QUANTIZATION=int8`` tests, shared by ``make test``'s
+    workers. The first to start compiles the decode step into it, cold, as on a fresh machine; the others load
+    inductor's code from it, as a restarted server does, instead of compiling for another minute each. Each
+    starts its int8 process inside ``taking_turns(folder)``, so that no process reads a half-filled cache."""
+    folder = run_folder(tmp_path_factory.getbasetemp()) / "int8-compile-cache"
+    folder.mkdir(exist_ok=True)
+    return folder
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ embedded model's architecture at two layers and a width of 64, so that what scal
 from __future__ import annotations
 
 import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -17,7 +18,8 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.ji
 
 
 def build_tiny_llama(folder: Path, cache_dir: Path) -> Path:
-    """The folder (made once): config, random weights (seeded) and the embedded model's tokenizer files."""
+    """The folder (made once): config, random weights (seeded) and the embedded model's tokenizer files. Built
+    beside it and renamed into place, so that ``make test``'s other worker sees all of it or none."""
     if (folder / "model.safetensors").is_file():
         return folder
     embedded = _converted_gguf_cache(embedded_gguf_path(), cache_dir)
@@ -26,9 +28,14 @@ def build_tiny_llama(folder: Path, cache_dir: Path) -> Path:
                    "num_key_value_heads": 2, "head_dim": 16})
     torch.manual_seed(0)
     model = transformers.AutoModelForCausalLM.from_config(config)
-    folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    model.save_pretrained(scratch)
     for name in _TOKENIZER_FILES:
         if (embedded / name).is_file():
-            shutil.copy(embedded / name, folder / name)
+            shutil.copy(embedded / name, scratch / name)
+    try:
+        scratch.rename(folder)
+    except OSError:  # another process built it first: the same seeded weights
+        shutil.rmtree(scratch)
     return folder

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import gevent
 import pytest
@@ -17,6 +19,7 @@ from llm_api.local_model.engine import EngineOptions, LocalEngine
 from llm_api.local_model.spec import ModelSpec
 from tests.llama_tiny import build_tiny_llama
 from tests.servers import CACHE_DIR, ROOT
+from tests.workers import taking_turns
 
 pytestmark = pytest.mark.model
 
@@ -29,34 +32,35 @@ def tiny_folder():
     return build_tiny_llama(CACHE_DIR / "llama-tiny-2x64", CACHE_DIR)
 
 
-@pytest.fixture(scope="module")
-def compile_cache(int8_compile_cache):
-    return int8_compile_cache  # cold when this file runs first or alone; else the gunicorn test's code is reused
+@dataclass
+class Int8Start:
+    """The module's int8 engine, and what was true when it started."""
+
+    engine: LocalEngine
+    filled_before: bool  # another process had compiled into the cache: this engine must compile nothing
+    counters_before: dict[str, int]  # this process's inductor counters (earlier tests may have added some)
 
 
 @pytest.fixture(scope="module")
-def filled_before(compile_cache) -> bool:
-    """Whether another process (in the full suite, the gunicorn test) had compiled into the cache before this
-    module's engine started: then that engine is the next process, which must compile nothing."""
-    return (compile_cache / INDUCTOR_FOLDER).is_dir()
-
-
-@pytest.fixture(scope="module")
-def counters_before() -> dict[str, int]:
-    """This process's inductor counters before this module's engine starts (earlier tests may have added some)."""
+def int8_start(tiny_folder, int8_compile_cache) -> Iterator[Int8Start]:
+    """Started on the run's int8 cache: cold when this file runs first or alone, else on the code that another
+    process (the gunicorn test, in the full suite) compiled into it."""
     from torch._dynamo.utils import counters
 
-    return dict(counters["inductor"])
+    with taking_turns(int8_compile_cache):
+        filled_before = (int8_compile_cache / INDUCTOR_FOLDER).is_dir()
+        counters_before = dict(counters["inductor"])
+        engine = LocalEngine(ModelSpec(str(tiny_folder), cache_dir=str(int8_compile_cache), quantization="int8"),
+                             EngineOptions(max_batch=8))
+        engine.start()
+        assert engine.wait_ready(900), engine.load_error
+    yield Int8Start(engine, filled_before, counters_before)
+    engine.stop()
 
 
 @pytest.fixture(scope="module")
-def int8_engine(tiny_folder, compile_cache, filled_before, counters_before):
-    engine = LocalEngine(ModelSpec(str(tiny_folder), cache_dir=str(compile_cache), quantization="int8"),
-                         EngineOptions(max_batch=8))
-    engine.start()
-    assert engine.wait_ready(900), engine.load_error
-    yield engine
-    engine.stop()
+def int8_engine(int8_start):
+    return int8_start.engine
 
 
 def answer(engine, prompt: str, tokens: int, delay: float = 0.0) -> list[int]:
@@ -97,20 +101,20 @@ def test_serving_compiles_nothing_more_and_a_batch_answers_as_alone(int8_engine)
     assert graphs() == compiled
 
 
-def test_the_next_process_reuses_the_compiled_code(int8_engine, tiny_folder, compile_cache, filled_before,
-                                                   counters_before):
+def test_the_next_process_reuses_the_compiled_code(int8_start, tiny_folder, int8_compile_cache):
     """A process started on a cache folder that another filled finds inductor's generated code there: nothing to
     compile. In the full suite that process is this one; alone, this file starts a second process to see it."""
     from torch._dynamo.utils import counters
 
-    mine = {name: count - counters_before.get(name, 0) for name, count in counters["inductor"].items()}
+    mine = {name: count - int8_start.counters_before.get(name, 0) for name, count in counters["inductor"].items()}
     assert mine.get("fxgraph_cache_miss", 0) + mine.get("fxgraph_cache_hit", 0) > 0  # the fixture went through it
-    if filled_before:
+    if int8_start.filled_before:
         second = mine
     else:
-        second = _start_an_engine_in_a_new_process(tiny_folder, compile_cache)
+        with taking_turns(int8_compile_cache):
+            second = _start_an_engine_in_a_new_process(tiny_folder, int8_compile_cache)
     assert second.get("fxgraph_cache_hit", 0) > 0 and second.get("fxgraph_cache_miss", 0) == 0, second
-    assert (compile_cache / INDUCTOR_FOLDER).is_dir()
+    assert (int8_compile_cache / INDUCTOR_FOLDER).is_dir()
 
 
 def _start_an_engine_in_a_new_process(tiny_folder, compile_cache) -> dict[str, int]:

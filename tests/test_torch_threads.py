@@ -1,12 +1,18 @@
-"""Each model thread keeps its own torch thread count, whichever thread sets its count last."""
+"""Each model thread keeps its own torch thread count, whichever thread sets its count last; "one per core"
+counts the cores the process may run on, as ``make test``'s workers set them."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 
+import pytest
 import torch
 
-from llm_api.local_model.torch_threads import use_threads
+from llm_api.local_model.torch_threads import usable_cores, use_threads
+from tests.servers import ROOT
 
 
 def _on_new_thread(action) -> None:
@@ -50,3 +56,28 @@ def test_without_it_a_new_thread_takes_the_last_count_set_anywhere():
     finally:
         torch.set_num_threads(previous)
     assert seen == [1]
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="CPU affinity is Linux's")
+def test_one_per_core_counts_the_cores_the_process_may_run_on():
+    """A container's cpuset or ``taskset`` limits the cores; the machine's count would oversize the team."""
+    seen: list[int] = []
+
+    def pinned() -> None:
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # this thread only
+        seen.append(usable_cores())
+
+    _on_new_thread(pinned)
+    assert seen == [1]
+    assert usable_cores() == len(os.sched_getaffinity(0))
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="CPU affinity is Linux's")
+@pytest.mark.parametrize("worker", [0, 1])
+def test_each_test_worker_runs_on_its_own_share_of_the_cores(worker):
+    cores = sorted(os.sched_getaffinity(0))
+    code = ("import os; from tests.workers import pin_this_worker; pin_this_worker(); "
+            "print(sorted(os.sched_getaffinity(0)))")
+    env = dict(os.environ, PYTEST_XDIST_WORKER=f"gw{worker}", PYTEST_XDIST_WORKER_COUNT="2")
+    shown = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, check=True)
+    assert shown.stdout.strip() == str(cores[worker::2] or cores)
