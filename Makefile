@@ -1,6 +1,6 @@
 # Quick start:  make serve      (install + run the service on the embedded model)
 #               make test       (install + run the whole test suite; what CI runs)
-#               make test-fast  (install + ruff + the unit and HTTP tests, about a minute: day-to-day work)
+#               make test-fast  (install + ruff + the unit and HTTP tests, under two minutes: day-to-day work)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
