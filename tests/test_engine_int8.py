@@ -103,7 +103,8 @@ def test_serving_compiles_nothing_more_and_a_batch_answers_as_alone(int8_engine)
 
 def test_the_next_process_reuses_the_compiled_code(int8_start, tiny_folder, int8_compile_cache):
     """A process started on a cache folder that another filled finds inductor's generated code there: nothing to
-    compile. In the full suite that process is this one; alone, this file starts a second process to see it."""
+    compile. When the gunicorn test compiled first (in the full suite, most often), that process is this one;
+    else this file starts a second process to see it."""
     from torch._dynamo.utils import counters
 
     mine = {name: count - int8_start.counters_before.get(name, 0) for name, count in counters["inductor"].items()}

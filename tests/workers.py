@@ -27,7 +27,7 @@ def pin_this_worker() -> None:
     if not name.startswith("gw") or not hasattr(os, "sched_setaffinity"):
         return
     share = sorted(os.sched_getaffinity(0))[int(name[2:])::count]
-    if share:  # with fewer cores than workers, the last workers share them all
+    if share:  # with fewer cores than workers, those past the cores stay on all of them
         os.sched_setaffinity(0, share)
 
 
