@@ -5,12 +5,12 @@ embedded model's architecture at two layers and a width of 64, so that what scal
 from __future__ import annotations
 
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 import transformers
 
+from llm_api.local_model.cache import cached_build
 from llm_api.local_model.loader import _converted_gguf_cache
 from llm_api.local_model.spec import embedded_gguf_path
 
@@ -19,23 +19,19 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.ji
 
 def build_tiny_llama(folder: Path, cache_dir: Path) -> Path:
     """The folder (made once): config, random weights (seeded) and the embedded model's tokenizer files. Built
-    beside it and renamed into place, so that ``make test``'s other worker sees all of it or none."""
-    if (folder / "model.safetensors").is_file():
+    as the app builds its caches, so that ``make test``'s other worker waits for it and then finds all of it."""
+    if (folder / "model.safetensors").is_file():  # also a folder built before it had cached_build's marker
         return folder
     embedded = _converted_gguf_cache(embedded_gguf_path(), cache_dir)
-    config = transformers.AutoConfig.from_pretrained(embedded, local_files_only=True)
-    config.update({"num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4,
-                   "num_key_value_heads": 2, "head_dim": 16})
-    torch.manual_seed(0)
-    model = transformers.AutoModelForCausalLM.from_config(config)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    model.save_pretrained(scratch)
-    for name in _TOKENIZER_FILES:
-        if (embedded / name).is_file():
-            shutil.copy(embedded / name, scratch / name)
-    try:
-        scratch.rename(folder)
-    except OSError:  # another process built it first: the same seeded weights
-        shutil.rmtree(scratch)
-    return folder
+
+    def build(scratch: Path) -> None:
+        config = transformers.AutoConfig.from_pretrained(embedded, local_files_only=True)
+        config.update({"num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 128,
+                       "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16})
+        torch.manual_seed(0)
+        transformers.AutoModelForCausalLM.from_config(config).save_pretrained(scratch)
+        for name in _TOKENIZER_FILES:
+            if (embedded / name).is_file():
+                shutil.copy(embedded / name, scratch / name)
+
+    return cached_build(folder, build, {"contents": "a tiny random Llama for the tests"})
