@@ -9,8 +9,10 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 
 import numpy as np
+from hypothesis import given
+from hypothesis import strategies as st
 
-from llm_api.local_model.llama_cpp_model import slot_order
+from llm_api.local_model.llama_cpp_model import TILED_ATTENTION_ROWS, decode_calls, prompt_piece, slot_order
 from llm_api.local_model.prefix_cache import MIN_MATCH_TOKENS
 from llm_api.local_model.slot_batch import SlotBatch
 
@@ -63,12 +65,50 @@ def start(batch: SlotBatch, prompt: list[int]) -> tuple[Seq, int]:
 
 
 def distinct_prompt(first: int) -> list[int]:
-    return list(range(first, first + MIN_MATCH_TOKENS + 4))
+    """A prompt long enough that, resent with a token more, more than a worthwhile match of it is reused (its
+    last TILED_ATTENTION_ROWS tokens always run again)."""
+    return list(range(first, first + MIN_MATCH_TOKENS + TILED_ATTENTION_ROWS + 4))
 
 
 def test_slot_order_sorts_by_slot_then_position():
     assert slot_order([3, 0, 0, 2], [5, 1, 0, 9]) == [2, 1, 3, 0]
     assert slot_order([], []) == []
+
+
+def test_the_rows_share_one_call_and_each_prompt_runs_in_calls_of_its_own():
+    """llama.cpp would otherwise put a prompt's first token with the rows and the rest after, so how its
+    attention is computed would depend on what else runs in the step."""
+    slots = [2, 0] + [1] * 20 + [3] * 515  # rows in slots 2 and 0; prompts of 20 and 515 tokens in 1 and 3
+    positions = [9, 4] + list(range(20)) + list(range(515))
+    calls = decode_calls(slots, positions)
+    assert calls[0] == [1, 0]  # the rows, in slot order
+    assert [len(call) for call in calls[1:]] == [20, 507, 8]  # 512 would leave 3, too few for tiles
+    assert all(len({slots[index] for index in call}) == 1 for call in calls[1:])
+    assert [positions[index] for index in calls[2] + calls[3]] == list(range(515))
+    assert sorted(index for call in calls for index in call) == list(range(len(slots)))
+
+
+def test_a_prompts_part_leaves_enough_for_tiles_or_takes_it_all():
+    assert prompt_piece(20, 64) == 20
+    assert prompt_piece(100, 64) == 64
+    assert prompt_piece(70, 64) == 70 - TILED_ATTENTION_ROWS
+    assert prompt_piece(12, 10) == 12  # two more than fit, rather than a part of 4 and one of 8
+    assert prompt_piece(100, 5) == 0  # no room for a part in tiles this step
+    assert prompt_piece(5, 3) == 5  # a prompt too short for tiles runs whole
+
+
+@given(st.integers(TILED_ATTENTION_ROWS, 3000), st.lists(st.integers(-20, 600), min_size=1, max_size=50))
+def test_however_a_prompt_is_cut_every_part_runs_in_tiles(prompt, budgets):
+    remaining, parts = prompt, []
+    for budget in [*budgets, prompt]:  # the last step has room for all of it
+        taken = prompt_piece(remaining, budget)
+        assert 0 <= taken <= remaining and taken <= max(budget, 0) + TILED_ATTENTION_ROWS - 1
+        if taken:
+            parts.append(taken)
+            remaining -= taken
+        if not remaining:
+            break
+    assert sum(parts) == prompt and min(parts) >= TILED_ATTENTION_ROWS
 
 
 def six_rows_then_three_left() -> tuple[RecordingModel, SlotBatch, list[Seq]]:
@@ -99,7 +139,7 @@ def test_a_prefix_in_a_slot_apart_from_the_busy_ones_is_copied_beside_them():
     model, batch, seqs = six_rows_then_three_left()
     seq, slot = start(batch, seqs[0].prompt + [7])  # the next turn of what slot 0 holds
     assert slot == 5 and model.copies == [(0, 5)]  # 0 itself would stand apart from 2-4
-    assert batch.prefixes.hits == 1 and batch.prefixes.reused_tokens == len(seqs[0].prompt)
+    assert batch.prefixes.hits == 1 and batch.prefixes.reused_tokens == len(seq.prompt) - TILED_ATTENTION_ROWS
 
 
 def test_a_prefix_in_a_well_placed_free_slot_is_taken_in_place():
@@ -136,12 +176,13 @@ def test_a_short_prefix_of_a_long_history_runs_again_rather_than_copy_the_histor
     run again than to copy with the conversation; a longer share of it is copied."""
     model = RecordingModel(slots=3)
     batch = SlotBatch(model, VOCAB)
-    system = distinct_prompt(0)  # 20 tokens
+    system = distinct_prompt(0)  # 28 tokens
     conversation, _ = start(batch, system + list(range(1000, 1000 + 39 * len(system))))  # 40x the system prompt
-    _, slot = start(batch, system + [7, 7])  # shares 20 of the conversation's 800 cells: under 1/32
+    _, slot = start(batch, system + [7, 7])  # shares 22 of the conversation's 1,120 cells: under 1/32
     assert model.copies == [] and slot != batch._slot_of[conversation] and batch.prefixes.hits == 0
-    _, slot = start(batch, conversation.prompt[:21 + len(system)] + [7])  # 41 of 800: worth a copy
-    assert len(model.copies) == 1 and batch.prefixes.hits == 1 and batch.prefixes.reused_tokens == 41
+    seq, slot = start(batch, conversation.prompt[:21 + len(system)] + [7])  # 42 of 1,120: worth a copy
+    assert len(model.copies) == 1 and batch.prefixes.hits == 1
+    assert batch.prefixes.reused_tokens == len(seq.prompt) - TILED_ATTENTION_ROWS == 42
 
 
 def test_a_free_slot_holding_a_little_more_than_the_match_is_taken_in_place():
@@ -153,7 +194,8 @@ def test_a_free_slot_holding_a_little_more_than_the_match_is_taken_in_place():
     first, slot = start(batch, history + list(range(5000, 5018)))  # 800 cells of history, an 18-token question
     batch.retire([first])
     _, again = start(batch, history + [7, 7])
-    assert again == slot and model.copies == [] and batch.prefixes.reused_tokens == len(history)
+    assert again == slot and model.copies == []
+    assert batch.prefixes.reused_tokens == len(history) + 2 - TILED_ATTENTION_ROWS
     other, slot = start(batch, history[:400] + list(range(6000, 6400)))  # shares half, then 400 of its own
     batch.retire([other])
     _, last = start(batch, other.prompt[:420] + [9])  # 420 of the 800 cells: the other 380 are worth keeping
@@ -163,7 +205,7 @@ def test_a_free_slot_holding_a_little_more_than_the_match_is_taken_in_place():
 def test_prompts_sent_again_together_each_take_their_own_slot_rather_than_copy_over_each_other():
     """Four requests resent at once find their prompts in four free slots, each followed by a long answer. A copy
     to keep one answer would overwrite another slot's prompt, which the next request then runs again: each
-    takes its own slot in place instead, and runs only its last token."""
+    takes its own slot in place instead, and runs only its last few tokens."""
     model = RecordingModel(slots=4)
     batch = SlotBatch(model, VOCAB)
     seqs, slots = zip(*(start(batch, distinct_prompt(100 * i)) for i in range(4)), strict=True)
@@ -173,4 +215,4 @@ def test_prompts_sent_again_together_each_take_their_own_slot_rather_than_copy_o
     batch.retire(seqs)
     again = [batch.start_prefill(Seq(list(seq.prompt))) for seq in seqs]
     assert model.copies == [] and [prefill.slot for prefill in again] == list(slots)
-    assert batch.prefixes.reused_tokens == sum(len(seq.prompt) - 1 for seq in seqs)
+    assert batch.prefixes.reused_tokens == sum(len(seq.prompt) - TILED_ATTENTION_ROWS for seq in seqs)

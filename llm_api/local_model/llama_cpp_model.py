@@ -14,6 +14,7 @@ libraries at import and is an optional install (``make llama-cpp``).
 from __future__ import annotations
 
 import ctypes
+import itertools
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,6 +26,9 @@ from .errors import ModelLoadError
 from .spec import check_llama_cpp_installed
 
 BATCH_TOKENS = 512  # tokens per llama_decode call; a longer prompt runs in several calls
+# From this many tokens of one sequence in a llama_decode call, the build's attention runs in tiles
+# (scripts/patch_llama_cpp.py, TILED_FROM_ROWS); with fewer, a row at a time. The two round differently.
+TILED_ATTENTION_ROWS = 8
 WEIGHTS_PLACED = b"model buffer size"  # llama.cpp's load log: one line per kind of buffer the weights went to
 
 
@@ -66,11 +70,10 @@ class LlamaCppModel:
             outputs: Sequence[bool]) -> np.ndarray:
         """Feed each token at its position into its slot's sequence; the logits of the tokens whose
         ``outputs`` flag is set, in the order given, as a new float32 array [outputs, vocab]. The tokens
-        reach llama.cpp in :func:`slot_order`, whatever order they come in."""
-        order = slot_order(slots, positions)
+        reach llama.cpp in :func:`decode_calls`, whatever order they come in."""
+        calls = decode_calls(slots, positions)
         wanted: list[np.ndarray] = []
-        for start in range(0, len(order), BATCH_TOKENS):
-            part = order[start:start + BATCH_TOKENS]
+        for part in calls:
             count = self._decode([(tokens[i], positions[i], slots[i], outputs[i]) for i in part])
             if count:
                 pointer = self._lib.llama_get_logits(self._context)
@@ -78,7 +81,7 @@ class LlamaCppModel:
         if not wanted:
             return np.empty((0, self.vocab_size), dtype=np.float32)
         logits = wanted[0] if len(wanted) == 1 else np.concatenate(wanted)  # one call's rows are copied once
-        returned = [index for index in order if outputs[index]]  # whose logits each row is, as they came
+        returned = [index for part in calls for index in part if outputs[index]]  # whose logits each row is
         asked = sorted(returned)
         if returned == asked:
             return logits
@@ -155,6 +158,42 @@ def quantize(source: Path, target: Path, quantization: str, threads: int) -> Non
     _quiet_logs(llama_cpp)
     if llama_cpp.llama_model_quantize(str(source).encode(), str(target).encode(), ctypes.byref(params)) != 0:
         raise ModelLoadError(f"llama.cpp could not re-quantize {source.name} to {quantization}")
+
+
+def decode_calls(slots: Sequence[int], positions: Sequence[int]) -> list[list[int]]:
+    """The ``llama_decode`` calls that run a step's tokens, as lists of their indices: one for the slots that bring
+    one token (the rows that decode), in :func:`slot_order`, then each slot that brings more (a prompt) alone, in
+    :func:`prompt_piece` parts of at most ``BATCH_TOKENS``.
+
+    llama.cpp cuts a call into parts that take as many tokens from each of its sequences; with a decoding row
+    beside it, a prompt's first token would go with the row and the rest after. So how many of a prompt's tokens
+    share a call, which decides how their attention is computed, would depend on what else runs in the step: a
+    prompt alone, in a batch, or after a cached prefix would get different logits."""
+    singles: list[int] = []
+    calls: list[list[int]] = []
+    for _, group in itertools.groupby(slot_order(slots, positions), key=lambda index: slots[index]):
+        indices = list(group)
+        if len(indices) == 1:
+            singles += indices
+            continue
+        while indices:
+            taken = prompt_piece(len(indices), BATCH_TOKENS)
+            calls.append(indices[:taken])
+            indices = indices[taken:]
+    return [singles[i:i + BATCH_TOKENS] for i in range(0, len(singles), BATCH_TOKENS)] + calls
+
+
+def prompt_piece(remaining: int, budget: int) -> int:
+    """How many of a prompt's ``remaining`` tokens to run now, with room for ``budget``: all when they fit, else
+    as many as fit that leave at least :data:`TILED_ATTENTION_ROWS` for later; all of a few more than fit rather
+    than a part too small for tiles, or none when the room is too small for one. So every part of a prompt of
+    at least that many tokens runs in tiles, however the prompt is cut."""
+    if remaining <= budget:
+        return remaining
+    taken = min(budget, remaining - TILED_ATTENTION_ROWS)
+    if taken >= TILED_ATTENTION_ROWS:
+        return taken
+    return remaining if remaining - budget < TILED_ATTENTION_ROWS else 0
 
 
 def slot_order(slots: Sequence[int], positions: Sequence[int]) -> list[int]:

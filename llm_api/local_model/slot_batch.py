@@ -1,18 +1,18 @@
 """The running batch on llama.cpp: every sequence owns a slot (its own KV stream) from prefill to retirement.
 
-A step feeds each row's last token at its own position into its own slot, in one ``llama_decode``: no
-padding, no masks, no cache reshaping when rows join or leave. A finished sequence leaves its cells in
-its slot, and the slot remembers which token ids they hold. A new prompt takes the free slot that holds
-the longest prefix of it (a conversation's next turn, OpenAI messages resent with one more turn, a shared
-system prompt), cuts the cells after that prefix and runs only the rest; with no match it takes a free
-slot beside busy ones (released longest ago among those), because llama.cpp runs each group of adjacent
-busy slots as its own pass over the weights. A prefix that sits in a busy slot, in a slot holding much
-more than the match, or in a slot that would split the busy ones, is copied into that better placed free
-slot instead (a copy moves the source's every cell, 15 us each), unless the match is too small a share of
-them to pay for it, or the copy would overwrite as many cells of another prompt as it keeps. So prefix
-reuse is bounded by the slots (``LLM_API_MAX_BATCH``) and each slot's context, and evicts least recently
-used among equally placed slots. When finished sequences leave the busy slots scattered, the others are
-moved together.
+A step feeds each row's last token at its own position into its own slot, in one ``llama_decode`` (each
+prompt's part in one of its own): no padding, no masks, no cache reshaping when rows join or leave. A
+finished sequence leaves its cells in its slot, and the slot remembers which token ids they hold. A new
+prompt takes the free slot that holds the longest prefix of it (a conversation's next turn, OpenAI messages
+resent with one more turn, a shared system prompt), cuts the cells after that prefix and runs only the rest;
+with no match it takes a free slot beside busy ones (released longest ago among those), because llama.cpp
+runs each group of adjacent busy slots as its own pass over the weights. A prefix that sits in a busy slot,
+in a slot holding much more than the match, or in a slot that would split the busy ones, is copied into that
+better placed free slot instead (a copy moves the source's every cell, 15 us each), unless the match is too
+small a share of them to pay for it, or the copy would overwrite as many cells of another prompt as it
+keeps. So prefix reuse is bounded by the slots (``LLM_API_MAX_BATCH``) and each slot's context, and evicts
+least recently used among equally placed slots. When finished sequences leave the busy slots scattered, the
+others are moved together.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .llama_cpp_model import LlamaCppModel
+from .llama_cpp_model import TILED_ATTENTION_ROWS, LlamaCppModel, prompt_piece
 from .prefix_cache import MIN_MATCH_TOKENS, common_prefix
 from .running import PendingPrefill, StepResult
 from .sequence import SequenceState
@@ -88,7 +88,7 @@ class SlotBatch:
         reused, source, source_cells = 0, None, 0
         if self.prefixes.enabled:
             for candidate, held in self._histories():
-                length = common_prefix(held, prompt, len(prompt) - 1)
+                length = common_prefix(held, prompt, len(prompt) - _least_run(len(prompt)))
                 if length > reused:
                     reused, source, source_cells = length, candidate, len(held)
         best = self._best_free()
@@ -179,8 +179,9 @@ class SlotBatch:
         self._compact()
 
     def step(self, prefills: Sequence[SlotPrefill], chunk: int) -> StepResult[SlotPrefill]:
-        """One ``llama_decode`` for every row's next token and the prompt tokens of ``prefills``: at most
-        ``chunk`` of them while rows decode (the step stays short), all of them when none does."""
+        """Every row's next token and the prompt tokens of ``prefills``: about ``chunk`` of them while rows
+        decode (the step stays short; never fewer than the build's tiled attention takes), all of them when none
+        does, each prompt cut by :func:`~llm_api.local_model.llama_cpp_model.prompt_piece`."""
         tokens: list[int] = []
         positions: list[int] = []
         slots: list[int] = []
@@ -191,13 +192,16 @@ class SlotBatch:
             positions.append(row.position)
             slots.append(self._slot_of[row])
             outputs.append(True)
-        budget = chunk if rows else sum(p.remaining for p in prefills)
+        budget = max(chunk, TILED_ATTENTION_ROWS) if rows else sum(p.remaining for p in prefills)
         completing: list[SlotPrefill] = []
         for prefill in prefills:
             if budget <= 0:
                 break
+            taken = prompt_piece(prefill.remaining, budget)
+            if not taken:
+                continue
             prompt = prefill.seq.request.prompt_ids
-            end = min(len(prompt), prefill.done + budget)
+            end = prefill.done + taken
             tokens.extend(prompt[prefill.done:end])
             positions.extend(range(prefill.done, end))
             slots.extend([prefill.slot] * (end - prefill.done))
@@ -255,6 +259,13 @@ class SlotBatch:
         if tensor.shape[-1] > self._vocab_limit:
             tensor[..., self._vocab_limit:] = float("-inf")
         return tensor
+
+
+def _least_run(prompt_tokens: int) -> int:
+    """How many of a prompt's last tokens run even when a slot holds them: one, for its logits, or enough for
+    the build's tiled attention (:data:`~llm_api.local_model.llama_cpp_model.TILED_ATTENTION_ROWS`), so that a
+    reused prompt's tokens are computed as the whole prompt's would be."""
+    return TILED_ATTENTION_ROWS if prompt_tokens >= TILED_ATTENTION_ROWS else 1
 
 
 def _cheaper_than_copying(tokens: int, cells: int) -> bool:
