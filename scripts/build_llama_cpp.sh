@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds llama.cpp once, into .cache/llama.cpp-VERSION-ISA: its shared libraries (for the optional
+# Builds llama.cpp once, into .cache/llama.cpp-VERSION-ISA-PATCHES: its shared libraries (for the optional
 # `llama_cpp` backend and the llama-cpp-python benchmark peer) and its own `llama-server` (a peer).
 # .cache/llama.cpp-VERSION links to the build for this machine's CPU.
 #
@@ -10,8 +10,9 @@
 # avx512-vbmi-vnni-bf16-amx, or sse42-avx-avx2-fma-f16c-bmi2), so a build for one kind of CPU is never loaded on a CPU
 # that lacks one of its instructions (it would die of SIGILL at the first decode). With AVX-512 it
 # also compiles ggml's AMX kernels; where the CPU or kernel has no AMX, llama.cpp says so once and
-# runs without them. ggml's AMX kernels die of SIGILL when GCC 12 compiles them as they are:
-# scripts/patch_llama_cpp_amx.py fixes that one line first. Nothing is downloaded but the sdist
+# runs without them. scripts/patch_llama_cpp.py changes ggml's CPU code first: its AMX kernels die of
+# SIGILL when GCC 12 compiles them as they are, and its attention runs short prompts a row at a time; the
+# folder's name ends with that script's digest, so a change there builds again. Nothing is downloaded but the sdist
 # (llama-server's web UI is not fetched: the server runs without it). The libraries take 2 to 4 minutes
 # on 2 cores, with llama-server about 6.
 #
@@ -60,7 +61,8 @@ else
 fi
 ISA_NAME="$(IFS=-; echo "${ISA[*]}")"
 LINK="$ROOT/.cache/llama.cpp-$VERSION"
-OUT="${LLAMA_CPP_BUILD_DIR:-$LINK-$ISA_NAME}"
+PATCHES="$(sha256sum "$ROOT/scripts/patch_llama_cpp.py" | cut -c1-8)"
+OUT="${LLAMA_CPP_BUILD_DIR:-$LINK-$ISA_NAME-$PATCHES}"
 if [ "${1:-}" = --isa ]; then  # what this CPU gets, for the tests: the suffix, the switches, the flags needed
   printf '%s\n' "$ISA_NAME" "${ISA_FLAGS[*]}" "${REQUIRED[*]}"
   exit 0
@@ -89,7 +91,7 @@ if [ ! -f "$OUT/libllama.so" ] || { [ "$SERVER" = 1 ] && [ ! -x "$OUT/llama-serv
   "$PYTHON" -m pip download --no-deps --no-binary :all: --dest "$WORK" "llama-cpp-python==$VERSION"
   tar -xzf "$WORK"/llama_cpp_python-"$VERSION".tar.gz -C "$WORK"
   SRC="$WORK/llama_cpp_python-$VERSION/vendor/llama.cpp"
-  "$PYTHON" "$ROOT/scripts/patch_llama_cpp_amx.py" "$SRC"
+  "$PYTHON" "$ROOT/scripts/patch_llama_cpp.py" "$SRC"
   cmake -S "$SRC" -B "$WORK/build" -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=ON \
     -DCMAKE_BUILD_RPATH='$ORIGIN' "${ISA_FLAGS[@]}" -DGGML_OPENMP=ON \
     -DLLAMA_CURL=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF "${TOOLS[@]}"

@@ -191,6 +191,24 @@ def test_a_step_given_in_any_slot_order_returns_each_rows_logits_where_it_was_as
         model.close()
 
 
+def test_a_turn_after_cached_cells_gets_the_same_logits_as_its_whole_prompt_run_at_once():
+    """A new turn of a stored conversation runs its few tokens over the cells its slot kept. The build runs
+    attention in tiles from 8 query rows (scripts/patch_llama_cpp.py), where a row's result does not depend on
+    the rows beside it, so the turn's logits are the same bits as when the history and the turn run together.
+    ggml's row-at-a-time path, which such a turn took before, gave logits up to 0.76 apart here."""
+    model = load_model(SPEC, slots=2).model
+    try:
+        history = [100 + 7 * i % 5000 for i in range(300)]
+        turn = list(range(2000, 2024))
+        model.run(history, range(300), [0] * 300, [False] * 300)
+        after_cached = model.run(turn, range(300, 324), [0] * 24, [True] * 24)
+        at_once = model.run(history + turn, range(324), [1] * 324, [False] * 300 + [True] * 24)
+        assert after_cached.shape == (24, model.vocab_size)
+        assert np.array_equal(after_cached, at_once)
+    finally:
+        model.close()
+
+
 def test_a_requantized_file_is_made_once_and_answers_the_same_alone_and_in_a_batch():
     """LLM_API_QUANTIZATION=q8_0: the GGUF re-quantized into the model cache on first load, reused after."""
     engine = _engine(replace(SPEC, quantization="q8_0"))

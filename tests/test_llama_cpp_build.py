@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import platform
+import runpy
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from llm_api.local_model.errors import ModelLoadError
+from llm_api.local_model.llama_cpp_model import TILED_ATTENTION_ROWS
 from llm_api.local_model.spec import CPUINFO, LLAMA_CPP_CPU_FLAGS, check_cpu_runs_build
 from tests.servers import ROOT
 
@@ -95,3 +98,24 @@ def test_the_installed_build_runs_on_this_cpu():
     required = Path(llama_cpp.__file__).parent / "lib" / LLAMA_CPP_CPU_FLAGS
     assert required.is_file()
     check_cpu_runs_build(required, CPUINFO)
+
+
+def test_a_source_without_the_lines_a_patch_rewrites_stops_the_build(tmp_path):
+    """scripts/patch_llama_cpp.py changes exact lines of the pinned llama.cpp; a source where they moved stops
+    the build with the file and the change named, rather than compiling unpatched kernels."""
+    cpu = tmp_path / "ggml" / "src" / "ggml-cpu"
+    (cpu / "amx").mkdir(parents=True)
+    (cpu / "amx" / "mmq.cpp").write_text("    _tile_loadconfig(&tc);\n")
+    (cpu / "ops.cpp").write_text("// a later version, whose attention reads differently\n")
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "patch_llama_cpp.py"), str(tmp_path)],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    assert "ops.cpp" in result.stderr and "check the change against this version" in result.stderr
+    assert "ldtilecfg" in (cpu / "amx" / "mmq.cpp").read_text()  # the first change was made, the second refused
+
+
+def test_the_engine_cuts_prompts_for_the_attention_the_build_compiles():
+    """The engine runs every part of a prompt in calls of at least as many tokens as the build's attention needs
+    to run in tiles; the two numbers must be the same."""
+    patch = runpy.run_path(str(ROOT / "scripts" / "patch_llama_cpp.py"))
+    assert patch["TILED_FROM_ROWS"] == TILED_ATTENTION_ROWS
