@@ -14,11 +14,11 @@ this file's digest, so a build made before a change here is built again.
   query rows to the step; then it runs tiles of 64 rows through small float32 matrix products, and computes
   all 64 rows of a tile even where fewer are real. A new turn of a stored conversation brings 10 to 40
   tokens over a long history, so it took the row-at-a-time path: 24 new tokens after 1,500 cached ones cost
-  2.7 times the same 24 alone on an AVX2 machine. The tiled path now starts at 8 rows and computes the
+  2.7 times the same 24 alone on an AVX2 machine. The tiled path now starts at 2 rows and computes the
   tile's real rows only. Each row's result is the same whichever rows share its tile, so a prompt's
   continuation after cached cells gets the same logits, bit for bit, as the whole prompt run at once
   (tested); the row-at-a-time path did not (up to 0.9 apart). One-token decode steps keep the
-  row-at-a-time path.
+  row-at-a-time path, which is faster for one row; the engine never runs a prompt's token alone.
 
 Usage: python scripts/patch_llama_cpp.py LLAMA_CPP_SOURCE_DIR
 """
@@ -29,7 +29,7 @@ import sys
 from pathlib import Path
 
 CPU = Path("ggml") / "src" / "ggml-cpu"
-TILED_FROM_ROWS = 8  # query rows of one sequence in a step from which attention runs in tiles
+TILED_FROM_ROWS = 2  # query rows of one sequence in a step from which attention runs in tiles
 
 AMX_TILE_CONFIG = [(
     "    _tile_loadconfig(&tc);\n",

@@ -75,26 +75,31 @@ def test_slot_order_sorts_by_slot_then_position():
     assert slot_order([], []) == []
 
 
-def test_the_rows_share_one_call_and_each_prompt_runs_in_calls_of_its_own():
+def test_parts_of_one_length_share_a_call_and_a_prompts_parts_run_in_order():
     """llama.cpp would otherwise put a prompt's first token with the rows and the rest after, so how its
     attention is computed would depend on what else runs in the step."""
-    slots = [2, 0] + [1] * 20 + [3] * 515  # rows in slots 2 and 0; prompts of 20 and 515 tokens in 1 and 3
-    positions = [9, 4] + list(range(20)) + list(range(515))
+    lengths = {2: 1, 0: 1, 1: 20, 3: 513, 4: 8, 5: 20}  # rows in slots 2 and 0; prompts in the others
+    slots = [slot for slot, length in lengths.items() for _ in range(length)]
+    positions = [position for length in lengths.values() for position in range(length)]
     calls = decode_calls(slots, positions)
-    assert calls[0] == [1, 0]  # the rows, in slot order
-    assert [len(call) for call in calls[1:]] == [20, 507, 8]  # 512 would leave 3, too few for tiles
-    assert all(len({slots[index] for index in call}) == 1 for call in calls[1:])
-    assert [positions[index] for index in calls[2] + calls[3]] == list(range(515))
+    called = [[(slots[index], positions[index]) for index in call] for call in calls]
+    assert called[0] == [(0, 0), (2, 0)]  # the rows, in slot order
+    assert called[1] == [(4, p) for p in range(8)]
+    assert called[2] == [(1, p) for p in range(20)] + [(5, p) for p in range(20)]  # one length, one call
+    assert called[3] == [(3, p) for p in range(511)]  # 512 would leave one token, to run a row at a time
+    assert called[4] == [(3, p) for p in range(511, 513)]  # after the part before it
     assert sorted(index for call in calls for index in call) == list(range(len(slots)))
+    assert [len(call) for call in decode_calls([0] * 300 + [1] * 300, list(range(300)) * 2)] == [300, 300]
 
 
 def test_a_prompts_part_leaves_enough_for_tiles_or_takes_it_all():
+    assert TILED_ATTENTION_ROWS == 2
     assert prompt_piece(20, 64) == 20
     assert prompt_piece(100, 64) == 64
-    assert prompt_piece(70, 64) == 70 - TILED_ATTENTION_ROWS
-    assert prompt_piece(12, 10) == 12  # two more than fit, rather than a part of 4 and one of 8
-    assert prompt_piece(100, 5) == 0  # no room for a part in tiles this step
-    assert prompt_piece(5, 3) == 5  # a prompt too short for tiles runs whole
+    assert prompt_piece(65, 64) == 63  # 64 would leave one token
+    assert prompt_piece(3, 2) == 3  # one more than fits, rather than a part of two and one of one
+    assert prompt_piece(100, 1) == 0  # no room for a part of two this step
+    assert prompt_piece(1, 1) == 1  # a one-token prompt runs whole
 
 
 @given(st.integers(TILED_ATTENTION_ROWS, 3000), st.lists(st.integers(-20, 600), min_size=1, max_size=50))
@@ -176,11 +181,11 @@ def test_a_short_prefix_of_a_long_history_runs_again_rather_than_copy_the_histor
     run again than to copy with the conversation; a longer share of it is copied."""
     model = RecordingModel(slots=3)
     batch = SlotBatch(model, VOCAB)
-    system = distinct_prompt(0)  # 28 tokens
+    system = distinct_prompt(0)  # 22 tokens
     conversation, _ = start(batch, system + list(range(1000, 1000 + 39 * len(system))))  # 40x the system prompt
-    _, slot = start(batch, system + [7, 7])  # shares 22 of the conversation's 1,120 cells: under 1/32
+    _, slot = start(batch, system + [7, 7])  # shares 22 of the conversation's 880 cells: under 1/32
     assert model.copies == [] and slot != batch._slot_of[conversation] and batch.prefixes.hits == 0
-    seq, slot = start(batch, conversation.prompt[:21 + len(system)] + [7])  # 42 of 1,120: worth a copy
+    seq, slot = start(batch, conversation.prompt[:21 + len(system)] + [7])  # 42 of 880: worth a copy
     assert len(model.copies) == 1 and batch.prefixes.hits == 1
     assert batch.prefixes.reused_tokens == len(seq.prompt) - TILED_ATTENTION_ROWS == 42
 

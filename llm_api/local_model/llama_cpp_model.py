@@ -28,7 +28,7 @@ from .spec import check_llama_cpp_installed
 BATCH_TOKENS = 512  # tokens per llama_decode call; a longer prompt runs in several calls
 # From this many tokens of one sequence in a llama_decode call, the build's attention runs in tiles
 # (scripts/patch_llama_cpp.py, TILED_FROM_ROWS); with fewer, a row at a time. The two round differently.
-TILED_ATTENTION_ROWS = 8
+TILED_ATTENTION_ROWS = 2
 WEIGHTS_PLACED = b"model buffer size"  # llama.cpp's load log: one line per kind of buffer the weights went to
 
 
@@ -161,26 +161,38 @@ def quantize(source: Path, target: Path, quantization: str, threads: int) -> Non
 
 
 def decode_calls(slots: Sequence[int], positions: Sequence[int]) -> list[list[int]]:
-    """The ``llama_decode`` calls that run a step's tokens, as lists of their indices: one for the slots that bring
-    one token (the rows that decode), in :func:`slot_order`, then each slot that brings more (a prompt) alone, in
-    :func:`prompt_piece` parts of at most ``BATCH_TOKENS``.
+    """The ``llama_decode`` calls that run a step's tokens, as lists of their indices. Each slot's tokens are cut
+    into :func:`prompt_piece` parts of at most ``BATCH_TOKENS`` (a row that decodes brings a part of one), and
+    the parts of one length share calls, in :func:`slot_order`: the rows' single tokens, eight resent prompts'
+    last two tokens. A slot's later part runs in a later call.
 
     llama.cpp cuts a call into parts that take as many tokens from each of its sequences; with a decoding row
     beside it, a prompt's first token would go with the row and the rest after. So how many of a prompt's tokens
-    share a call, which decides how their attention is computed, would depend on what else runs in the step: a
-    prompt alone, in a batch, or after a cached prefix would get different logits."""
-    singles: list[int] = []
-    calls: list[list[int]] = []
+    share a part, which decides how their attention is computed, would depend on what else runs in the step: a
+    prompt alone, in a batch, or after a cached prefix would get different logits. Parts of one length are cut
+    by llama.cpp only where their slots are not adjacent, and each stays whole."""
+    rounds: list[dict[int, list[list[int]]]] = []  # the k-th part of every slot, by its length
     for _, group in itertools.groupby(slot_order(slots, positions), key=lambda index: slots[index]):
         indices = list(group)
-        if len(indices) == 1:
-            singles += indices
-            continue
-        while indices:
+        for turn in itertools.count():
+            if not indices:
+                break
             taken = prompt_piece(len(indices), BATCH_TOKENS)
-            calls.append(indices[:taken])
+            if turn == len(rounds):
+                rounds.append({})
+            rounds[turn].setdefault(taken, []).append(indices[:taken])
             indices = indices[taken:]
-    return [singles[i:i + BATCH_TOKENS] for i in range(0, len(singles), BATCH_TOKENS)] + calls
+    return [call for parts in rounds for length in sorted(parts) for call in _packed(parts[length])]
+
+
+def _packed(parts: list[list[int]]) -> list[list[int]]:
+    """``parts`` joined into as few calls of at most ``BATCH_TOKENS`` as their order allows, none split."""
+    calls: list[list[int]] = [[]]
+    for part in parts:
+        if len(calls[-1]) + len(part) > BATCH_TOKENS:
+            calls.append([])
+        calls[-1] += part
+    return calls
 
 
 def prompt_piece(remaining: int, budget: int) -> int:
