@@ -1,7 +1,7 @@
 """The running batch on llama.cpp: every sequence owns a slot (its own KV stream) from prefill to retirement.
 
-A step feeds each row's last token at its own position into its own slot, in one ``llama_decode`` (each
-prompt's part in one of its own): no padding, no masks, no cache reshaping when rows join or leave. A
+A step feeds each row's last token at its own position into its own slot, in one ``llama_decode`` (the
+prompts' parts in calls beside it): no padding, no masks, no cache reshaping when rows join or leave. A
 finished sequence leaves its cells in its slot, and the slot remembers which token ids they hold. A new
 prompt takes the free slot that holds the longest prefix of it (a conversation's next turn, OpenAI messages
 resent with one more turn, a shared system prompt), cuts the cells after that prefix and runs only the rest;
