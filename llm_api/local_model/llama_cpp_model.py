@@ -173,16 +173,21 @@ def decode_calls(slots: Sequence[int], positions: Sequence[int]) -> list[list[in
     by llama.cpp only where their slots are not adjacent, and each stays whole."""
     rounds: list[dict[int, list[list[int]]]] = []  # the k-th part of every slot, by its length
     for _, group in itertools.groupby(slot_order(slots, positions), key=lambda index: slots[index]):
-        indices = list(group)
-        for turn in itertools.count():
-            if not indices:
-                break
-            taken = prompt_piece(len(indices), BATCH_TOKENS)
+        for turn, part in enumerate(_cut(list(group))):
             if turn == len(rounds):
                 rounds.append({})
-            rounds[turn].setdefault(taken, []).append(indices[:taken])
-            indices = indices[taken:]
+            rounds[turn].setdefault(len(part), []).append(part)
     return [call for parts in rounds for length in sorted(parts) for call in _packed(parts[length])]
+
+
+def _cut(indices: list[int]) -> list[list[int]]:
+    """One slot's tokens in the :func:`prompt_piece` parts of at most ``BATCH_TOKENS`` they run in, in order."""
+    parts = []
+    while indices:
+        taken = prompt_piece(len(indices), BATCH_TOKENS)
+        parts.append(indices[:taken])
+        indices = indices[taken:]
+    return parts
 
 
 def _packed(parts: list[list[int]]) -> list[list[int]]:

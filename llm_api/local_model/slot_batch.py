@@ -204,9 +204,9 @@ class SlotBatch:
             end = prefill.done + taken
             tokens.extend(prompt[prefill.done:end])
             positions.extend(range(prefill.done, end))
-            slots.extend([prefill.slot] * (end - prefill.done))
-            outputs.extend([False] * (end - prefill.done - 1) + [end == len(prompt)])
-            budget -= end - prefill.done
+            slots.extend([prefill.slot] * taken)
+            outputs.extend([False] * (taken - 1) + [end == len(prompt)])
+            budget -= taken
             prefill.done = end
             if not prefill.remaining:
                 completing.append(prefill)
