@@ -6,7 +6,13 @@ llama-server, both up at once, and the report gives each side's median and their
 decode speed (tokens after the first, over the time after the first), at several the aggregate tok/s of
 all streams started at once (and the median of each round's TTFT p95).
 
+The rounds send the same prompts again, as a client resending a conversation does, so both servers find them
+cached and run only their last tokens. With ``--fresh`` every round's prompts are new (each starts with the
+round's number), so each round also pays for running every prompt whole: what the time to first token is
+when many new requests arrive at once.
+
 Usage:  python -m bench.one_stream [--runs 7] [--tokens 128] [--quantization none|q8_0] [--streams 1,8,16]
+                                   [--fresh]
 """
 
 from __future__ import annotations
@@ -19,12 +25,14 @@ from bench.prompts import PROMPTS
 from bench.run import EXACT_LENGTH, PEERS, Server, decode_speed, load, ours, stream_chat
 
 
-def measure(server: Server, streams: int, tokens: int, extra: dict[str, Any], run: int) -> tuple[float, float]:
-    """(tok/s, TTFT p95 in seconds) of one round: one stream's decode speed, or ``streams`` streams' aggregate."""
+def measure(server: Server, streams: int, tokens: int, extra: dict[str, Any], run: int,
+            tag: str = "") -> tuple[float, float]:
+    """(tok/s, TTFT p95 in seconds) of one round: one stream's decode speed, or ``streams`` streams' aggregate;
+    ``tag`` starts every prompt."""
     if streams == 1:
-        result = stream_chat(server.url, PROMPTS[run % len(PROMPTS)], tokens, extra)
+        result = stream_chat(server.url, tag + PROMPTS[run % len(PROMPTS)], tokens, extra)
         return decode_speed(result), result.ttft or 0.0
-    summary = load(server.url, streams, tokens, extra)
+    summary = load(server.url, streams, tokens, extra, tag=tag)
     return summary["aggregate_tps"], summary["ttft_p95"]
 
 
@@ -34,6 +42,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--quantization", default="none", help="LLM_API_QUANTIZATION, for both servers' file")
     parser.add_argument("--streams", default="1", help="comma-separated stream counts, each measured --runs times")
+    parser.add_argument("--fresh", action="store_true", help="new prompts every round (none is cached)")
     args = parser.parse_args()
     counts = [int(count) for count in args.streams.split(",")]
     mine = ours({"LLM_API_BACKEND": "llama_cpp", "LLM_API_QUANTIZATION": args.quantization,
@@ -45,8 +54,9 @@ def main() -> None:
             for server, extra in sides:  # a round each first: a fresh server's first batch is slower
                 load(server.url, max(counts), args.tokens, extra)
             for streams in counts:
-                report(streams, [[measure(server, streams, args.tokens, extra, run) for server, extra in sides]
-                                 for run in range(args.runs)])
+                tags = [f"({streams}.{run}) " if args.fresh else "" for run in range(args.runs)]
+                report(streams, [[measure(server, streams, args.tokens, extra, run, tag) for server, extra in sides]
+                                 for run, tag in enumerate(tags)])
         finally:
             peer.stop()
     finally:

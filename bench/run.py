@@ -128,9 +128,10 @@ def _probe_health(url: str, stop: Any, results: Any) -> None:
 
 
 def load(url: str, streams: int, tokens: int, extra: dict[str, Any], probe: bool = False,
-         count_chunks: bool = False) -> dict[str, Any]:
-    """``streams`` concurrent streams (different prompts), each asking for ``tokens`` tokens."""
-    prompts = [PROMPTS[i % len(PROMPTS)] for i in range(streams)]
+         count_chunks: bool = False, tag: str = "") -> dict[str, Any]:
+    """``streams`` concurrent streams (different prompts), each asking for ``tokens`` tokens; a ``tag`` starts
+    every prompt, so that a new tag makes prompts no server has seen (each is then run whole)."""
+    prompts = [tag + PROMPTS[i % len(PROMPTS)] for i in range(streams)]
     probe_ctx = HealthProbe(url) if probe else None
     started = time.perf_counter()
     if probe_ctx:
