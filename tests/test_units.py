@@ -298,6 +298,53 @@ def test_a_nucleus_drawn_from_the_logits_is_the_one_the_softmax_over_the_vocabul
     assert nucleus_from_logits(broken.numpy(), 1.0, 0.9, 0.5) == -1
 
 
+def test_a_cut_row_drawn_from_its_logits_gets_the_token_the_vectorised_path_draws():
+    """On a CPU a row with top_k or min_p draws from its logits in NumPy, exponentiating only the tokens the
+    top-k cut keeps: for every cut, temperature, top_p and draw tried it picks the token the vectorised path
+    (top-k mask, softmax over the vocabulary, min-p cut, nucleus or whole-distribution draw) picks, ties at
+    the cut and forbidden tokens included; a row that is not finite is left to that path (-1)."""
+    import math
+
+    import torch
+
+    from llm_api.local_model.row_draws import truncated_from_logits
+    from llm_api.local_model.sampling import min_p_filter, sample_rows, top_k_filter
+
+    def vectorised(row: torch.Tensor, temperature: float, top_k: int, min_p: float, top_p: float,
+                   draws: torch.Tensor) -> list[int]:
+        rows = (row / temperature).expand(len(draws), -1).contiguous()
+        probs = torch.softmax(top_k_filter(rows, [top_k] * len(draws)), dim=-1)
+        if min_p > 0:
+            probs = min_p_filter(probs, torch.full((len(draws),), min_p))
+        return sample_rows(probs, torch.full((len(draws),), top_p), draws).tolist()
+
+    generator = torch.Generator().manual_seed(5)
+    logits = torch.randn(3, 49152, generator=generator) * 2
+    logits[:, :40] += torch.linspace(22, 10, 40)
+    logits[1, 100:110] = logits[1, 30]  # ten ties with the 31st most likely token, at a top_k of 31 and 35
+    logits[2, 200:5000] = -math.inf  # tokens a grammar or a logit bias forbids
+    draws = torch.linspace(0, 1 - 1e-9, 60, dtype=torch.float64)
+    chosen: set[int] = set()
+    for index, row in enumerate(logits):
+        for temperature in (0.3, 1.0, 2.5):
+            for top_k, min_p in ((1, 0.0), (31, 0.0), (35, 0.0), (40, 0.05), (5000, 0.0), (0, 0.05), (0, 0.3)):
+                if index == 1 and top_k == 5000:
+                    continue  # a nucleus that wide takes torch's top-256 path, whose order of tied tokens is its own
+                for top_p in (0.6, 0.95, 1.0):
+                    ours = [truncated_from_logits(row.numpy(), temperature, top_k, min_p, top_p, draw)
+                            for draw in draws.tolist()]
+                    assert ours == vectorised(row, temperature, top_k, min_p, top_p, draws), (top_k, min_p, top_p)
+                    chosen |= set(ours)
+                    assert index != 2 or not set(ours) & set(range(200, 5000))
+    assert len(chosen) > 40
+    flat = torch.zeros(49152)  # every token ties: a top-k cut keeps them all
+    assert truncated_from_logits(flat.numpy(), 1.0, 40, 0.0, 1.0, 0.999) == vectorised(
+        flat, 1.0, 40, 0.0, 1.0, torch.tensor([0.999], dtype=torch.float64))[0] > 40000
+    broken = logits[0].clone()
+    broken[7] = math.nan
+    assert truncated_from_logits(broken.numpy(), 1.0, 40, 0.05, 0.9, 0.5) == -1
+
+
 def test_a_row_that_cannot_be_sampled_fails_alone():
     import torch
 

@@ -1,9 +1,9 @@
-"""The nucleus draw made row by row in NumPy, for logits on a CPU.
+"""Token draws made row by row in NumPy, for logits on a CPU.
 
-It finds what the vectorised torch path over the whole vocabulary finds (the same nucleus, the same slot of
-its cumulative distribution) in a few passes over the row, sorting only its likely tokens. Where a row cannot
-be decided this way, it says so (-1) and the caller takes the torch path for that row. The row's uniform
-number is drawn by the caller, once a step, whichever path uses it.
+They find what the vectorised torch path over the whole vocabulary finds (the same cut, the same nucleus, the
+same slot of the cumulative distribution) in a few passes over the row, sorting only its likely tokens. Where
+a row cannot be decided this way, they say so (-1) and the caller takes the torch path for that row. The row's
+uniform number is drawn by the caller, once a step, whichever path uses it.
 """
 
 from __future__ import annotations
@@ -13,6 +13,9 @@ import numpy as np
 # The nucleus is looked for first among the tokens at least this likely (relative to the row's total): when
 # they hold top_p of the mass, it is among them, and they are few (at most a thousand).
 LIKELY = 1e-3
+# A top-k cut is looked for first among the tokens this close to the most likely one (in units of the scaled
+# logits): when at least k are, the k most likely are among them.
+TOP_K_SPREADS = (8.0, 32.0)
 
 
 def nucleus_from_logits(row: np.ndarray, temperature: float, top_p: float, draw: float) -> int:
@@ -58,3 +61,54 @@ def draw_from_top(ids: np.ndarray, weights: np.ndarray, total: float, top_p: flo
     nucleus = cdf[size - 1]
     target = min(draw * nucleus, np.nextafter(nucleus, 0.0))  # strictly below the total: a slot with weight
     return int(ids[np.searchsorted(cdf[:size], target, side="right")])
+
+
+def truncated_from_logits(row: np.ndarray, temperature: float, top_k: int, min_p: float, top_p: float,
+                          draw: float) -> int:
+    """The token drawn with the uniform ``draw`` from ``row`` cut as the vectorised path cuts it: scaled by
+    ``temperature``; cut to its ``top_k`` most likely tokens (ties at the cut kept; 0 or the vocabulary's size
+    or more: no cut); softmaxed; cut below ``min_p`` × the most likely token's probability and renormalised;
+    then drawn from the nucleus (``top_p`` < 1) or from the whole cut distribution in vocabulary order. -1 when
+    the row is not finite or the nucleus cannot be decided here.
+
+    Only the tokens that survive the top-k cut are exponentiated; a min-p cut alone needs the whole row's sum."""
+    scaled = row / np.float32(temperature)
+    peak = scaled.max()
+    if not np.isfinite(peak):
+        return -1
+    if 0 < top_k < scaled.size:
+        ids = _top_k_ids(scaled, peak, top_k)
+        weights = np.exp(scaled[ids] - peak)
+        probs = weights / weights.sum(dtype=np.float32)
+    else:
+        weights = scaled - peak
+        np.exp(weights, out=weights)
+        row_sum = weights.sum(dtype=np.float32)
+        # a little below the cut, which is made on the probabilities next, so that rounding loses no token
+        ids = np.flatnonzero(weights >= np.float32(min_p * 0.999)) if min_p > 0 else np.arange(row.size)
+        probs = weights[ids] / row_sum  # the softmax of the whole row, at these tokens
+    if min_p > 0:
+        kept = probs >= probs.max() * np.float32(min_p)
+        ids, probs = ids[kept], probs[kept]
+        probs = probs / probs.sum(dtype=np.float32)
+    if top_p < 1.0:
+        return draw_from_top(ids, probs.astype(np.float64), 1.0, top_p, draw)
+    cdf = np.cumsum(probs, dtype=np.float64)  # in vocabulary order, as over the whole row
+    total = cdf[-1]
+    target = min(draw * total, np.nextafter(total, 0.0))  # strictly below the total
+    return int(ids[np.searchsorted(cdf, target, side="right")])
+
+
+def _top_k_ids(scaled: np.ndarray, peak: np.floating, top_k: int) -> np.ndarray:
+    """The ids, in vocabulary order, of the ``top_k`` largest of ``scaled`` and of any token equal to the k-th."""
+    for spread in TOP_K_SPREADS:
+        ids = np.flatnonzero(scaled >= peak - spread)
+        if ids.size >= top_k:
+            break
+    else:
+        ids = np.arange(scaled.size)  # a flatter row: every token is a candidate
+    if ids.size > top_k:
+        values = scaled[ids]
+        limit = np.partition(values, ids.size - top_k)[ids.size - top_k]
+        ids = ids[values >= limit]
+    return ids

@@ -17,10 +17,11 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from ..generation.types import SamplingParams
-from .row_draws import nucleus_among_likely, nucleus_from_logits
+from .row_draws import nucleus_among_likely, nucleus_from_logits, truncated_from_logits
 
 _SEED_MASK = (1 << 64) - 1
 # The nucleus is looked for among this many most likely tokens first, which is far cheaper than sorting the
@@ -132,25 +133,31 @@ def choose_tokens(logits: torch.Tensor, samplers: list[Sampler]) -> list[int | E
 
 def _sample_from_logits(logits: torch.Tensor, samplers: list[Sampler], sampled: list[int], draws: torch.Tensor,
                         tokens: list[int | Exception]) -> tuple[list[int], torch.Tensor]:
-    """On a CPU, the rows with a nucleus and no top-k or min-p cut draw straight from their logits
-    (:func:`nucleus_from_logits`: NumPy, sorting only the likely tokens); the rows it leaves, and their
-    draws, are returned for the vectorised path."""
+    """On a CPU, the rows with a nucleus, a top-k or a min-p cut draw straight from their logits (NumPy,
+    :mod:`~llm_api.local_model.row_draws`: sorting only the likely tokens, exponentiating only those a top-k cut
+    keeps); the rows it leaves, and their draws, are returned for the vectorised path."""
     def eligible(row: int) -> bool:
-        return samplers[row].params.top_p < 1.0 and not samplers[row].truncates
+        return samplers[row].params.top_p < 1.0 or samplers[row].truncates
 
     if not any(eligible(row) for row in sampled):
         return sampled, draws  # no row for this path: nothing to convert
     rows = logits.float().numpy()
     left, left_draws = [], []
     for row, draw in zip(sampled, draws.tolist(), strict=True):
-        params = samplers[row].params
-        token = nucleus_from_logits(rows[row], params.temperature, params.top_p, draw) if eligible(row) else -1
+        token = _row_draw(rows[row], samplers[row], draw) if eligible(row) else -1
         if token >= 0:
             tokens[row] = token
         else:
             left.append(row)
             left_draws.append(draw)
     return left, torch.tensor(left_draws, dtype=torch.float64)
+
+
+def _row_draw(row: np.ndarray, sampler: Sampler, draw: float) -> int:
+    params = sampler.params
+    if sampler.truncates:
+        return truncated_from_logits(row, params.temperature, params.top_k, params.min_p, params.top_p, draw)
+    return nucleus_from_logits(row, params.temperature, params.top_p, draw)
 
 
 def _select(logits: torch.Tensor, rows: list[int]) -> torch.Tensor:
