@@ -11,8 +11,14 @@ cached and run only their last tokens. With ``--fresh`` every round's prompts ar
 round's number), so each round also pays for running every prompt whole: what the time to first token is
 when many new requests arrive at once.
 
+Both servers get the same request: temperature 0.7 and, with ``--sampling defaults``, nothing else, so each
+applies its own defaults to the rest (ours the model's recommended top_p, 0.9 for the embedded model;
+llama-server top_k 40, top_p 0.95 and min_p 0.05, a cheaper draw over fewer tokens). ``--sampling nucleus``
+sends both ours (top_p 0.9, no top-k or min-p cut), ``--sampling llama-server`` both llama-server's: then both
+draw from the same distribution and do the same work.
+
 Usage:  python -m bench.one_stream [--runs 7] [--tokens 128] [--quantization none|q8_0] [--streams 1,8,16]
-                                   [--fresh]
+                                   [--fresh] [--sampling defaults|nucleus|llama-server]
 """
 
 from __future__ import annotations
@@ -23,6 +29,13 @@ from typing import Any
 
 from bench.prompts import PROMPTS
 from bench.run import EXACT_LENGTH, PEERS, Server, decode_speed, load, ours, stream_chat
+
+# What --sampling adds to every request, on both servers (top_k and min_p are extensions both accept).
+SAMPLING: dict[str, dict[str, Any]] = {
+    "defaults": {},
+    "nucleus": {"top_p": 0.9, "top_k": 0, "min_p": 0.0},
+    "llama-server": {"top_p": 0.95, "top_k": 40, "min_p": 0.05},
+}
 
 
 def measure(server: Server, streams: int, tokens: int, extra: dict[str, Any], run: int,
@@ -43,6 +56,8 @@ def main() -> None:
     parser.add_argument("--quantization", default="none", help="LLM_API_QUANTIZATION, for both servers' file")
     parser.add_argument("--streams", default="1", help="comma-separated stream counts, each measured --runs times")
     parser.add_argument("--fresh", action="store_true", help="new prompts every round (none is cached)")
+    parser.add_argument("--sampling", default="defaults", choices=tuple(SAMPLING),
+                        help="the sampling parameters both servers get besides the temperature")
     args = parser.parse_args()
     counts = [int(count) for count in args.streams.split(",")]
     mine = ours({"LLM_API_BACKEND": "llama_cpp", "LLM_API_QUANTIZATION": args.quantization,
@@ -50,7 +65,8 @@ def main() -> None:
     try:
         peer = PEERS["llama-server"](args.quantization)
         try:
-            sides = ((mine, EXACT_LENGTH["ours"]), (peer, EXACT_LENGTH["llama-server"]))
+            sampling = SAMPLING[args.sampling]
+            sides = ((mine, {**EXACT_LENGTH["ours"], **sampling}), (peer, {**EXACT_LENGTH["llama-server"], **sampling}))
             for server, extra in sides:  # a round each first: a fresh server's first batch is slower
                 load(server.url, max(counts), args.tokens, extra)
             for streams in counts:
