@@ -28,14 +28,7 @@ import statistics
 from typing import Any
 
 from bench.prompts import PROMPTS
-from bench.run import EXACT_LENGTH, PEERS, Server, decode_speed, load, ours, stream_chat
-
-# What --sampling adds to every request, on both servers (top_k and min_p are extensions both accept).
-SAMPLING: dict[str, dict[str, Any]] = {
-    "defaults": {},
-    "nucleus": {"top_p": 0.9, "top_k": 0, "min_p": 0.0},
-    "llama-server": {"top_p": 0.95, "top_k": 40, "min_p": 0.05},
-}
+from bench.run import PEERS, SAMPLING, Server, decode_speed, load, ours, request_extra, stream_chat
 
 
 def measure(server: Server, streams: int, tokens: int, extra: dict[str, Any], run: int,
@@ -65,8 +58,7 @@ def main() -> None:
     try:
         peer = PEERS["llama-server"](args.quantization)
         try:
-            sampling = SAMPLING[args.sampling]
-            sides = ((mine, {**EXACT_LENGTH["ours"], **sampling}), (peer, {**EXACT_LENGTH["llama-server"], **sampling}))
+            sides = ((mine, request_extra("ours", args.sampling)), (peer, request_extra("llama-server", args.sampling)))
             for server, extra in sides:  # a round each first: a fresh server's first batch is slower
                 load(server.url, max(counts), args.tokens, extra)
             for streams in counts:

@@ -4,6 +4,7 @@ side by side in ONE run so that ratios are fair on a noisy machine.
 Usage:  python -m bench.run [--tokens 128] [--peers ours,lesson,naive,llama-server,llama-server:q8_0,llama-cpp-python]
                             [--backends torch,llama_cpp,llama_cpp:q8_0]
                             [--baseline PATH]   (the same sweep on another checkout of this code, e.g. before a change)
+                            [--sampling defaults|nucleus|llama-server]   (one sampling for us and llama.cpp's servers)
 Prints every figure and writes them all to bench/results/<timestamp>.json (and latest.json).
 """
 
@@ -278,6 +279,23 @@ EXACT_LENGTH = {"ours": {"model": OUR_MODEL, "ignore_eos": True, "stream_options
                 "llama-cpp-python": _NO_EOS, "llama-cpp-python-no-interrupt": _NO_EOS}
 
 
+# What --sampling adds to every request besides the temperature (0.7): nothing, so that each server fills in
+# its own defaults (ours: the model's recommended top_p, 0.9 for the embedded model; llama.cpp's servers: top_k
+# 40, top_p 0.95, min_p 0.05), or one server's set sent to every server that takes these extensions, so that
+# all draw from the same distribution and do the same work.
+SAMPLING: dict[str, dict[str, Any]] = {
+    "defaults": {},
+    "nucleus": {"top_p": 0.9, "top_k": 0, "min_p": 0.0},
+    "llama-server": {"top_p": 0.95, "top_k": 40, "min_p": 0.05},
+}
+TAKES_SAMPLING = {"ours", "llama-server", "llama-cpp-python", "llama-cpp-python-no-interrupt"}
+
+
+def request_extra(kind: str, sampling: str = "defaults") -> dict[str, Any]:
+    """What every request to a server of ``kind`` adds: exactly max_tokens, and the ``--sampling`` set."""
+    return {**EXACT_LENGTH[kind], **(SAMPLING[sampling] if kind in TAKES_SAMPLING else {})}
+
+
 # Peers that send one chunk per token and report no usage: their tokens are counted chunk by chunk.
 COUNTED_BY_CHUNKS = {"llama-cpp-python", "llama-cpp-python-no-interrupt"}
 CHUNK_COUNT_SLACK = 0.95
@@ -286,8 +304,8 @@ CHUNK_COUNT_SLACK = 0.95
 # ---- the sections ----------------------------------------------------------------------------------
 
 def single_stream(server: Server, tokens: int, runs: int, backend: str = "torch",
-                  quantization: str = "none", max_batch: int = 8) -> dict[str, Any]:
-    """Over HTTP vs the same engine code in-process (this process), same prompt, length and options."""
+                  quantization: str = "none", max_batch: int = 8, sampling: str = "defaults") -> dict[str, Any]:
+    """Over HTTP vs the same engine code in-process (this process), same prompt, length and sampling."""
     import gevent  # noqa: F401 - the engine's hand-off waits on the gevent hub
 
     from llm_api.generation.types import SamplingParams, TextDelta
@@ -300,9 +318,12 @@ def single_stream(server: Server, tokens: int, runs: int, backend: str = "torch"
     engine.start()
     engine.wait_ready(600)
 
+    # what the server makes of the request: the model's recommended top_p where the request names none
+    knobs = {"top_p": engine.sampling_defaults().top_p, **SAMPLING[sampling]}
+    params = SamplingParams(max_tokens=tokens, temperature=0.7, ignore_eos=True, **knobs)
+
     def in_process() -> StreamResult:
-        handle = engine.submit("b", engine.encode_chat([{"role": "user", "content": prompt}]),
-                               SamplingParams(max_tokens=tokens, temperature=0.7, ignore_eos=True))
+        handle = engine.submit("b", engine.encode_chat([{"role": "user", "content": prompt}]), params)
         started, ttft = time.perf_counter(), None
         while True:
             event = handle.next_event(60)
@@ -313,7 +334,7 @@ def single_stream(server: Server, tokens: int, runs: int, backend: str = "torch"
 
     http, local = [], []
     for _ in range(runs):  # taken in turn, so that the machine's drift during the runs falls on both alike
-        http.append(stream_chat(server.url, prompt, tokens, EXACT_LENGTH["ours"]))
+        http.append(stream_chat(server.url, prompt, tokens, request_extra("ours", sampling)))
         local.append(in_process())
     engine.stop()
 
@@ -428,6 +449,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5, help="single-stream repetitions")
     parser.add_argument("--idle", type=int, default=1000, help="idle SSE connections (0 to skip)")
     parser.add_argument("--rss-requests", type=int, default=1000, help="requests for the RSS check (0 to skip)")
+    parser.add_argument("--sampling", default="defaults", choices=tuple(SAMPLING),
+                        help="sampling parameters sent besides the temperature, to us and the llama.cpp peers")
     parser.add_argument("--baseline", default="", help="a checkout of this code to sweep too, in the same run "
                         "(e.g. `git worktree add /tmp/before HEAD~1`); the report gives ours over it per level")
     args = parser.parse_args()
@@ -452,8 +475,9 @@ def main() -> None:
                   f"LLM_API_QUANTIZATION={quantization}):", flush=True)
             result = {"start_seconds": server.start_seconds,
                       "single_stream": single_stream(server, args.tokens, args.runs, backend, quantization,
-                                                     max(levels)),
-                      "sweep": [load(server.url, n, args.tokens, EXACT_LENGTH["ours"], probe=True) for n in levels]}
+                                                     max(levels), args.sampling),
+                      "sweep": [load(server.url, n, args.tokens, request_extra("ours", args.sampling), probe=True)
+                                for n in levels]}
             if args.rss_requests and index == 0:
                 report["rss_mb"] = rss_after_requests(server, (10, args.rss_requests))
         finally:
@@ -466,7 +490,7 @@ def main() -> None:
         base = ours({"LLM_API_MAX_BATCH": str(max(levels)), "LLM_API_MAX_QUEUE": "2000"}, root=Path(args.baseline),
                     name="llm_api-baseline")
         try:
-            rows = [load(base.url, n, args.tokens, EXACT_LENGTH["ours"], probe=True) for n in levels]
+            rows = [load(base.url, n, args.tokens, request_extra("ours", args.sampling), probe=True) for n in levels]
         finally:
             base.stop()
         for row, mine in zip(rows, report["sweep"], strict=True):
@@ -486,8 +510,8 @@ def main() -> None:
         print(f"{name}:", flush=True)
         peer = PEERS[kind](quantization) if quantization != "none" else PEERS[kind]()
         try:
-            rows = [load(peer.url, n, args.tokens, EXACT_LENGTH[kind], count_chunks=kind in COUNTED_BY_CHUNKS)
-                    for n in peer_levels]
+            rows = [load(peer.url, n, args.tokens, request_extra(kind, args.sampling),
+                         count_chunks=kind in COUNTED_BY_CHUNKS) for n in peer_levels]
             report["peers"][name] = {"levels": rows}
         finally:
             peer.stop()

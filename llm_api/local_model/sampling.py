@@ -8,7 +8,9 @@ share one softmax (each at its own temperature) after their top-k cut, one min-p
 (top-p) cut and one inverse-CDF draw, where each row's random number comes from its own seeded generator,
 so a seed repeats whatever the batch. Every step works row by row, so a row's choice never depends on its
 neighbours, and each adjustment runs only on the rows that use it: a step where no row asks for one
-costs what it did before these knobs existed.
+costs what it did before these knobs existed. On a CPU the sampled rows with a nucleus or a cut draw one
+by one in NumPy instead (:mod:`~llm_api.local_model.row_draws`), which picks the same token for the same
+random number in a fraction of the passes over the vocabulary.
 """
 
 from __future__ import annotations
