@@ -129,10 +129,16 @@ class DrainingGeventWorker(GeventWorker):
             req.must_close = True  # "Connection: close": a client does not reuse a connection to a leaving worker
         self._connections[sock] = _BUSY
         try:
-            return super().handle_request(listener_name, req, sock, addr)
+            keep_alive = super().handle_request(listener_name, req, sock, addr)
         finally:
             if sock in self._connections:
                 self._connections[sock] = _IDLE
+        if self.draining:
+            # A request that began before the drain was busy when the drain shut the idle connections down:
+            # its connection closes now (gunicorn's keep-alive loop stops on StopIteration) instead of waiting
+            # for a next request, which would hold the worker's exit until the graceful timeout.
+            raise StopIteration
+        return keep_alive
 
     def _close_idle_connections(self) -> None:
         """End keep-alive connections waiting for their next request, so the exit does not wait for them.

@@ -7,6 +7,7 @@ import json
 import logging
 import signal
 import socket
+from types import SimpleNamespace
 
 import gevent
 import pytest
@@ -233,6 +234,29 @@ def test_sigterm_drains_then_lets_the_worker_leave(app, client, fake_engine):
         busy_peer.recv(1)
     for sock in (idle, idle_peer, busy, busy_peer):
         sock.close()
+
+
+def test_a_request_that_ends_during_the_drain_closes_its_connection(app, monkeypatch):
+    """A request that began before SIGTERM is busy when the drain shuts the idle connections down; when it
+    ends, its connection closes instead of waiting for another request, which would hold the worker's exit
+    until the graceful timeout. Outside a drain, the connection stays open for the next request."""
+    from gunicorn.workers.ggevent import GeventWorker
+
+    worker = bare_worker(app, graceful_timeout=1)
+    request, (sock, peer) = SimpleNamespace(must_close=False), socket.socketpair()
+
+    def answered_while_sigterm_arrives(*_args: object) -> bool:
+        worker.draining = True  # SIGTERM came while the response was being written
+        return True
+
+    monkeypatch.setattr(GeventWorker, "handle_request", lambda *_args: True)
+    assert worker.handle_request("listener", request, sock, None) is True
+    monkeypatch.setattr(GeventWorker, "handle_request", answered_while_sigterm_arrives)
+    with pytest.raises(StopIteration):  # gunicorn's keep-alive loop then closes the connection
+        worker.handle_request("listener", request, sock, None)
+    assert not request.must_close  # it began before the drain, so its response did not announce the close
+    sock.close()
+    peer.close()
 
 
 def test_sigterm_before_the_app_is_loaded_is_gunicorns_plain_exit(app):
