@@ -136,7 +136,7 @@ class DrainingGeventWorker(GeventWorker):
         if self.draining:
             # A request that began before the drain was busy when the drain shut the idle connections down:
             # its connection closes now (gunicorn's keep-alive loop stops on StopIteration) instead of waiting
-            # for a next request, which would hold the worker's exit until the graceful timeout.
+            # for a next request, which would hold the worker's exit for gunicorn's keep-alive timeout (5 s).
             raise StopIteration
         return keep_alive
 

@@ -239,7 +239,7 @@ def test_sigterm_drains_then_lets_the_worker_leave(app, client, fake_engine):
 def test_a_request_that_ends_during_the_drain_closes_its_connection(app, monkeypatch):
     """A request that began before SIGTERM is busy when the drain shuts the idle connections down; when it
     ends, its connection closes instead of waiting for another request, which would hold the worker's exit
-    until the graceful timeout. Outside a drain, the connection stays open for the next request."""
+    for the keep-alive timeout. Outside a drain, the connection stays open for the next request."""
     from gunicorn.workers.ggevent import GeventWorker
 
     worker = bare_worker(app, graceful_timeout=1)
