@@ -58,9 +58,15 @@ def draw_from_top(ids: np.ndarray, weights: np.ndarray, total: float, top_p: flo
     if cdf[-1] < top_p * total:
         return -1
     size = max(1, int(np.searchsorted(cdf - weights, top_p * total, side="left")))  # the weight before each is short
-    nucleus = cdf[size - 1]
-    target = min(draw * nucleus, np.nextafter(nucleus, 0.0))  # strictly below the total: a slot with weight
-    return int(ids[np.searchsorted(cdf[:size], target, side="right")])
+    return _slot_holding(ids[:size], cdf[:size], draw)
+
+
+def _slot_holding(ids: np.ndarray, cdf: np.ndarray, draw: float) -> int:
+    """The token whose slot of the cumulative weights ``cdf`` (of ``ids``, in that order) holds ``draw`` × their
+    total: the target is kept strictly below the total, so the slot found always has some weight."""
+    total = cdf[-1]
+    target = min(draw * total, np.nextafter(total, 0.0))
+    return int(ids[np.searchsorted(cdf, target, side="right")])
 
 
 def truncated_from_logits(row: np.ndarray, temperature: float, top_k: int, min_p: float, top_p: float,
@@ -93,10 +99,7 @@ def truncated_from_logits(row: np.ndarray, temperature: float, top_k: int, min_p
         probs = probs / probs.sum(dtype=np.float32)
     if top_p < 1.0:
         return draw_from_top(ids, probs.astype(np.float64), 1.0, top_p, draw)
-    cdf = np.cumsum(probs, dtype=np.float64)  # in vocabulary order, as over the whole row
-    total = cdf[-1]
-    target = min(draw * total, np.nextafter(total, 0.0))  # strictly below the total
-    return int(ids[np.searchsorted(cdf, target, side="right")])
+    return _slot_holding(ids, np.cumsum(probs, dtype=np.float64), draw)  # in vocabulary order, as over the whole row
 
 
 def _top_k_ids(scaled: np.ndarray, peak: np.floating, top_k: int) -> np.ndarray:
