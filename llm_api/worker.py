@@ -15,7 +15,11 @@ are never stored. This worker instead, on SIGTERM:
 4. interrupts the answers still running: each ends with an error event
    ``shutting_down`` and is stored as ``cancelled`` with its text so far;
 5. closes idle keep-alive connections and leaves through gunicorn's normal exit
-   path (stop accepting, wait for open connections, the ``worker_exit`` hook).
+   path (stop accepting, wait for open connections, the ``worker_exit`` hook);
+6. if a connection is still open :data:`LINGER_SECONDS` later (a client that
+   stopped reading a response, say), logs what its handler is waiting on and
+   shuts the connection down, so that one stuck client cannot hold the exit for
+   the rest of the graceful timeout.
 
 SIGQUIT and SIGINT are gunicorn's quick shutdown: the worker interrupts running
 answers at once, gives them :data:`~llm_api.shutdown.QUICK_FLUSH_SECONDS` to be
@@ -33,6 +37,7 @@ from __future__ import annotations
 
 import os
 import socket
+import traceback
 import warnings
 from typing import Any
 
@@ -42,6 +47,9 @@ from gunicorn.workers.ggevent import GeventWorker
 
 # Connection states, for closing idle keep-alive connections at the end of a drain.
 _NEW, _BUSY, _IDLE = "new", "busy", "idle"
+# After the drain, how long connections still open may take to close by themselves: longer than gunicorn's
+# keep-alive timeout (5 s here), which ends a connection that sends no request.
+LINGER_SECONDS = 10.0
 
 
 class DrainingGeventWorker(GeventWorker):
@@ -52,6 +60,7 @@ class DrainingGeventWorker(GeventWorker):
         self.draining = False
         self._quitting = False
         self._connections: dict[Any, str] = {}
+        self._handlers: dict[Any, Any] = {}  # connection → the greenlet handling it
 
     def patch(self) -> None:
         # gevent's thread patching inspects every live object, which trips a torch deprecation warning
@@ -96,6 +105,7 @@ class DrainingGeventWorker(GeventWorker):
         finally:
             self._close_idle_connections()
             self.alive = False  # the run loop now stops accepting, waits for open connections, and exits
+            gevent.spawn_later(LINGER_SECONDS, self._end_lingering_connections)
 
     def _quick_exit(self, state: Any, sig: int, frame: Any) -> None:
         from .shutdown import QUICK_FLUSH_SECONDS, interrupt_running
@@ -119,10 +129,12 @@ class DrainingGeventWorker(GeventWorker):
     # ---- connections -------------------------------------------------------------------------------
     def handle(self, listener: Any, client: Any, addr: Any) -> None:
         self._connections[client] = _NEW
+        self._handlers[client] = gevent.getcurrent()
         try:
             super().handle(listener, client, addr)
         finally:
             self._connections.pop(client, None)
+            self._handlers.pop(client, None)
 
     def handle_request(self, listener_name: Any, req: Any, sock: Any, addr: Any) -> Any:
         if self.draining:
@@ -149,8 +161,32 @@ class DrainingGeventWorker(GeventWorker):
         the end of the stream and the connection closes quietly."""
         for client, state in list(self._connections.items()):
             if state == _IDLE:
-                try:
-                    with socket.socket(fileno=os.dup(client.fileno())) as duplicate:
-                        duplicate.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+                _shut_down(client)
+
+    def _end_lingering_connections(self) -> None:
+        """Shut down the connections still open :data:`LINGER_SECONDS` after the drain, each logged with the
+        stack its handler waits in: their reads and writes then fail, and the handlers end. A handler that
+        waits on something else is killed a second later, as gunicorn kills them after its graceful timeout."""
+        lingering = list(self._connections.items())
+        for client, state in lingering:
+            frame = getattr(self._handlers.get(client), "gr_frame", None)
+            stack = "".join(traceback.format_stack(frame)).rstrip() if frame is not None else "(no stack)"
+            self.log.warning("graceful shutdown: a %s connection is still open %.0fs after the drain; shutting it "
+                             "down. Its handler waits in:\n%s", state, LINGER_SECONDS, stack)
+            _shut_down(client)
+        if lingering:
+            gevent.sleep(1.0)
+        for client, _ in lingering:
+            handler = self._handlers.get(client)
+            if handler is not None:
+                handler.kill(block=False)
+
+
+def _shut_down(client: Any) -> None:
+    """Shut ``client``'s connection down through a duplicate of its descriptor (see
+    :meth:`DrainingGeventWorker._close_idle_connections`)."""
+    try:
+        with socket.socket(fileno=os.dup(client.fileno())) as duplicate:
+            duplicate.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass

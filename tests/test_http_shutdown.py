@@ -209,7 +209,7 @@ class _Cfg:
 def bare_worker(app, graceful_timeout: float) -> DrainingGeventWorker:
     """The worker's state as gunicorn leaves it once the app is loaded (no sockets, no fork)."""
     worker = DrainingGeventWorker.__new__(DrainingGeventWorker)
-    worker.draining, worker._quitting, worker._connections = False, False, {}
+    worker.draining, worker._quitting, worker._connections, worker._handlers = False, False, {}, {}
     worker.alive, worker.cfg, worker.log, worker.wsgi = True, _Cfg(graceful_timeout), logging.getLogger("test"), app
     return worker
 
@@ -257,6 +257,37 @@ def test_a_request_that_ends_during_the_drain_closes_its_connection(app, monkeyp
     assert not request.must_close  # it began before the drain, so its response did not announce the close
     sock.close()
     peer.close()
+
+
+def test_connections_still_open_after_the_drain_are_logged_and_ended(app, monkeypatch, caplog):
+    """A connection still open a while after the drain (a client that stopped reading, say) would hold the
+    worker's exit for the rest of the graceful timeout: it is shut down, with its handler's stack logged, and a
+    handler that waits on something other than its connection is killed a second later."""
+    from gevent.event import Event
+    from gevent.socket import socketpair
+    from gunicorn.workers.ggevent import GeventWorker
+
+    import llm_api.worker as worker_module
+
+    monkeypatch.setattr(worker_module, "LINGER_SECONDS", 0.2)
+    worker = bare_worker(app, graceful_timeout=1)
+    (reading, reading_peer), (waiting, waiting_peer) = socketpair(), socketpair()
+    waits = {reading: lambda: reading.recv(1), waiting: Event().wait}
+    monkeypatch.setattr(GeventWorker, "handle", lambda _self, _listener, client, _addr: waits[client]())
+    handlers = {client: gevent.spawn(worker.handle, "listener", client, None) for client in waits}
+    gevent.sleep(0)
+    assert set(worker._connections) == set(waits)
+    with caplog.at_level(logging.WARNING, logger="test"):
+        worker.handle_exit(signal.SIGTERM, None)
+        assert wait_until(lambda: all(h.dead for h in handlers.values()), timeout=5)
+    assert handlers[reading].successful()  # its read saw the end of the stream and it ended by itself
+    assert isinstance(handlers[waiting].value, gevent.GreenletExit)  # killed
+    assert reading_peer.recv(1) == b"" and waiting_peer.recv(1) == b""
+    stacks = [r.getMessage() for r in caplog.records if "still open" in r.getMessage()]
+    assert len(stacks) == 2 and any("recv" in m for m in stacks) and any("wait" in m for m in stacks), stacks
+    assert not worker._connections and not worker._handlers
+    for sock in (reading, reading_peer, waiting, waiting_peer):
+        sock.close()
 
 
 def test_sigterm_before_the_app_is_loaded_is_gunicorns_plain_exit(app):
