@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from llm_api.local_model.llama_cpp_model import TILED_ATTENTION_ROWS, decode_calls, prompt_piece, slot_order
 from llm_api.local_model.prefix_cache import MIN_MATCH_TOKENS
-from llm_api.local_model.slot_batch import SlotBatch
+from llm_api.local_model.slot_batch import MOVE_HORIZON_STEPS, SlotBatch
 
 VOCAB = 8
 
@@ -46,9 +46,10 @@ class Seq:
     prompt: list[int]
     generated: list[int] = field(default_factory=lambda: [1])
     finish_reason: str = "stop"
+    max_tokens: int = 100
 
     def __post_init__(self) -> None:
-        self.request = SimpleNamespace(prompt_ids=self.prompt)
+        self.request = SimpleNamespace(prompt_ids=self.prompt, params=SimpleNamespace(max_tokens=self.max_tokens))
         self.position = len(self.prompt)
 
     @property
@@ -140,10 +141,13 @@ def test_with_no_busy_slot_the_slot_released_longest_ago_is_taken():
     assert start(batch, distinct_prompt(5000))[1] == 2
 
 
-def test_a_prefix_in_a_slot_apart_from_the_busy_ones_is_copied_beside_them():
+def test_a_prefix_in_a_slot_apart_from_the_busy_ones_is_moved_beside_them_before_it_runs():
     model, batch, seqs = six_rows_then_three_left()
-    seq, slot = start(batch, seqs[0].prompt + [7])  # the next turn of what slot 0 holds
-    assert slot == 5 and model.copies == [(0, 5)]  # 0 itself would stand apart from 2-4
+    seq = Seq(seqs[0].prompt + [7])  # the next turn of what slot 0 holds
+    prefill = batch.start_prefill(seq)
+    assert prefill.slot == 0 and model.copies == []  # taken in place: another new prompt may fill the gap
+    batch.step([prefill], chunk=64)
+    assert prefill.slot == 5 and model.copies == [(0, 5)]  # 0 itself would stand apart from 2-4
     assert batch.prefixes.hits == 1 and batch.prefixes.reused_tokens == len(seq.prompt) - TILED_ATTENTION_ROWS
 
 
@@ -161,11 +165,30 @@ def test_scattered_rows_are_moved_together_once_rows_between_them_finish():
     batch = SlotBatch(model, VOCAB)
     seqs = [start(batch, distinct_prompt(100 * i))[0] for i in range(5)]
     batch.retire([seqs[1], seqs[3]])  # busy 0, 2 and 4: three groups, three passes over the weights a step
+    assert model.copies == []  # not yet: a new prompt admitted before the next step may fill a gap
+    batch.step([], chunk=64)
     assert model.copies == [(0, 5), (2, 3)]  # into free slots beside the others, released longest ago first
     assert sorted(batch._busy) == [3, 4, 5]
     assert {batch._slot_of[seq] for seq in (seqs[0], seqs[2], seqs[4])} == {5, 3, 4}
     seq, slot = start(batch, seqs[0].prompt + [1, 9])  # slot 0 still holds what seqs[0] had: reused
     assert batch.prefixes.hits == 1 and slot == 2  # copied beside the busy ones, not taken apart in slot 0
+
+
+def test_rows_apart_that_end_within_a_few_steps_are_left_where_they_are():
+    """Answers that end together, one of them a step earlier: moving the others together would overwrite the
+    cells the early one left, which its client may resend a moment later; the gap closes by itself."""
+    model = RecordingModel(slots=6)
+    batch = SlotBatch(model, VOCAB)
+    seqs = [start(batch, distinct_prompt(100 * i))[0] for i in range(5)]
+    for seq in seqs:
+        seq.request.params.max_tokens = len(seq.generated) + MOVE_HORIZON_STEPS
+    batch.retire([seqs[1], seqs[3]])
+    batch.step([], chunk=64)
+    assert model.copies == []
+    for seq in seqs:
+        seq.request.params.max_tokens += 1  # longer answers: the groups apart would cost a pass for many steps
+    batch.step([], chunk=64)
+    assert model.copies == [(0, 5), (2, 3)]
 
 
 def test_rows_that_sit_together_are_not_moved():
@@ -205,6 +228,24 @@ def test_a_free_slot_holding_a_little_more_than_the_match_is_taken_in_place():
     batch.retire([other])
     _, last = start(batch, other.prompt[:420] + [9])  # 420 of the 800 cells: the other 380 are worth keeping
     assert model.copies[-1] == (slot, last) and last != slot
+
+
+def test_prompts_resent_in_another_order_each_take_their_own_slot_even_apart_from_the_busy_ones():
+    """Eight requests resent at once, as a burst of clients sends them: the first is admitted alone, the other
+    seven in the next round, in another order than their slots. A copy to keep each one beside the busy slots
+    would overwrite the prompt of one admitted next, which would then run whole (and in a call of its own
+    length, another pass over the weights): each takes its own slot, and together they leave no gap."""
+    model = RecordingModel(slots=8)
+    batch = SlotBatch(model, VOCAB)
+    seqs, slots = zip(*(start(batch, distinct_prompt(100 * i)) for i in range(8)), strict=True)
+    batch.retire(seqs)
+    order = [5, 2, 7, 0, 3, 6, 1, 4]
+    first = batch.start_prefill(Seq(list(seqs[order[0]].prompt)))
+    batch.step([first], chunk=64)  # alone: nothing to move it beside
+    rest = [batch.start_prefill(Seq(list(seqs[i].prompt))) for i in order[1:]]
+    batch.step(rest, chunk=64)
+    assert model.copies == [] and [p.slot for p in [first, *rest]] == [slots[i] for i in order]
+    assert batch.prefixes.reused_tokens == sum(len(seq.prompt) - TILED_ATTENTION_ROWS for seq in seqs)
 
 
 def test_prompts_sent_again_together_each_take_their_own_slot_rather_than_copy_over_each_other():

@@ -7,12 +7,16 @@ prompt takes the free slot that holds the longest prefix of it (a conversation's
 resent with one more turn, a shared system prompt), cuts the cells after that prefix and runs only the rest;
 with no match it takes a free slot beside busy ones (released longest ago among those), because llama.cpp
 runs each group of adjacent busy slots as its own pass over the weights. A prefix that sits in a busy slot,
-in a slot holding much more than the match, or in a slot that would split the busy ones, is copied into that
-better placed free slot instead (a copy moves the source's every cell, 15 us each), unless the match is too
-small a share of them to pay for it, or the copy would overwrite as many cells of another prompt as it
-keeps. So prefix reuse is bounded by the slots (``LLM_API_MAX_BATCH``) and each slot's context, and evicts
-least recently used among equally placed slots. When finished sequences leave the busy slots scattered, the
-others are moved together.
+or in a slot holding much more than the match, is copied into a free slot beside the busy ones instead (a
+copy moves the source's every cell, 15 us each), unless the match is too small a share of them to pay for
+it, or the copy would overwrite as many cells of another prompt as it keeps. So prefix reuse is bounded by
+the slots (``LLM_API_MAX_BATCH``) and each slot's context, and evicts least recently used among equally
+placed slots.
+
+Busy slots left apart from the others (by sequences that finished, or by a prefix taken in place apart from
+them) are moved together at the start of the next step, once that round's new prompts have their slots: the
+requests of a burst, resent together, then fill the gaps in their own slots instead of being moved over
+each other's prefixes.
 """
 
 from __future__ import annotations
@@ -32,6 +36,10 @@ from .sequence import SequenceState
 # them. Measured on the embedded model: a copy 15 us a cell, a prompt about 0.7 ms a token on AMX kernels
 # (2.8 ms on AVX-512 ones), so 32 keeps a margin on both.
 CELLS_COPIED_PER_PROMPT_TOKEN = 32
+# Sequences apart from the others are left where they are when they end within this many steps (by their
+# max_tokens): a group apart costs a few milliseconds a step, a move overwrites a free slot's cells, which a
+# request resent a moment later may have needed (eight answers ending together, the first one a step early).
+MOVE_HORIZON_STEPS = 8
 
 
 @dataclass
@@ -54,6 +62,10 @@ class SlotPrefill(PendingPrefill):
     def fed(self) -> int:
         """Tokens in the slot: the prompt's so far, then (once it decodes) every token fed to the model."""
         return self.seq.position if not self.remaining else self.done
+
+    def steps_left(self) -> int:
+        """The most steps the sequence may still decode (its max_tokens less what it has generated)."""
+        return self.seq.request.params.max_tokens - len(self.seq.generated)
 
     def cells(self) -> tuple[int, ...]:
         """The token ids the slot's cells hold."""
@@ -78,12 +90,13 @@ class SlotBatch:
         """A free slot for a new sequence, holding the longest prefix of its prompt that any slot has.
 
         A free slot whose cells the prompt continues (a conversation's next turn, or one that holds a little
-        more, which is dropped) is taken as it is, unless another free slot sits better beside the busy
-        ones. A prefix held by a busy slot, by a slot holding much more (a long conversation whose system
-        prompt a new request shares) or by a badly placed slot is copied into the best placed free slot
-        instead: a copy costs far less than running the prefix again, or than a step split in two for the
-        rest of the answer. A copy moves all its source's cells, though, so a match under 1/32 of them (a
-        short system prompt shared with a long conversation) is run again instead."""
+        more, which is dropped) is taken as it is, even apart from the busy ones: the next step moves it
+        beside them unless other new prompts fill the gap first (:meth:`_compact`), and a copy made now
+        could overwrite the prefix of a request resent in the same burst. A prefix held by a busy slot or by
+        a slot holding much more (a long conversation whose system prompt a new request shares) is copied
+        into the best placed free slot instead: a copy costs far less than running the prefix again. A copy
+        moves all its source's cells, though, so a match under 1/32 of them (a short system prompt shared
+        with a long conversation) is run again instead."""
         prompt = tuple(seq.request.prompt_ids)
         reused, source, source_cells = 0, None, 0
         if self.prefixes.enabled:
@@ -94,9 +107,8 @@ class SlotBatch:
         best = self._best_free()
         if source is None or reused < MIN_MATCH_TOKENS:
             slot, reused = best, 0
-        elif source in self._free and (len(self._free) == 1 or (
-                self._gaps_added(source) <= self._gaps_added(best)
-                and self._cheap_in_place(source_cells - reused, source_cells, self._copy_target(source, best)))):
+        elif source in self._free and (len(self._free) == 1 or self._cheap_in_place(
+                source_cells - reused, source_cells, self._copy_target(source, best))):
             slot = source
         elif _cheaper_than_copying(reused, source_cells):
             slot, reused = best, 0  # the copy would move far more cells than running the match costs
@@ -139,9 +151,10 @@ class SlotBatch:
 
     def _compact(self) -> None:
         """Move sequences out of the smallest group of adjacent busy slots, one at a time, while a move leaves
-        fewer groups or a smaller smallest group. Sequences that finish at different times leave busy slots
-        scattered; a move copies one sequence's cells once (a few milliseconds), a group apart costs another
-        pass over the weights on every step. The slot left behind keeps its cells for prefix reuse."""
+        fewer groups or a smaller smallest group. Sequences that finish at different times, or prefixes taken
+        in place, leave busy slots scattered; a move copies one sequence's cells once (a few milliseconds), a
+        group apart costs another pass over the weights on every step. The slot left behind keeps its cells
+        for prefix reuse. Called at the start of a step, after the round's new prompts have their slots."""
         while (move := self._compacting_move()) is not None:
             source, target = move
             owner = self._busy[source]
@@ -153,12 +166,15 @@ class SlotBatch:
 
     def _compacting_move(self) -> tuple[int, int] | None:
         """(busy slot, free slot): the first move, free slots released longest ago first, that lowers
-        :func:`_scatter`; None when none does (each move lowers it, so moves end)."""
+        :func:`_scatter`; None when none does (each move lowers it, so moves end), or when the smallest group's
+        sequences all end within :data:`MOVE_HORIZON_STEPS`."""
         busy = set(self._busy)
         now = _scatter(busy)
         if now[0] < 2:
             return None
         smallest = min(_groups(busy), key=len)
+        if all(self._busy[slot].steps_left() <= MOVE_HORIZON_STEPS for slot in smallest):
+            return None  # the gap closes by itself soon
         for source in dict.fromkeys((smallest[0], smallest[-1])):
             for target in self._free:
                 if _scatter(busy - {source} | {target}) < now:
@@ -176,12 +192,12 @@ class SlotBatch:
     def abandon_prefill(self, prefill: SlotPrefill) -> None:
         """A prefill that ends before joining (cancelled): its slot keeps what it computed."""
         self._release(prefill.slot)
-        self._compact()
 
     def step(self, prefills: Sequence[SlotPrefill], chunk: int) -> StepResult[SlotPrefill]:
         """Every row's next token and the prompt tokens of ``prefills``: about ``chunk`` of them while rows
         decode (the step stays short; never fewer than the build's tiled attention takes), all of them when none
         does, each prompt cut by :func:`~llm_api.local_model.llama_cpp_model.prompt_piece`."""
+        self._compact()
         tokens: list[int] = []
         positions: list[int] = []
         slots: list[int] = []
@@ -230,7 +246,6 @@ class SlotBatch:
                 self._release(slot, keep=False)
             else:
                 self._release(slot)
-        self._compact()
 
     def clear(self) -> None:
         """Forget every row, prefill and cell (after a failed step)."""
