@@ -25,6 +25,7 @@ class RecordingModel:
     def __init__(self, slots: int) -> None:
         self.slots = slots
         self.copies: list[tuple[int, int]] = []
+        self.runs: list[list[int]] = []  # each run's slots, token by token
 
     def copy(self, source: int, target: int) -> None:
         self.copies.append((source, target))
@@ -36,6 +37,7 @@ class RecordingModel:
         pass
 
     def run(self, tokens, positions, slots, outputs) -> np.ndarray:
+        self.runs.append(list(slots))
         return np.zeros((sum(outputs), VOCAB), dtype=np.float32)
 
 
@@ -189,6 +191,23 @@ def test_rows_apart_that_end_within_a_few_steps_are_left_where_they_are():
         seq.request.params.max_tokens += 1  # longer answers: the groups apart would cost a pass for many steps
     batch.step([], chunk=64)
     assert model.copies == [(0, 5), (2, 3)]
+
+
+def test_rows_wait_a_step_while_more_prompts_than_rows_complete():
+    """The rows' tokens and the prompts' parts run in separate llama_decode calls, each a pass over the weights:
+    a burst of prompts behind one row completes in one pass without it, and then all decode together."""
+    model = RecordingModel(slots=8)
+    batch = SlotBatch(model, VOCAB)
+    first, slot = start(batch, distinct_prompt(0))
+    burst = [batch.start_prefill(Seq(distinct_prompt(100 * i))) for i in range(1, 4)]
+    result = batch.step(burst, chunk=128)
+    assert result.rows == [] and result.logits is None and len(result.completed) == 3
+    assert slot not in model.runs[-1] and first.position == len(first.prompt)  # the row did not move on
+    result = batch.step([], chunk=64)
+    assert len(result.rows) == 4 and len(model.runs[-1]) == 4
+    late = batch.start_prefill(Seq(distinct_prompt(900)))
+    result = batch.step([late], chunk=64)  # one prompt beside four rows: they decode as usual
+    assert len(result.rows) == 4 and len(result.completed) == 1
 
 
 def test_rows_that_sit_together_are_not_moved():

@@ -196,36 +196,39 @@ class SlotBatch:
     def step(self, prefills: Sequence[SlotPrefill], chunk: int) -> StepResult[SlotPrefill]:
         """Every row's next token and the prompt tokens of ``prefills``: about ``chunk`` of them while rows
         decode (the step stays short; never fewer than the build's tiled attention takes), all of them when none
-        does, each prompt cut by :func:`~llm_api.local_model.llama_cpp_model.prompt_piece`."""
+        does, each prompt cut by :func:`~llm_api.local_model.llama_cpp_model.prompt_piece`.
+
+        The rows' tokens never share a ``llama_decode`` call with prompt parts
+        (:func:`~llm_api.local_model.llama_cpp_model.decode_calls`), so a step with both costs a pass over the
+        weights more than the prompts alone. When more prompts complete in the step than there are rows (a
+        burst of requests behind the first), the rows wait for the next step: the new ones get their first
+        token a pass sooner, and from then on every row shares one call."""
         self._compact()
-        tokens: list[int] = []
-        positions: list[int] = []
-        slots: list[int] = []
-        outputs: list[bool] = []
         rows = list(self.rows)
-        for row in rows:
-            tokens.append(row.last_token)
-            positions.append(row.position)
-            slots.append(self._slot_of[row])
-            outputs.append(True)
         budget = max(chunk, TILED_ATTENTION_ROWS) if rows else sum(p.remaining for p in prefills)
-        completing: list[SlotPrefill] = []
+        parts: list[tuple[SlotPrefill, int]] = []
         for prefill in prefills:
             if budget <= 0:
                 break
             taken = prompt_piece(prefill.remaining, budget)
-            if not taken:
-                continue
+            if taken:
+                parts.append((prefill, taken))
+                budget -= taken
+        completing = [prefill for prefill, taken in parts if taken == prefill.remaining]
+        if len(completing) > len(rows):
+            rows = []
+        tokens = [row.last_token for row in rows]
+        positions = [row.position for row in rows]
+        slots = [self._slot_of[row] for row in rows]
+        outputs = [True] * len(rows)
+        for prefill, taken in parts:
             prompt = prefill.seq.request.prompt_ids
             end = prefill.done + taken
             tokens.extend(prompt[prefill.done:end])
             positions.extend(range(prefill.done, end))
             slots.extend([prefill.slot] * taken)
             outputs.extend([False] * (taken - 1) + [end == len(prompt)])
-            budget -= taken
             prefill.done = end
-            if not prefill.remaining:
-                completing.append(prefill)
         logits = self._limit(self._model.run(tokens, positions, slots, outputs))
         for row in rows:
             row.position += 1
