@@ -17,14 +17,19 @@ llama-server top_k 40, top_p 0.95 and min_p 0.05, a cheaper draw over fewer toke
 sends both ours (top_p 0.9, no top-k or min-p cut), ``--sampling llama-server`` both llama-server's: then both
 draw from the same distribution and do the same work.
 
+With ``--baseline PATH`` a third server runs another checkout of this code (``git worktree add PATH COMMIT``),
+taken in turn with the other two: a change's effect, measured in rounds minutes apart, is lost in this
+machine's noise; measured in the same rounds, it is the ratio of the two.
+
 Usage:  python -m bench.one_stream [--runs 7] [--tokens 128] [--quantization none|q8_0] [--streams 1,8,16]
-                                   [--fresh] [--sampling defaults|nucleus|llama-server]
+                                   [--fresh] [--sampling defaults|nucleus|llama-server] [--baseline PATH]
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+from pathlib import Path
 from typing import Any
 
 from bench.prompts import PROMPTS
@@ -51,36 +56,50 @@ def main() -> None:
     parser.add_argument("--fresh", action="store_true", help="new prompts every round (none is cached)")
     parser.add_argument("--sampling", default="defaults", choices=tuple(SAMPLING),
                         help="the sampling parameters both servers get besides the temperature")
+    parser.add_argument("--baseline", default="", help="another checkout of this code (before a change, say), "
+                                                       "taken in turn with the other two")
     args = parser.parse_args()
     counts = [int(count) for count in args.streams.split(",")]
-    mine = ours({"LLM_API_BACKEND": "llama_cpp", "LLM_API_QUANTIZATION": args.quantization,
-                 "LLM_API_MAX_BATCH": str(max(counts + [8]))}, name="llm_api-one")
+    env = {"LLM_API_BACKEND": "llama_cpp", "LLM_API_QUANTIZATION": args.quantization,
+           "LLM_API_MAX_BATCH": str(max(counts + [8]))}
+    ours_extra = request_extra("ours", args.sampling)
+    started: list[Server] = []
     try:
-        peer = PEERS["llama-server"](args.quantization)
-        try:
-            sides = ((mine, request_extra("ours", args.sampling)), (peer, request_extra("llama-server", args.sampling)))
-            for server, extra in sides:  # a round each first: a fresh server's first batch is slower
-                load(server.url, max(counts), args.tokens, extra)
-            for streams in counts:
-                tags = [f"({streams}.{run}) " if args.fresh else "" for run in range(args.runs)]
-                report(streams, [[measure(server, streams, args.tokens, extra, run, tag) for server, extra in sides]
-                                 for run, tag in enumerate(tags)])
-        finally:
-            peer.stop()
+        sides = [("llm_api", ours(env, name="llm_api-one"), ours_extra)]
+        started.append(sides[0][1])
+        if args.baseline:
+            sides.append(("baseline", ours(env, root=Path(args.baseline), name="llm_api-baseline"), ours_extra))
+            started.append(sides[-1][1])
+        sides.append(("llama-server", PEERS["llama-server"](args.quantization),
+                      request_extra("llama-server", args.sampling)))
+        started.append(sides[-1][1])
+        for _, server, extra in sides:  # a round each first: a fresh server's first batch is slower
+            load(server.url, max(counts), args.tokens, extra)
+        for streams in counts:
+            tags = [f"({streams}.{run}) " if args.fresh else "" for run in range(args.runs)]
+            report(streams, [name for name, _, _ in sides],
+                   [[measure(server, streams, args.tokens, extra, run, tag) for _, server, extra in sides]
+                    for run, tag in enumerate(tags)])
     finally:
-        mine.stop()
+        for server in started:
+            server.stop()
 
 
-def report(streams: int, rounds: list[list[tuple[float, float]]]) -> None:
-    """Each side's median tok/s over the rounds (and its rounds), the ratio, and the median TTFT p95."""
-    medians = []
-    for side, name in enumerate(("llm_api", "llama-server")):
-        speeds = [pair[side][0] for pair in rounds]
-        medians.append(statistics.median(speeds))
-        ttft = statistics.median(pair[side][1] for pair in rounds)
-        print(f"{streams:>2} streams, {name}: median {medians[-1]:.1f} tok/s "
+def report(streams: int, names: list[str], rounds: list[list[tuple[float, float]]]) -> None:
+    """Each side's median tok/s over the rounds (and its rounds) and median TTFT p95; each side's ratio to the
+    last (llama-server), and ours to the baseline's where one ran."""
+    medians = {}
+    for side, name in enumerate(names):
+        speeds = [taken[side][0] for taken in rounds]
+        medians[name] = statistics.median(speeds)
+        ttft = statistics.median(taken[side][1] for taken in rounds)
+        print(f"{streams:>2} streams, {name}: median {medians[name]:.1f} tok/s "
               f"({', '.join(f'{v:.0f}' for v in speeds)}), TTFT p95 median {ttft:.3f} s", flush=True)
-    print(f"{streams:>2} streams, llm_api over llama-server: {medians[0] / medians[1]:.3f}", flush=True)
+    for name in names[:-1]:
+        print(f"{streams:>2} streams, {name} over {names[-1]}: {medians[name] / medians[names[-1]]:.3f}", flush=True)
+    if "baseline" in medians:
+        ratio = medians["llm_api"] / medians["baseline"]
+        print(f"{streams:>2} streams, llm_api over baseline: {ratio:.3f}", flush=True)
 
 
 if __name__ == "__main__":
