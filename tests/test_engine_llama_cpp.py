@@ -20,6 +20,7 @@ from llm_api.generation.types import SamplingParams
 from llm_api.local_model.engine import EngineOptions, LocalEngine
 from llm_api.local_model.errors import ModelLoadError
 from llm_api.local_model.loader import ModelSpec, load_model
+from llm_api.local_model.slot_batch import SlotBatch
 from llm_api.local_model.spec import cpu_flags, preflight
 from tests.generation import collect
 from tests.servers import CACHE_DIR
@@ -73,6 +74,27 @@ def test_greedy_tokens_identical_alone_and_in_a_staggered_batch_of_8(llama_engin
     gevent.joinall(jobs, raise_error=True)
     assert [job.value[1].token_ids for job in jobs] == alone
     assert sum(len(t) for t in alone) > 8 * 10
+
+
+def test_greedy_tokens_identical_alone_and_in_a_burst_behind_one_request(llama_engine, monkeypatch):
+    """Seven requests arriving together while a first one decodes: their prompts run in a step of their own
+    (the first row waits a step), each in the slot holding its earlier run, and every answer is the same."""
+    alone = [run(llama_engine, p, GREEDY)[1].token_ids for p in PROMPTS]
+    waited = []
+    step = SlotBatch.step
+
+    def recording_step(batch, prefills, chunk):
+        rows = len(batch.rows)
+        result = step(batch, prefills, chunk)
+        waited.append(rows > 0 and not result.rows)
+        return result
+
+    monkeypatch.setattr(SlotBatch, "step", recording_step)
+    jobs = [gevent.spawn(run, llama_engine, PROMPTS[-1], GREEDY)]
+    jobs += [gevent.spawn(run, llama_engine, p, GREEDY, 0.02) for p in PROMPTS[:-1]]
+    gevent.joinall(jobs, raise_error=True)
+    assert [job.value[1].token_ids for job in [*jobs[1:], jobs[0]]] == alone
+    assert any(waited)
 
 
 def test_a_continued_conversation_reuses_its_slot_and_answers_the_same_as_without_reuse(llama_engine):
