@@ -39,6 +39,7 @@ import os
 import socket
 import traceback
 import warnings
+from dataclasses import dataclass
 from typing import Any
 
 import gevent
@@ -52,6 +53,14 @@ _NEW, _BUSY, _IDLE = "new", "busy", "idle"
 LINGER_SECONDS = 10.0
 
 
+@dataclass
+class _Connection:
+    """A client connection the worker serves: its state, and the greenlet handling it."""
+
+    state: str
+    handler: Any
+
+
 class DrainingGeventWorker(GeventWorker):
     """``worker_class = "llm_api.worker.DrainingGeventWorker"``: gunicorn's gevent worker with a drain on SIGTERM."""
 
@@ -59,8 +68,7 @@ class DrainingGeventWorker(GeventWorker):
         super().__init__(*args, **kwargs)
         self.draining = False
         self._quitting = False
-        self._connections: dict[Any, str] = {}
-        self._handlers: dict[Any, Any] = {}  # connection → the greenlet handling it
+        self._connections: dict[Any, _Connection] = {}
 
     def patch(self) -> None:
         # gevent's thread patching inspects every live object, which trips a torch deprecation warning
@@ -128,23 +136,21 @@ class DrainingGeventWorker(GeventWorker):
 
     # ---- connections -------------------------------------------------------------------------------
     def handle(self, listener: Any, client: Any, addr: Any) -> None:
-        self._connections[client] = _NEW
-        self._handlers[client] = gevent.getcurrent()
+        self._connections[client] = _Connection(_NEW, gevent.getcurrent())
         try:
             super().handle(listener, client, addr)
         finally:
             self._connections.pop(client, None)
-            self._handlers.pop(client, None)
 
     def handle_request(self, listener_name: Any, req: Any, sock: Any, addr: Any) -> Any:
         if self.draining:
             req.must_close = True  # "Connection: close": a client does not reuse a connection to a leaving worker
-        self._connections[sock] = _BUSY
+        connection = self._connections.setdefault(sock, _Connection(_BUSY, gevent.getcurrent()))
+        connection.state = _BUSY
         try:
             keep_alive = super().handle_request(listener_name, req, sock, addr)
         finally:
-            if sock in self._connections:
-                self._connections[sock] = _IDLE
+            connection.state = _IDLE
         if self.draining:
             # A request that began before the drain was busy when the drain shut the idle connections down:
             # its connection closes now (gunicorn's keep-alive loop stops on StopIteration) instead of waiting
@@ -159,8 +165,8 @@ class DrainingGeventWorker(GeventWorker):
         socket object would cancel the waiting reader with "File descriptor was closed in another greenlet",
         which gunicorn logs as an error with a traceback. Shut down at the OS level, the reader simply sees
         the end of the stream and the connection closes quietly."""
-        for client, state in list(self._connections.items()):
-            if state == _IDLE:
+        for client, connection in list(self._connections.items()):
+            if connection.state == _IDLE:
                 _shut_down(client)
 
     def _end_lingering_connections(self) -> None:
@@ -168,18 +174,17 @@ class DrainingGeventWorker(GeventWorker):
         stack its handler waits in: their reads and writes then fail, and the handlers end. A handler that
         waits on something else is killed a second later, as gunicorn kills them after its graceful timeout."""
         lingering = list(self._connections.items())
-        for client, state in lingering:
-            frame = getattr(self._handlers.get(client), "gr_frame", None)
+        for client, connection in lingering:
+            frame = getattr(connection.handler, "gr_frame", None)
             stack = "".join(traceback.format_stack(frame)).rstrip() if frame is not None else "(no stack)"
             self.log.warning("graceful shutdown: a %s connection is still open %.0fs after the drain; shutting it "
-                             "down. Its handler waits in:\n%s", state, LINGER_SECONDS, stack)
+                             "down. Its handler waits in:\n%s", connection.state, LINGER_SECONDS, stack)
             _shut_down(client)
         if lingering:
             gevent.sleep(1.0)
-        for client, _ in lingering:
-            handler = self._handlers.get(client)
-            if handler is not None:
-                handler.kill(block=False)
+        for client, connection in lingering:
+            if client in self._connections:
+                connection.handler.kill(block=False)
 
 
 def _shut_down(client: Any) -> None:

@@ -14,7 +14,7 @@ import pytest
 
 from llm_api.services.chat import ChatRequest, ChatUnavailable
 from llm_api.shutdown import INTERRUPTED_MESSAGE, DrainPlan, drain, drain_plan, interrupt_running
-from llm_api.worker import DrainingGeventWorker
+from llm_api.worker import DrainingGeventWorker, _Connection
 from tests.fakes import CHAT, wait_until
 from tests.http import assert_error, openai_error, post, post_json
 from tests.sse import lesson_text, openai_payloads, parse_sse, read_sse
@@ -209,7 +209,7 @@ class _Cfg:
 def bare_worker(app, graceful_timeout: float) -> DrainingGeventWorker:
     """The worker's state as gunicorn leaves it once the app is loaded (no sockets, no fork)."""
     worker = DrainingGeventWorker.__new__(DrainingGeventWorker)
-    worker.draining, worker._quitting, worker._connections, worker._handlers = False, False, {}, {}
+    worker.draining, worker._quitting, worker._connections = False, False, {}
     worker.alive, worker.cfg, worker.log, worker.wsgi = True, _Cfg(graceful_timeout), logging.getLogger("test"), app
     return worker
 
@@ -220,7 +220,7 @@ def test_sigterm_drains_then_lets_the_worker_leave(app, client, fake_engine):
     first = read_sse(response, 1)
     worker = bare_worker(app, graceful_timeout=1.5)  # interrupt after 1.0 s
     (idle, idle_peer), (busy, busy_peer) = socket.socketpair(), socket.socketpair()
-    worker._connections = {idle: "idle", busy: "busy"}
+    worker._connections = {idle: _Connection("idle", None), busy: _Connection("busy", None)}
     worker.handle_exit(signal.SIGTERM, None)
     assert worker.draining and state_of(app).draining and worker.alive  # at once, still serving
     assert_error(client.get("/readyz"), 503, "shutting_down")
@@ -285,7 +285,7 @@ def test_connections_still_open_after_the_drain_are_logged_and_ended(app, monkey
     assert reading_peer.recv(1) == b"" and waiting_peer.recv(1) == b""
     stacks = [r.getMessage() for r in caplog.records if "still open" in r.getMessage()]
     assert len(stacks) == 2 and any("recv" in m for m in stacks) and any("wait" in m for m in stacks), stacks
-    assert not worker._connections and not worker._handlers
+    assert not worker._connections
     for sock in (reading, reading_peer, waiting, waiting_peer):
         sock.close()
 
