@@ -63,16 +63,13 @@ def main() -> None:
     env = {"LLM_API_BACKEND": "llama_cpp", "LLM_API_QUANTIZATION": args.quantization,
            "LLM_API_MAX_BATCH": str(max(counts + [8]))}
     ours_extra = request_extra("ours", args.sampling)
-    started: list[Server] = []
+    sides: list[tuple[str, Server, dict[str, Any]]] = []  # each server as soon as it is up
     try:
-        sides = [("llm_api", ours(env, name="llm_api-one"), ours_extra)]
-        started.append(sides[0][1])
+        sides.append(("llm_api", ours(env, name="llm_api-one"), ours_extra))
         if args.baseline:
             sides.append(("baseline", ours(env, root=Path(args.baseline), name="llm_api-baseline"), ours_extra))
-            started.append(sides[-1][1])
         sides.append(("llama-server", PEERS["llama-server"](args.quantization),
                       request_extra("llama-server", args.sampling)))
-        started.append(sides[-1][1])
         for _, server, extra in sides:  # a round each first: a fresh server's first batch is slower
             load(server.url, max(counts), args.tokens, extra)
         for streams in counts:
@@ -81,7 +78,7 @@ def main() -> None:
                    [[measure(server, streams, args.tokens, extra, run, tag) for _, server, extra in sides]
                     for run, tag in enumerate(tags)])
     finally:
-        for server in started:
+        for _, server, _ in sides:
             server.stop()
 
 
