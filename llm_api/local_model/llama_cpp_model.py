@@ -72,21 +72,18 @@ class LlamaCppModel:
         ``outputs`` flag is set, in the order given, as a new float32 array [outputs, vocab]. The tokens
         reach llama.cpp in :func:`decode_calls`, whatever order they come in."""
         calls = decode_calls(slots, positions)
-        wanted: list[np.ndarray] = []
+        row_of = {index: row for row, index in enumerate(i for i, output in enumerate(outputs) if output)}
+        logits = np.empty((len(row_of), self.vocab_size), dtype=np.float32)
         for part in calls:
             count = self._decode([(tokens[i], positions[i], slots[i], outputs[i]) for i in part])
-            if count:
-                pointer = self._lib.llama_get_logits(self._context)
-                wanted.append(np.ctypeslib.as_array(pointer, shape=(count, self.vocab_size)).copy())
-        if not wanted:
-            return np.empty((0, self.vocab_size), dtype=np.float32)
-        logits = wanted[0] if len(wanted) == 1 else np.concatenate(wanted)  # one call's rows are copied once
-        returned = [index for part in calls for index in part if outputs[index]]  # whose logits each row is
-        asked = sorted(returned)
-        if returned == asked:
-            return logits
-        row_of = {index: row for row, index in enumerate(returned)}
-        return logits[[row_of[index] for index in asked]]
+            if count:  # llama.cpp's rows, in the call's order, copied once into their rows here
+                made = np.ctypeslib.as_array(self._lib.llama_get_logits(self._context), shape=(count, self.vocab_size))
+                rows = [row_of[i] for i in part if outputs[i]]
+                if rows == list(range(rows[0], rows[0] + count)):
+                    logits[rows[0]:rows[0] + count] = made
+                else:
+                    logits[rows] = made
+        return logits
 
     def _decode(self, entries: Sequence[tuple[int, int, int, bool]]) -> int:
         """One ``llama_decode`` of (token, position, slot, wants logits) entries; how many logits it made."""
