@@ -142,9 +142,10 @@ _log_callback: Any = None  # process-wide, like llama.cpp's logger: it must outl
 def quantize(source: Path, target: Path, quantization: str, threads: int) -> None:
     """Write ``source`` re-quantized to ``quantization`` (a llama.cpp type name, e.g. ``q8_0``) as ``target``.
 
-    llama.cpp's CPU backend repacks Q8_0 weights into interleaved blocks at load, and its kernels for them run
-    a batch faster than the embedded file's Q4_1, which it does not repack. A file that is already quantized
-    is quantized again (llama.cpp's ``allow_requantize``): the benchmark's quality guard measures the cost."""
+    Without AMX, llama.cpp's kernels run a batch of Q8_0 weights faster than the embedded file's Q4_1 (repacked
+    into interleaved blocks at load where the CPU has AVX-512, on the plain kernels with AVX2). A file that is
+    already quantized is quantized again (llama.cpp's ``allow_requantize``): the benchmark's quality guard
+    measures the cost."""
     check_llama_cpp_installed()
     import llama_cpp
 
