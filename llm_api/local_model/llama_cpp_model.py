@@ -78,11 +78,7 @@ class LlamaCppModel:
             count = self._decode([(tokens[i], positions[i], slots[i], outputs[i]) for i in part])
             if count:  # llama.cpp's rows, in the call's order, copied once into their rows here
                 made = np.ctypeslib.as_array(self._lib.llama_get_logits(self._context), shape=(count, self.vocab_size))
-                rows = [row_of[i] for i in part if outputs[i]]
-                if rows == list(range(rows[0], rows[0] + count)):
-                    logits[rows[0]:rows[0] + count] = made
-                else:
-                    logits[rows] = made
+                logits[[row_of[i] for i in part if outputs[i]]] = made
         return logits
 
     def _decode(self, entries: Sequence[tuple[int, int, int, bool]]) -> int:
